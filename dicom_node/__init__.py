@@ -1,0 +1,1 @@
+"""fracture-gateway: dicom_node."""
