@@ -1,0 +1,307 @@
+"""The one typed settings object, nested by concern, loaded from TOML and the environment.
+
+Precedence, highest first: keyword arguments, environment variables
+(``FRACTURE_GATEWAY_`` prefix, ``__`` between nested names, e.g. ``FRACTURE_GATEWAY_NODE__PORT``),
+the TOML file (``FRACTURE_GATEWAY_CONFIG`` or ``<home>/config.toml``), then the defaults here.
+Nothing is read at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "FRACTURE_GATEWAY_"
+HOME_ENV = "FRACTURE_GATEWAY_HOME"
+CONFIG_ENV = "FRACTURE_GATEWAY_CONFIG"
+DEFAULT_HOME = Path("fracture-gateway-data")
+
+#: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+#: Where the bundled model package lives, relative to the installed source tree.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fracture-small"
+
+
+def _validate_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable ASCII characters, no '\\'")
+    return stripped
+
+
+def default_home() -> Path:
+    """The state folder: ``$FRACTURE_GATEWAY_HOME`` or ``./fracture-gateway-data``."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().absolute()
+
+
+class KnownSource(BaseModel):
+    """A calling AE that may send to us, optionally pinned to a host address."""
+
+    ae_title: str
+    host: str | None = None
+
+    _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes."""
+
+    #: Keep the first copy for analysis; keep the new bytes beside it under ``conflicts/``,
+    #: log both digests, answer Success (nothing accepted is ever lost).
+    KEEP_FIRST = "keep_first"
+    #: Replace the stored copy with the new one and re-analyse the study.
+    REPLACE = "replace"
+    #: Refuse the new copy with a failure status.
+    REJECT = "reject"
+
+
+class NodeSettings(BaseModel):
+    """The DICOM node: our AE, where it listens, and who may call it."""
+
+    ae_title: str = "FRACTUREGW"
+    bind_address: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS; see known_sources
+    port: int = Field(11112, ge=0, le=65535)
+    max_associations: int = Field(16, ge=1, le=256)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
+    known_sources: list[KnownSource] = Field(default_factory=list)
+    accept_any_calling_ae: bool = False
+    reject_out_of_scope: bool = False
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    receiver_processes: int = Field(
+        0, ge=0, le=64, description="extra processes accepting associations; 0 = CPU count"
+    )
+
+    _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.bind_address).is_loopback
+        except ValueError:
+            return self.bind_address == "localhost"
+
+
+class StorageSettings(BaseModel):
+    """Where received instances and created result objects are kept."""
+
+    folder: Path | None = None
+    fsync: bool = True
+
+
+class DatabaseSettings(BaseModel):
+    """The database; SQLite under the home folder unless a URL is given."""
+
+    url: SecretStr | None = None
+    echo: bool = False
+
+
+class GroupingSettings(BaseModel):
+    """Study completion: quiet period after the last instance."""
+
+    quiet_period_s: float = Field(10.0, ge=0.0)
+    poll_interval_s: float = Field(1.0, gt=0.0)
+
+
+class JobSettings(BaseModel):
+    """The job queue and its workers."""
+
+    workers: int = Field(1, ge=1, le=64)
+    max_attempts: int = Field(5, ge=1)
+    backoff_base_s: float = Field(5.0, ge=0.0)
+    backoff_max_s: float = Field(600.0, ge=0.0)
+    lease_s: float = Field(900.0, gt=0.0, description="a running job older than this is retaken")
+    poll_interval_s: float = Field(0.5, gt=0.0)
+    executor: str = Field("inprocess", pattern="^(inprocess|celery)$")
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+
+
+class Destination(BaseModel):
+    """A DICOM node results are sent to."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None
+
+    _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+
+class RoutingRule(BaseModel):
+    """Send results of matching studies to the named destinations.
+
+    ``when`` is ``always``, ``positive`` (study positive at the high-sensitivity point) or
+    ``high_specificity_positive`` (study probability above the high-specificity threshold).
+    """
+
+    when: str = Field("always", pattern="^(always|positive|high_specificity_positive)$")
+    destinations: list[str] = Field(min_length=1)
+
+
+class OutboxSettings(BaseModel):
+    """Delivery of result objects."""
+
+    max_attempts: int = Field(8, ge=1)
+    max_age_s: float = Field(86_400.0, gt=0)
+    backoff_base_s: float = Field(5.0, ge=0.0)
+    backoff_max_s: float = Field(900.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    poll_interval_s: float = Field(1.0, gt=0.0)
+    association_timeout_s: float = Field(30.0, gt=0)
+
+
+class InferenceSettings(BaseModel):
+    """The model the service runs."""
+
+    model_path: Path = BUNDLED_MODEL_DIR
+    batch_size: int = Field(8, ge=1, le=256)
+    operating_point: str = Field("high_sensitivity", pattern="^(high_sensitivity|high_specificity)$")
+    enabled: bool = True
+
+
+class ApiSettings(BaseModel):
+    """The review API and web page."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    secret_key: SecretStr | None = None
+    token_expiry_minutes: int = Field(60, ge=1)
+    environment: str = Field("development", pattern="^(development|production)$")
+
+
+class Settings(BaseSettings):
+    """Everything fracture-gateway can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=default_home)
+    shared: Path | None = None
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    grouping: GroupingSettings = Field(default_factory=GroupingSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    routing: list[RoutingRule] = Field(default_factory=list)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = config_file_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique, repeated: {duplicates}")
+        for rule in self.routing:
+            unknown = sorted(set(rule.destinations) - set(names))
+            if unknown:
+                raise ValueError(f"routing rule names unknown destinations: {unknown}")
+        if self.api.environment == "production" and self.api.secret_key is None:
+            raise ValueError("api.secret_key must be set when api.environment is 'production'")
+        return self
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def storage_folder(self) -> Path:
+        return (self.storage.folder or self.home / "storage").absolute()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{(self.home / 'fracture-gateway.sqlite3').absolute()}"
+
+    def calling_ae_allowed(self, ae_title: str, host: str) -> bool:
+        """Whether an association from ``ae_title`` at ``host`` may be accepted.
+
+        Safe by default: an empty list of known sources accepts anyone only while the node
+        listens on loopback; elsewhere ``accept_any_calling_ae`` must say so explicitly.
+        """
+        ae_title = ae_title.strip()
+        if self.node.known_sources:
+            return any(
+                src.ae_title == ae_title and (src.host is None or src.host == host)
+                for src in self.node.known_sources
+            )
+        return self.node.accept_any_calling_ae or self.node.is_loopback
+
+
+def config_file_path() -> Path | None:
+    """The TOML file to read: ``$FRACTURE_GATEWAY_CONFIG``, else ``<home>/config.toml`` if present."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file {path} (from {CONFIG_ENV}) does not exist")
+        return path
+    candidate = default_home() / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from defaults, the TOML file, the environment and ``overrides``."""
+    return Settings(**overrides)
+
+
+_SECRET_KEYS = re.compile(r"(secret|password|token|url)", re.IGNORECASE)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with secrets and credentials in URLs masked."""
+    data = settings.model_dump(mode="json")
+    data["database"]["url"] = _mask_url(settings.database_url)
+    data["jobs"]["broker_url"] = _mask_url(settings.jobs.broker_url.get_secret_value())
+    if settings.api.secret_key is not None:
+        data["api"]["secret_key"] = "********"
+    return data
+
+
+def _mask_url(url: str) -> str:
+    """Replace the password in ``scheme://user:password@host`` with asterisks."""
+    return re.sub(r"(?<=://)([^:/@]+):([^@]+)@", r"\1:********@", url)

@@ -1,0 +1,3 @@
+"""Import every module that defines tables, so the metadata is complete (migrations, tests)."""
+
+from db import models  # noqa: F401

@@ -1,0 +1,176 @@
+"""Ingest and analysis state: studies, series, instances, jobs and predictions.
+
+Identifiers needed for review and routing are kept as columns; everything else stays in the
+stored DICOM file. Patient-identifying columns are read only by the authenticated API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from db.base import Base, UtcDateTime, utcnow
+
+UID = String(64)
+
+
+class StudyStatus(StrEnum):
+    """Where a study is in its life: receiving, complete (job created), reopened by late arrivals."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    REOPENED = "reopened"
+
+
+class Eligibility(StrEnum):
+    """Whether an instance is analysed."""
+
+    PENDING = "pending"
+    ELIGIBLE = "eligible"
+    OUT_OF_SCOPE = "out_of_scope"
+
+
+class JobState(StrEnum):
+    """The states of a queued job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[StudyStatus] = mapped_column(String(16), default=StudyStatus.RECEIVING)
+    first_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_status_last", "status", "last_received_at"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    storage_path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    eligibility: Mapped[Eligibility] = mapped_column(String(16), default=Eligibility.PENDING)
+    eligibility_reason: Mapped[str | None] = mapped_column(String(256))
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32), default="analyse_study")
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[JobState] = mapped_column(String(16), default=JobState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    next_run_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "generation", "kind", name="uq_jobs_study_generation_kind"),
+        Index("ix_jobs_state_next", "state", "next_run_at"),
+    )
+
+
+class ImagePrediction(Base):
+    """One model's result for one instance."""
+
+    __tablename__ = "image_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float] = mapped_column(Float)
+    positive_high_sensitivity: Mapped[bool] = mapped_column(Boolean)
+    positive_high_specificity: Mapped[bool] = mapped_column(Boolean)
+    heatmap_path: Mapped[str | None] = mapped_column(String(512))
+    peak_x: Mapped[float | None] = mapped_column(Float)
+    peak_y: Mapped[float | None] = mapped_column(Float)
+    inference_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class StudyPrediction(Base):
+    """One model's study-level result: the maximum over eligible images."""
+
+    __tablename__ = "study_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float | None] = mapped_column(Float)
+    positive: Mapped[bool | None] = mapped_column(Boolean)
+    operating_point: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[float] = mapped_column(Float)
+    positive_high_specificity: Mapped[bool | None] = mapped_column(Boolean)
+    n_images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,222 @@
+"""The C-STORE / C-ECHO SCP: persist, record, acknowledge. Never analyse here.
+
+Handlers are thin and get their dependencies bound at registration (``evt_handlers`` with
+arguments); every exception becomes a named :class:`StoreStatus` in one place.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from dicom_node.conformance import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    RADIOGRAPH_SOP_CLASSES,
+    StoreStatus,
+)
+from dicom_node.ingest import HeaderError, IngestOutcome, parse_header, record_instance
+from dicom_node.storage import InstanceStore, StorageError
+
+log = logging.getLogger(__name__)
+
+#: Our Implementation Class UID (PS3.7 D.3.3.2) and version name, written in every file meta.
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1477.1.1")
+IMPLEMENTATION_VERSION_NAME = "FRACTUREGW_010"
+
+#: A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised (PS3.8 9.3.4).
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+@dataclass
+class IngestCounters:
+    """Thread-safe counts of what the SCP did, for logs and metrics."""
+
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    _lock: Lock = field(default_factory=Lock)
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        with self._lock:
+            table[key] = table.get(key, 0) + 1
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """Everything the C-STORE handler needs, bound once at start-up."""
+
+    settings: Settings
+    store: InstanceStore
+    sessions: sessionmaker[Session]
+    counters: IngestCounters
+    on_stored: Callable[[str], None] | None = None
+
+
+def storage_contexts(settings: Settings) -> list[PresentationContext]:
+    """Presentation contexts we accept: Verification and the storage SOP classes."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    contexts = [build_context(Verification)]
+    for cx in AllStoragePresentationContexts:
+        sop_class = str(cx.abstract_syntax)
+        if settings.node.reject_out_of_scope and sop_class not in RADIOGRAPH_SOP_CLASSES:
+            continue
+        contexts.append(build_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES)))
+    return contexts
+
+
+def file_meta_for(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+    """File meta for a received instance (PS3.10 7.1); deterministic, so resends hash equal."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def handle_requested(event: Event, settings: Settings) -> None:
+    """Reject associations from calling AE titles (and hosts) we do not know."""
+    calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    host = str(event.assoc.requestor.address)
+    if not settings.calling_ae_allowed(calling, host):
+        log.warning("association from unknown calling AE title rejected (peer %s)", host)
+        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
+        event.assoc.is_rejected = True
+        event.assoc.kill()
+
+
+def handle_store(event: Event, ctx: StoreContext) -> int:
+    """Store the instance durably and record it; only then answer Success."""
+    try:
+        outcome = _store(event, ctx)
+    except _Refusal as refusal:
+        ctx.counters.count(ctx.counters.failures, refusal.status.name)
+        log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
+        return int(refusal.status)
+    except StorageError as exc:
+        ctx.counters.count(ctx.counters.failures, "storage")
+        level = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "I/O error"
+        log.error("C-STORE failed, %s: %s", level, exc.strerror)
+        return int(StoreStatus.OUT_OF_RESOURCES)
+    except OperationalError as exc:
+        ctx.counters.count(ctx.counters.failures, "database")
+        log.error("C-STORE failed, database unavailable: %s", type(exc.orig).__name__)
+        return int(StoreStatus.OUT_OF_RESOURCES)
+    except Exception as exc:  # the one place an unexpected error becomes a status
+        ctx.counters.count(ctx.counters.failures, "unexpected")
+        log.error("C-STORE failed unexpectedly: %s", type(exc).__name__)
+        return int(StoreStatus.PROCESSING_FAILURE)
+    ctx.counters.count(ctx.counters.by_outcome, outcome.value)
+    if outcome is IngestOutcome.CONFLICT_REJECTED:
+        return int(StoreStatus.DUPLICATE_CONFLICT)
+    return int(StoreStatus.SUCCESS)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
+    request = event.request
+    transfer_syntax = str(event.context.transfer_syntax)
+    sop_class = str(request.AffectedSOPClassUID)
+    sop_instance = str(request.AffectedSOPInstanceUID)
+    encoded = request.DataSet.getbuffer()  # type: ignore[union-attr]
+    meta = file_meta_for(sop_class, sop_instance, transfer_syntax)
+    tmp, digest = ctx.store.write_temporary(meta, encoded)
+    try:
+        try:
+            header = parse_header(tmp)
+        except HeaderError as exc:
+            status = (
+                StoreStatus.MISSING_IDENTIFIERS
+                if exc.missing_identifiers
+                else StoreStatus.CANNOT_UNDERSTAND
+            )
+            raise _Refusal(status, str(exc)) from exc
+        if header.sop_class_uid != sop_class:
+            raise _Refusal(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "data set SOP Class UID differs from the request's",
+            )
+        if header.sop_instance_uid != sop_instance:
+            raise _Refusal(
+                StoreStatus.INSTANCE_UID_MISMATCH,
+                "data set SOP Instance UID differs from the request's",
+            )
+        outcome = record_instance(
+            ctx.sessions,
+            ctx.store,
+            header,
+            tmp,
+            digest,
+            transfer_syntax_uid=transfer_syntax,
+            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+            duplicate_policy=ctx.settings.node.duplicate_policy,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    if ctx.on_stored is not None and outcome is not IngestOutcome.CONFLICT_REJECTED:
+        ctx.on_stored(header.study_instance_uid)
+    return outcome
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server that lets several processes listen on one port (SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().server_bind()
+
+
+def build_ae(settings: Settings) -> AE:
+    """The application entity with our timeouts, limits and accepted contexts."""
+    ae = AE(ae_title=settings.node.ae_title)
+    ae.acse_timeout = settings.node.acse_timeout
+    ae.dimse_timeout = settings.node.dimse_timeout
+    ae.network_timeout = settings.node.network_timeout
+    ae.maximum_associations = settings.node.max_associations
+    ae.maximum_pdu_size = settings.node.maximum_pdu_size
+    ae.require_called_aet = True
+    ae.supported_contexts = storage_contexts(settings)
+    return ae
+
+
+def start_scp(
+    settings: Settings, ctx: StoreContext, *, port: int | None = None
+) -> ThreadedAssociationServer:
+    """Start listening in background threads; returns the server (``.shutdown()`` to stop)."""
+    ae = build_ae(settings)
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [settings]),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+    ]
+    address = (settings.node.bind_address, settings.node.port if port is None else port)
+    server = ae.make_server(address, evt_handlers=handlers, server_class=ReusePortServer)
+    thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so ae.shutdown() stops it too, as start_server() does
+    return server
