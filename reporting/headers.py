@@ -1,0 +1,83 @@
+"""Patient, study and equipment attributes that result objects take from their source image.
+
+Result objects belong to the source's patient and study, so those attributes are copied
+element by element, exactly as received (PS3.3 C.7.1.1 Patient, C.7.2.1 General Study,
+C.7.2.2 Patient Study, and the clinical trial modules), together with the Specific Character
+Set that says how their text is encoded (PS3.3 C.12.1.1.2).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from highdicom import ContributingEquipment, SOPClass
+from pydicom import Dataset
+
+from reporting.findings import ResultInputError
+
+#: Attributes the object builders read from their reference dataset at construction time.
+#: Their values are blanked in :func:`neutral_header` so that no patient data passes through
+#: the builders' own checks and log messages; the exact values are copied afterwards.
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_IDENTITY_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def copy_specific_character_set(source: Dataset, target: Dataset) -> None:
+    """Give ``target`` the source's Specific Character Set (0008,0005), or none if it has none."""
+    if "SpecificCharacterSet" in source:
+        target["SpecificCharacterSet"] = copy.deepcopy(source["SpecificCharacterSet"])
+    elif "SpecificCharacterSet" in target:
+        del target.SpecificCharacterSet
+
+
+def copy_patient_and_study(source: Dataset, target: SOPClass) -> None:
+    """Copy the source's patient and study modules into ``target``, element by element.
+
+    Raises
+    ------
+    ResultInputError
+        When the source's SOP Class is not a standard one (its modules are unknown).
+    """
+    try:
+        target.copy_patient_and_study_information(source)
+    except KeyError as exc:
+        raise ResultInputError(
+            f"cannot copy patient/study attributes from SOP Class {source.get('SOPClassUID')}"
+        ) from exc
+
+
+def neutral_header(source: Dataset) -> Dataset:
+    """The source's identity (UIDs, character set) with blank patient and study values.
+
+    Used as the reference dataset when constructing result objects; see
+    ``_PATIENT_STUDY_KEYWORDS``.
+    """
+    missing = [keyword for keyword in _IDENTITY_KEYWORDS if not source.get(keyword)]
+    if missing:
+        raise ResultInputError(f"source image lacks {', '.join(missing)}")
+    header = Dataset()
+    for keyword in _IDENTITY_KEYWORDS:
+        header[keyword] = copy.deepcopy(source[keyword])
+    copy_specific_character_set(source, header)
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        setattr(header, keyword, None)
+    return header
+
+
+def acquisition_equipment(source: Dataset) -> list[ContributingEquipment]:
+    """The source's acquisition equipment as a Contributing Equipment item, when it is known."""
+    try:
+        return [ContributingEquipment.for_image_acquisition(source)]
+    except (AttributeError, ValueError, KeyError):
+        # No Manufacturer, or not an image SOP Class: nothing to say about the equipment.
+        return []

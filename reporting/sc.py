@@ -1,0 +1,171 @@
+"""Grad-CAM Secondary Capture: the radiograph, its heat map and the result, burned into RGB.
+
+One SC Image (PS3.3 A.8.1) per analysed radiograph, in its own series of the source's study.
+The picture is drawn by :mod:`reporting.render`; this module only wraps it in DICOM.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Final
+
+from highdicom import ContributingEquipment
+from highdicom.sc import SCImage
+from highdicom.sr import CodedConcept
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from reporting.codes import PROCESSING_EQUIPMENT, SOURCE_FOR_PROCESSING
+from reporting.findings import ImageFinding, ResultInputError, StudyFindings
+from reporting.headers import (
+    acquisition_equipment,
+    copy_patient_and_study,
+    copy_specific_character_set,
+)
+from reporting.render import BannerText, Rendering, compose_gradcam
+
+#: Series Number (0020,0011) of the heat-map series; high so that it sorts after acquisitions.
+SC_SERIES_NUMBER: Final = 9901
+SC_SERIES_DESCRIPTION: Final = "AI fracture heat maps - for review"
+REVIEW_NOTICE: Final = "AI RESULT - FOR REVIEW BY A RADIOLOGIST"
+POSITIVE_HEADLINE: Final = "FRACTURE SUSPECTED"
+NEGATIVE_HEADLINE: Final = "NO FRACTURE DETECTED"
+
+
+def headline(positive: bool) -> str:
+    """The burned-in result for a positive or negative call."""
+    return POSITIVE_HEADLINE if positive else NEGATIVE_HEADLINE
+
+
+def banner_text(finding: ImageFinding, study: StudyFindings) -> BannerText:
+    """What the banner of one image's heat map says (ASCII is enforced when drawing)."""
+    point = study.operating_point
+    algorithm = study.algorithm
+    return BannerText(
+        headline=headline(finding.positive),
+        positive=finding.positive,
+        lines=(
+            REVIEW_NOTICE,
+            f"Probability of fracture (this image): {finding.probability:.2f}",
+            f"Study: {headline(study.study_positive)} (probability {study.study_probability:.2f})",
+            f"Operating point: {point.name}, threshold {point.threshold:.2f}",
+            f"Model: {algorithm.name} {algorithm.version}",
+        ),
+    )
+
+
+def render_gradcam(finding: ImageFinding, study: StudyFindings) -> Rendering:
+    """The heat-map picture of one image, as stored in its Secondary Capture."""
+    return compose_gradcam(finding.display, finding.heatmap, banner_text(finding, study))
+
+
+def series_laterality(source: Dataset) -> str | None:
+    """Laterality (0020,0060) for the SC: the source's, else its Image Laterality if R or L.
+
+    Type 2C in General Series (PS3.3 C.7.3.1): an empty value says "unknown", which is what a
+    source without either attribute, or with Image Laterality B or U, gives.
+    """
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword) or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    return None
+
+
+def _source_image_item(source: Dataset) -> Dataset:
+    """Source Image Sequence item (PS3.3 C.7.6.1.1.4) for the analysed radiograph."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [CodedConcept.from_code(SOURCE_FOR_PROCESSING)]
+    return item
+
+
+def build_gradcam_sc(
+    finding: ImageFinding,
+    study: StudyFindings,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    instance_number: int,
+    series_number: int = SC_SERIES_NUMBER,
+) -> Dataset:
+    """Build the Secondary Capture showing one radiograph's Grad-CAM heat map and result.
+
+    Parameters
+    ----------
+    finding
+        The analysed image; must be one of ``study.images``.
+    study
+        The study's findings (operating point, algorithm and the study-level call).
+    series_instance_uid, sop_instance_uid
+        UIDs of the SC series and instance (see :mod:`reporting.uids`).
+    instance_number, series_number
+        Instance Number and Series Number of the SC.
+
+    Returns
+    -------
+    pydicom.Dataset
+        An SC Image (PS3.3 A.8.1, SOP Class 1.2.840.10008.5.1.4.1.1.7), RGB 8 bit, uncompressed,
+        Burned In Annotation ``YES``, patient and study attributes copied from the source,
+        Source Image Sequence referencing the source, preamble zeroed.
+
+    Raises
+    ------
+    ResultInputError
+        When ``finding`` is not part of ``study``.
+    """
+    if not any(finding is image for image in study.images):
+        raise ResultInputError("the image finding is not one of the study's images")
+    source = finding.source
+    algorithm = study.algorithm
+    rendering = render_gradcam(finding, study)
+
+    sc = SCImage(
+        pixel_array=rendering.rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=str(source.StudyInstanceUID),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        # Replaced below by the source's value (or emptied): the picture is only scaled and
+        # padded, never flipped or rotated, so the source's orientation still holds.
+        patient_orientation=("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=SC_SERIES_DESCRIPTION,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contributing_equipment=[
+            *acquisition_equipment(source),
+            ContributingEquipment(
+                manufacturer=algorithm.manufacturer,
+                purpose_of_reference=PROCESSING_EQUIPMENT,
+                manufacturer_model_name=algorithm.name,
+                software_versions=algorithm.version,
+                contribution_description="Fracture detection model that computed the heat map",
+            ),
+        ],
+    )
+    copy_specific_character_set(source, sc)
+    copy_patient_and_study(source, sc)
+    sc.PatientOrientation = source.get("PatientOrientation")
+    sc.Laterality = series_laterality(source)
+    if source.get("BodyPartExamined"):
+        sc["BodyPartExamined"] = copy.deepcopy(source["BodyPartExamined"])
+    sc.BurnedInAnnotation = "YES"
+    sc.SourceImageSequence = [_source_image_item(source)]
+    sc.DerivationDescription = (
+        "Grad-CAM heat map of a fracture detection model blended over the source radiograph; "
+        "result burned in"
+    )
+    sc.ImageComments = (
+        f"{REVIEW_NOTICE}. {headline(finding.positive)}, "
+        f"probability {finding.probability:.2f}, operating point "
+        f"{study.operating_point.name} (threshold {study.operating_point.threshold:.2f}), "
+        f"model {algorithm.name} {algorithm.version}"
+    )
+    return sc
