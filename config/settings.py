@@ -178,7 +178,9 @@ class InferenceSettings(BaseModel):
 
     model_path: Path = BUNDLED_MODEL_DIR
     batch_size: int = Field(8, ge=1, le=256)
-    operating_point: str = Field("high_sensitivity", pattern="^(high_sensitivity|high_specificity)$")
+    operating_point: str = Field(
+        "high_sensitivity", pattern="^(high_sensitivity|high_specificity)$"
+    )
     enabled: bool = True
 
 
@@ -273,7 +275,7 @@ class Settings(BaseSettings):
 
 
 def config_file_path() -> Path | None:
-    """The TOML file to read: ``$FRACTURE_GATEWAY_CONFIG``, else ``<home>/config.toml`` if present."""
+    """The TOML file: ``$FRACTURE_GATEWAY_CONFIG``, else ``<home>/config.toml`` if present."""
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
         path = Path(explicit).expanduser()
@@ -289,7 +291,7 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
 
 
-_SECRET_KEYS = re.compile(r"(secret|password|token|url)", re.IGNORECASE)
+MASK = "********"
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -298,10 +300,10 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     data["database"]["url"] = _mask_url(settings.database_url)
     data["jobs"]["broker_url"] = _mask_url(settings.jobs.broker_url.get_secret_value())
     if settings.api.secret_key is not None:
-        data["api"]["secret_key"] = "********"
+        data["api"]["secret_key"] = MASK
     return data
 
 
 def _mask_url(url: str) -> str:
     """Replace the password in ``scheme://user:password@host`` with asterisks."""
-    return re.sub(r"(?<=://)([^:/@]+):([^@]+)@", r"\1:********@", url)
+    return re.sub(r"(?<=://)([^:/@]+):([^@]+)@", rf"\1:{MASK}@", url)

@@ -19,14 +19,14 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database schema up to ``revision``."""
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the database schema up to ``revision`` (every branch head by default)."""
     command.upgrade(alembic_config(engine), revision)
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
+def current_revisions(engine: Engine) -> tuple[str, ...]:
+    """The revisions (one per branch) the database is at; empty for an empty database."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return tuple(MigrationContext.configure(connection).get_current_heads())

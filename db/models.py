@@ -27,7 +27,7 @@ UID = String(64)
 
 
 class StudyStatus(StrEnum):
-    """Where a study is in its life: receiving, complete (job created), reopened by late arrivals."""
+    """Where a study is: receiving, complete (job created), reopened by late arrivals."""
 
     RECEIVING = "receiving"
     COMPLETE = "complete"

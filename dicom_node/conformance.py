@@ -8,25 +8,27 @@ from __future__ import annotations
 from enum import IntEnum
 
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
 
+#: Verification SOP Class (C-ECHO).
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 #: Computed Radiography Image Storage.
 CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 #: Digital X-Ray Image Storage - For Presentation.

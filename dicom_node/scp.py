@@ -13,14 +13,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +29,7 @@ from config.settings import Settings
 from dicom_node.conformance import (
     ACCEPTED_TRANSFER_SYNTAXES,
     RADIOGRAPH_SOP_CLASSES,
+    VERIFICATION_SOP_CLASS,
     StoreStatus,
 )
 from dicom_node.ingest import HeaderError, IngestOutcome, parse_header, record_instance
@@ -72,7 +73,7 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
     """Presentation contexts we accept: Verification and the storage SOP classes."""
     from pynetdicom import AllStoragePresentationContexts
 
-    contexts = [build_context(Verification)]
+    contexts = [build_context(VERIFICATION_SOP_CLASS)]
     for cx in AllStoragePresentationContexts:
         sop_class = str(cx.abstract_syntax)
         if settings.node.reject_out_of_scope and sop_class not in RADIOGRAPH_SOP_CLASSES:
@@ -81,7 +82,9 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
     return contexts
 
 
-def file_meta_for(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+def file_meta_for(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+) -> FileMetaDataset:
     """File meta for a received instance (PS3.10 7.1); deterministic, so resends hash equal."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
@@ -94,7 +97,9 @@ def file_meta_for(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
 
 def handle_requested(event: Event, settings: Settings) -> None:
     """Reject associations from calling AE titles (and hosts) we do not know."""
-    calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    primitive = event.assoc.requestor.primitive
+    assert primitive is not None  # EVT_REQUESTED fires only once the request is received
+    calling = str(primitive.calling_ae_title).strip()
     host = str(event.assoc.requestor.address)
     if not settings.calling_ae_allowed(calling, host):
         log.warning("association from unknown calling AE title rejected (peer %s)", host)
@@ -107,7 +112,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
     try:
         outcome = _store(event, ctx)
-    except _Refusal as refusal:
+    except _RefusalError as refusal:
         ctx.counters.count(ctx.counters.failures, refusal.status.name)
         log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
         return int(refusal.status)
@@ -130,7 +135,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     return int(StoreStatus.SUCCESS)
 
 
-class _Refusal(Exception):
+class _RefusalError(Exception):
     def __init__(self, status: StoreStatus, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -138,7 +143,7 @@ class _Refusal(Exception):
 
 
 def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
-    request = event.request
+    request = cast(C_STORE, event.request)
     transfer_syntax = str(event.context.transfer_syntax)
     sop_class = str(request.AffectedSOPClassUID)
     sop_instance = str(request.AffectedSOPInstanceUID)
@@ -154,14 +159,14 @@ def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
                 if exc.missing_identifiers
                 else StoreStatus.CANNOT_UNDERSTAND
             )
-            raise _Refusal(status, str(exc)) from exc
+            raise _RefusalError(status, str(exc)) from exc
         if header.sop_class_uid != sop_class:
-            raise _Refusal(
+            raise _RefusalError(
                 StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "data set SOP Class UID differs from the request's",
             )
         if header.sop_instance_uid != sop_instance:
-            raise _Refusal(
+            raise _RefusalError(
                 StoreStatus.INSTANCE_UID_MISMATCH,
                 "data set SOP Instance UID differs from the request's",
             )
@@ -186,6 +191,7 @@ class ReusePortServer(ThreadedAssociationServer):
     """An association server that lets several processes listen on one port (SO_REUSEPORT)."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         if hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

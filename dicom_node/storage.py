@@ -10,11 +10,11 @@ import hashlib
 import os
 import re
 import secrets
-from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
 #: PS3.5 9.1: components of digits, no empty component, at most 64 characters.
@@ -85,7 +85,7 @@ class InstanceStore:
 
         The digest covers exactly the bytes written, so identical resends compare equal.
         """
-        meta = BytesIO()
+        meta = DicomBytesIO()
         write_file_meta_info(meta, file_meta, enforce_standard=True)
         head = PREAMBLE + meta.getvalue()
         sha = hashlib.sha256(head)
@@ -108,7 +108,7 @@ class InstanceStore:
         return tmp, digest
 
     def commit(self, tmp: Path, final: Path) -> str:
-        """Rename ``tmp`` to ``final`` atomically, make the rename durable; return the relative path."""
+        """Rename ``tmp`` to ``final`` atomically and durably; return the path relative to root."""
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)

@@ -74,6 +74,34 @@ class GeometryTransform:
             (y - self.crop.y0) * self.scale + self.pad_y,
         )
 
+    def rescaled_to(
+        self, original_width: int, original_height: int, factor: float
+    ) -> GeometryTransform:
+        """The same transform expressed on a grid ``factor`` times larger.
+
+        For an image prepared from a copy downscaled by ``factor`` (a JPEG 2000 frame decoded
+        at a reduced resolution level, ``factor = 2**r``): the returned transform maps the same
+        model input to the full ``original_width x original_height`` grid. The crop box is
+        scaled outwards and clipped to that grid.
+        """
+        if factor <= 0:
+            raise ValueError(f"factor must be positive, got {factor}")
+        crop = CropBox(
+            max(0, int(np.floor(self.crop.x0 * factor))),
+            max(0, int(np.floor(self.crop.y0 * factor))),
+            min(original_width, int(np.ceil(self.crop.x1 * factor))),
+            min(original_height, int(np.ceil(self.crop.y1 * factor))),
+        )
+        return GeometryTransform(
+            original_width=original_width,
+            original_height=original_height,
+            crop=crop,
+            scale=self.scale / factor,
+            pad_x=self.pad_x,
+            pad_y=self.pad_y,
+            size=self.size,
+        )
+
     def content_box(self) -> CropBox:
         """The region of the model input covered by image content (not letterbox padding)."""
         return CropBox(
@@ -90,8 +118,13 @@ class GeometryTransform:
         bilinear interpolation.
         """
         if model_map.shape[:2] != (self.size, self.size):
-            model_map = cv2.resize(
-                model_map.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR
+            model_map = np.asarray(
+                cv2.resize(
+                    model_map.astype(np.float32),
+                    (self.size, self.size),
+                    interpolation=cv2.INTER_LINEAR,
+                ),
+                dtype=np.float32,
             )
         box = self.content_box()
         content = model_map[box.y0 : box.y1, box.x0 : box.x1]
@@ -128,12 +161,12 @@ def anatomy_crop(grey: FloatImage) -> CropBox:
     if height < 16 or width < 16:
         return full
     factor = _CROP_WORK_SIZE / max(height, width)
+    work: NDArray[np.floating] = grey
     if factor < 1.0:
         work_w, work_h = max(1, round(width * factor)), max(1, round(height * factor))
-        work = cv2.resize(grey, (work_w, work_h), interpolation=cv2.INTER_AREA)
+        work = np.asarray(cv2.resize(grey, (work_w, work_h), interpolation=cv2.INTER_AREA))
     else:
         factor = 1.0
-        work = grey
     work8 = np.clip(np.rint(work * 255.0), 0, 255).astype(np.uint8)
     work8 = cv2.GaussianBlur(work8, (5, 5), 0)
     if int(work8.max()) - int(work8.min()) < 8:

@@ -1,0 +1,85 @@
+"""The study pipeline a job runs: classify the study's instances, analyse, publish results.
+
+Each step is a callable ``(ClaimedJob) -> None`` that reads and writes the database, so the
+steps share nothing in memory and any executor can run them. The model and results steps are
+added by :func:`gateway.service.build_pipeline` when those parts are configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.jobs import ClaimedJob
+from db.models import Eligibility, Instance, Study
+from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
+from dicom_node.storage import InstanceStore
+from gateway.worker import PermanentJobError
+from inference.errors import NotAnalysable
+from inference.pixels import check_analysable
+
+log = logging.getLogger(__name__)
+
+PipelineStep = Callable[[ClaimedJob], None]
+
+
+def classify_instance(store: InstanceStore, instance: Instance) -> tuple[Eligibility, str | None]:
+    """Decide whether one stored instance can be analysed, with the reason when it cannot.
+
+    Reads the stored file's header and checks it with the pixel pipeline's own guard, so an
+    instance is eligible exactly when the model path will accept it.
+    """
+    if instance.sop_class_uid not in RADIOGRAPH_SOP_CLASSES:
+        return Eligibility.OUT_OF_SCOPE, "not a CR or DX radiograph storage SOP class"
+    try:
+        ds = dcmread(store.absolute(instance.storage_path), defer_size="1 MB")
+        check_analysable(ds)
+    except NotAnalysable as exc:
+        return Eligibility.OUT_OF_SCOPE, f"{exc.reason}: {exc.message}"[:256]
+    except (InvalidDicomError, ValueError, EOFError) as exc:
+        return Eligibility.OUT_OF_SCOPE, f"unreadable: {type(exc).__name__}"
+    return Eligibility.ELIGIBLE, None
+
+
+@dataclass(frozen=True)
+class ClassifyStep:
+    """Classify each not-yet-classified instance of the job's study as eligible or out of scope."""
+
+    sessions: sessionmaker[Session]
+    store: InstanceStore
+
+    def __call__(self, job: ClaimedJob) -> None:
+        with self.sessions() as session, session.begin():
+            if session.get(Study, job.study_id) is None:
+                raise PermanentJobError(f"study {job.study_id} no longer exists")
+            pending = session.scalars(
+                select(Instance).where(
+                    Instance.study_id == job.study_id,
+                    Instance.eligibility == Eligibility.PENDING,
+                )
+            ).all()
+            for instance in pending:
+                instance.eligibility, instance.eligibility_reason = classify_instance(
+                    self.store, instance
+                )
+                if instance.eligibility is Eligibility.OUT_OF_SCOPE:
+                    log.info(
+                        "instance %d out of scope: %s", instance.id, instance.eligibility_reason
+                    )
+
+
+@dataclass(frozen=True)
+class StudyPipeline:
+    """Runs the steps in order; a step's exception fails the attempt (retried by the executor)."""
+
+    steps: Sequence[PipelineStep]
+
+    def __call__(self, job: ClaimedJob) -> None:
+        for step in self.steps:
+            step(job)

@@ -1,0 +1,113 @@
+"""Composition root: build every part once from the settings and run them in one process.
+
+Nothing here happens at import time; :class:`Service` is built from explicit settings and
+started and stopped explicitly (tests start several on ephemeral ports).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from db.engine import make_engine, make_session_factory
+from db.migrate import upgrade
+from dicom_node.grouping import GroupingTimer
+from dicom_node.scp import IngestCounters, StoreContext, start_scp
+from dicom_node.storage import InstanceStore
+from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
+from gateway.worker import InProcessExecutor
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(
+    settings: Settings, sessions: sessionmaker[Session], store: InstanceStore
+) -> StudyPipeline:
+    """The study pipeline for these settings: classify, then analyse and publish when enabled."""
+    steps: list[PipelineStep] = [ClassifyStep(sessions, store)]
+    if settings.inference.enabled:
+        from gateway.analysis import AnalyseStep
+
+        steps.append(AnalyseStep.from_settings(settings, sessions, store))
+    return StudyPipeline(steps)
+
+
+@dataclass
+class Service:
+    """The running parts of fracture-gateway."""
+
+    settings: Settings
+    engine: Engine = field(init=False)
+    sessions: sessionmaker[Session] = field(init=False)
+    store: InstanceStore = field(init=False)
+    counters: IngestCounters = field(init=False, default_factory=IngestCounters)
+    scp: ThreadedAssociationServer | None = field(init=False, default=None)
+    grouping: GroupingTimer | None = field(init=False, default=None)
+    executor: InProcessExecutor | None = field(init=False, default=None)
+    extra: list[Any] = field(init=False, default_factory=list)
+    _stopped: threading.Event = field(init=False, default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.settings.database_url, echo=self.settings.database.echo)
+        upgrade(self.engine)
+        self.sessions = make_session_factory(self.engine)
+        self.store = InstanceStore(self.settings.storage_folder, fsync=self.settings.storage.fsync)
+        removed = self.store.remove_stale_temporaries()
+        if removed:
+            log.warning("removed %d temporary files left by an interrupted run", removed)
+
+    @property
+    def dicom_port(self) -> int:
+        """The port the SCP listens on (useful when started on port 0)."""
+        assert self.scp is not None
+        return int(self.scp.server_address[1])
+
+    def start(self, *, dicom: bool = True, worker: bool = True) -> None:
+        """Start the SCP, the grouping timer and the job workers."""
+        on_jobs = None
+        if worker:
+            pipeline = build_pipeline(self.settings, self.sessions, self.store)
+            executor = InProcessExecutor(self.sessions, pipeline, self.settings.jobs)
+            executor.start()
+            self.executor = executor
+            on_jobs = lambda _ids: executor.wake()  # noqa: E731 - wake the workers at once
+        self.grouping = GroupingTimer(
+            self.sessions,
+            quiet_period_s=self.settings.grouping.quiet_period_s,
+            poll_interval_s=self.settings.grouping.poll_interval_s,
+            max_attempts=self.settings.jobs.max_attempts,
+            on_jobs=on_jobs,
+        )
+        self.grouping.start()
+        if dicom:
+            ctx = StoreContext(self.settings, self.store, self.sessions, self.counters)
+            self.scp = start_scp(self.settings, ctx)
+            log.info(
+                "DICOM node %s listening on %s:%d",
+                self.settings.node.ae_title,
+                self.settings.node.bind_address,
+                self.dicom_port,
+            )
+
+    def stop(self) -> None:
+        """Stop accepting, then stop the background parts; idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.scp is not None:
+            self.scp.shutdown()
+        for part in reversed(self.extra):
+            part.stop()
+        if self.grouping is not None:
+            self.grouping.stop()
+        if self.executor is not None:
+            self.executor.stop()
+        self.engine.dispose()
