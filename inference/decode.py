@@ -1,0 +1,391 @@
+"""DICOM Pixel Data -> integer array: header checks first, then decoding, fast where it can be.
+
+:func:`check_analysable` refuses a dataset from its header alone, before anything large is
+allocated. :func:`decode_image` decodes the (single) frame with pydicom's pixel API and the
+installed codecs (pylibjpeg plugins, python-gdcm, Pillow), YBR colour coming back as RGB; for
+JPEG 2000 it can decode a reduced resolution level when the caller needs fewer pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels.decoders.base import get_decoder
+
+from inference.errors import NotAnalysable, Reason
+
+#: Transfer syntaxes without compression of the Pixel Data (deflate compresses the whole
+#: dataset, and pydicom inflates it when reading).
+NATIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+)
+
+#: The JPEG 2000 family (Part 1 and High-Throughput), which can be decoded at reduced resolution.
+JPEG2000_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+)
+
+#: Every transfer syntax the pipeline decodes with the codecs this project installs. The DICOM
+#: node negotiates exactly these; ``tests/inference/test_pixels_syntaxes.py`` decodes a file of
+#: each one. JPEG Extended is listed for its 8-bit process; 12-bit streams are decoded by
+#: pylibjpeg-libjpeg when they are well formed.
+DECODABLE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    *NATIVE_TRANSFER_SYNTAXES,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    *JPEG2000_TRANSFER_SYNTAXES,
+    uid.RLELossless,
+)
+
+
+class Photometric(StrEnum):
+    """Photometric Interpretation values the pipeline accepts (PS3.3 C.7.6.3.1.2)."""
+
+    MONOCHROME1 = "MONOCHROME1"
+    MONOCHROME2 = "MONOCHROME2"
+    RGB = "RGB"
+    YBR_FULL = "YBR_FULL"
+    YBR_FULL_422 = "YBR_FULL_422"
+    YBR_ICT = "YBR_ICT"
+    YBR_RCT = "YBR_RCT"
+
+
+MONOCHROME = frozenset({Photometric.MONOCHROME1, Photometric.MONOCHROME2})
+_PHOTOMETRIC_VALUES = frozenset(p.value for p in Photometric)
+
+_ALLOWED_BITS_ALLOCATED = frozenset({8, 16, 32})
+_MAX_DIMENSION = 65535  # Rows and Columns are US (PS3.3 C.7.6.3)
+_ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+_DECODE_ERRORS = (
+    RuntimeError,
+    ValueError,
+    NotImplementedError,
+    OSError,
+    KeyError,
+    IndexError,
+    struct.error,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """One decoded frame.
+
+    ``pixels`` is ``rows x columns`` (grey) or ``rows x columns x 3`` (colour, RGB after any YBR
+    conversion, as ``photometric`` says). When ``reduction`` is ``r > 0`` the frame was decoded
+    at a lower resolution level: the array covers the whole image at ``1 / 2**r`` of its size.
+    """
+
+    pixels: NDArray[np.generic]
+    photometric: str
+    reduction: int = 0
+
+    @property
+    def factor(self) -> int:
+        """How many original pixels one decoded pixel spans along each axis."""
+        return int(2**self.reduction)
+
+
+@dataclass(frozen=True, slots=True)
+class J2KHeader:
+    """What the main header of a JPEG 2000 codestream says (ISO/IEC 15444-1 A.5.1, A.6.1)."""
+
+    width: int
+    height: int
+    x_offset: int
+    y_offset: int
+    components: int
+    precision: int
+    signed: bool
+    levels: int
+
+
+def transfer_syntax_of(ds: Dataset) -> uid.UID:
+    """The dataset's Transfer Syntax UID (PS3.10 7.1), refusing a dataset without one."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = None if meta is None else meta.get("TransferSyntaxUID")
+    if not tsyntax:
+        raise NotAnalysable(
+            Reason.UNSUPPORTED_TRANSFER_SYNTAX, "the dataset has no Transfer Syntax UID"
+        )
+    return uid.UID(str(tsyntax))
+
+
+def _int_attribute(ds: Dataset, keyword: str, *, default: int | None = None) -> int:
+    """An integer header attribute, refusing a missing or malformed one as ``dimensions``."""
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        raise NotAnalysable(Reason.DIMENSIONS, f"{keyword} is missing")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise NotAnalysable(Reason.DIMENSIONS, f"{keyword} is not an integer") from exc
+
+
+def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
+    """Refuse, from the header alone, a dataset the pipeline cannot or should not decode.
+
+    Nothing proportional to the image size is allocated: the checks read the Image Pixel module
+    (PS3.3 C.7.6.3) and compare the declared frame size with the length of the Pixel Data that
+    is present, for the native (uncompressed) transfer syntaxes.
+
+    Raises
+    ------
+    NotAnalysable
+        ``no_pixel_data``, ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
+        ``unsupported_photometric``, ``truncated`` or ``undecodable`` (an encapsulated Pixel
+        Data that does not start with an item, PS3.5 A.4).
+    """
+    if "PixelData" not in ds:
+        raise NotAnalysable(Reason.NO_PIXEL_DATA, "the dataset has no Pixel Data (7FE0,0010)")
+    tsyntax = transfer_syntax_of(ds)
+    if tsyntax not in DECODABLE_TRANSFER_SYNTAXES:
+        raise NotAnalysable(
+            Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no decoder for transfer syntax {tsyntax}"
+        )
+    frames = _int_attribute(ds, "NumberOfFrames", default=1)
+    if frames > 1:
+        raise NotAnalysable(Reason.MULTI_FRAME, f"{frames} frames; only single images are read")
+    if frames < 1:
+        raise NotAnalysable(Reason.DIMENSIONS, f"Number of Frames is {frames}")
+    rows = _int_attribute(ds, "Rows")
+    columns = _int_attribute(ds, "Columns")
+    samples = _int_attribute(ds, "SamplesPerPixel", default=1)
+    bits_allocated = _int_attribute(ds, "BitsAllocated")
+    bits_stored = _int_attribute(ds, "BitsStored", default=bits_allocated)
+    representation = _int_attribute(ds, "PixelRepresentation", default=0)
+    if not (1 <= rows <= _MAX_DIMENSION and 1 <= columns <= _MAX_DIMENSION):
+        raise NotAnalysable(Reason.DIMENSIONS, f"image of {columns}x{rows} pixels")
+    if rows * columns * samples > max_pixels:
+        raise NotAnalysable(
+            Reason.DIMENSIONS,
+            f"image of {columns}x{rows}x{samples} samples exceeds the limit of {max_pixels}",
+        )
+    if samples not in (1, 3):
+        raise NotAnalysable(Reason.DIMENSIONS, f"Samples per Pixel is {samples}")
+    if bits_allocated not in _ALLOWED_BITS_ALLOCATED:
+        raise NotAnalysable(Reason.DIMENSIONS, f"Bits Allocated is {bits_allocated}")
+    if not 1 <= bits_stored <= bits_allocated:
+        raise NotAnalysable(
+            Reason.DIMENSIONS, f"Bits Stored {bits_stored} with Bits Allocated {bits_allocated}"
+        )
+    if representation not in (0, 1):
+        raise NotAnalysable(Reason.DIMENSIONS, f"Pixel Representation is {representation}")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in _PHOTOMETRIC_VALUES:
+        raise NotAnalysable(
+            Reason.UNSUPPORTED_PHOTOMETRIC, f"Photometric Interpretation {photometric!r}"
+        )
+    if (photometric in MONOCHROME) != (samples == 1):
+        raise NotAnalysable(
+            Reason.UNSUPPORTED_PHOTOMETRIC,
+            f"Photometric Interpretation {photometric} with {samples} samples per pixel",
+        )
+    data = ds.PixelData
+    if not isinstance(data, bytes | bytearray):
+        raise NotAnalysable(Reason.NO_PIXEL_DATA, "Pixel Data has no value")
+    if tsyntax in NATIVE_TRANSFER_SYNTAXES:
+        expected = rows * columns * samples * bits_allocated // 8
+        if len(data) < expected:
+            raise NotAnalysable(
+                Reason.TRUNCATED,
+                f"Pixel Data holds {len(data)} bytes, the header declares {expected}",
+            )
+    elif bytes(data[:4]) != _ITEM_TAG_LE:
+        raise NotAnalysable(
+            Reason.UNDECODABLE, "encapsulated Pixel Data does not start with an item"
+        )
+
+
+def _markers(stream: bytes, start: int) -> Iterator[tuple[int, bytes]]:
+    """Marker segments of a codestream's main header from ``start`` (after SOC) up to SOT."""
+    pos = start
+    while pos + 4 <= len(stream):
+        marker, length = struct.unpack_from(">HH", stream, pos)
+        if marker == 0xFF90 or marker & 0xFF00 != 0xFF00:  # SOT: the main header has ended
+            return
+        yield marker, stream[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+
+
+def j2k_header(stream: bytes) -> J2KHeader:
+    """Parse the SIZ, COD and COC segments of a JPEG 2000 codestream's main header.
+
+    A JP2 file wrapper, which some writers leave around the codestream, is skipped.
+
+    Raises
+    ------
+    ValueError
+        If there is no SOC + SIZ start or the segments are too short.
+    """
+    start = stream.find(b"\xff\x4f\xff\x51")
+    if start < 0:
+        raise ValueError("no JPEG 2000 codestream (SOC followed by SIZ) found")
+    width = height = x_off = y_off = components = precision = 0
+    signed = False
+    levels: list[int] = []
+    for marker, body in _markers(stream, start + 2):
+        if marker == 0xFF51:  # SIZ, A.5.1
+            _, xsiz, ysiz, xosiz, yosiz, _, _, _, _, components = struct.unpack_from(
+                ">HIIIIIIIIH", body
+            )
+            ssiz = body[36]
+            width, height, x_off, y_off = xsiz - xosiz, ysiz - yosiz, xosiz, yosiz
+            precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+        elif marker == 0xFF52:  # COD, A.6.1: Scod, SGcod (4 bytes), then decomposition levels
+            levels.append(body[5])
+        elif marker == 0xFF53:  # COC, A.6.2: Ccoc (1 or 2 bytes), Scoc, then levels
+            levels.append(body[2 if components < 257 else 3])
+    if not components or not levels:
+        raise ValueError("the codestream's main header has no SIZ or COD segment")
+    return J2KHeader(width, height, x_off, y_off, components, precision, signed, min(levels))
+
+
+def _reduced_length(length: int, reduction: int) -> int:
+    """Length of an axis at resolution level ``reduction`` (ISO/IEC 15444-1 B.5)."""
+    return -(-length // (1 << reduction))
+
+
+def _pillow_reduced_length(length: int, reduction: int) -> int:
+    """The length Pillow allots for a reduced decode; it must equal the codec's to succeed."""
+    power = 1 << reduction
+    return int((length + (power >> 1)) / power)
+
+
+def choose_reduction(width: int, height: int, levels: int, min_long_side: int) -> int:
+    """The largest resolution reduction keeping at least ``min_long_side`` px on the long side.
+
+    ``r`` halves the image ``r`` times; it cannot exceed the codestream's decomposition levels,
+    and it is only chosen where the reduced size that Pillow allots matches the codec's
+    (``ceil(n / 2**r)``); otherwise a smaller ``r`` is used.
+    """
+    for reduction in range(max(0, levels), 0, -1):
+        if _reduced_length(max(width, height), reduction) < min_long_side:
+            continue
+        if all(
+            _pillow_reduced_length(n, reduction) == _reduced_length(n, reduction)
+            for n in (width, height)
+        ):
+            return reduction
+    return 0
+
+
+def _first_frame(ds: Dataset) -> bytes:
+    """The encapsulated codestream of the first (only) frame, fragments joined (PS3.5 A.4)."""
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _decode_j2k_reduced(ds: Dataset, min_long_side: int) -> DecodedImage | None:
+    """Decode a grey JPEG 2000 frame at a reduced resolution level, or say it cannot.
+
+    Returns ``None`` when no reduction applies or the stream is not the plain case handled here
+    (one component, precision and signedness as the header declares, no image offset); the
+    caller then decodes at full resolution, which also reports any genuine decoding error.
+    """
+    try:
+        stream = _first_frame(ds)
+        header = j2k_header(stream)
+    except (ValueError, StopIteration, struct.error, IndexError):
+        return None
+    plain = (
+        header.components == 1
+        and header.precision == int(ds.BitsStored)
+        and header.precision <= 16
+        and header.signed == bool(ds.PixelRepresentation)
+        and (header.width, header.height) == (int(ds.Columns), int(ds.Rows))
+        and header.x_offset == header.y_offset == 0
+    )
+    if not plain:
+        return None
+    reduction = choose_reduction(header.width, header.height, header.levels, min_long_side)
+    if reduction == 0:
+        return None
+    try:
+        with Image.open(io.BytesIO(stream), formats=("JPEG2000",)) as image:
+            # Pillow's documented open-time option for JPEG 2000 (resolution levels to discard).
+            image.reduce = reduction  # type: ignore[method-assign, assignment]
+            image.load()
+            raw = np.asarray(image)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    expected = (_reduced_length(header.height, reduction), _reduced_length(header.width, reduction))
+    if raw.shape != expected:
+        return None
+    # Pillow widens N-bit samples to 8 or 16 bits and offsets signed ones to unsigned
+    # (its Jpeg2KDecode.c); undo both to get the stored values back.
+    container_bits = 8 if header.precision <= 8 else 16
+    values = raw.astype(np.int32) >> (container_bits - header.precision)
+    if header.signed:
+        values -= 1 << (header.precision - 1)
+        pixels: NDArray[np.generic] = values.astype(np.int16 if container_bits == 16 else np.int8)
+    else:
+        pixels = values.astype(np.uint16 if container_bits == 16 else np.uint8)
+    photometric = str(ds.PhotometricInterpretation)
+    return DecodedImage(pixels=pixels, photometric=photometric, reduction=reduction)
+
+
+def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedImage:
+    """Check and decode the single frame of ``ds``; the dataset is not modified.
+
+    Parameters
+    ----------
+    ds:
+        A dataset with File Meta (for its Transfer Syntax UID).
+    min_long_side:
+        When given, a grey JPEG 2000 frame is decoded at the smallest resolution level that
+        still has at least this many pixels on its long side (much faster for large images).
+        Other syntaxes are always decoded at full resolution.
+
+    Raises
+    ------
+    NotAnalysable
+        From :func:`check_analysable`, or ``undecodable`` when every installed decoder fails.
+    """
+    check_analysable(ds)
+    tsyntax = transfer_syntax_of(ds)
+    if (
+        min_long_side is not None
+        and tsyntax in JPEG2000_TRANSFER_SYNTAXES
+        and int(ds.get("SamplesPerPixel", 1)) == 1
+    ):
+        reduced = _decode_j2k_reduced(ds, min_long_side)
+        if reduced is not None:
+            return reduced
+    try:
+        with warnings.catch_warnings():
+            # Codec chatter (e.g. a J2K sign mismatch pydicom corrects) is not the caller's concern.
+            warnings.simplefilter("ignore")
+            pixels, overrides = get_decoder(tsyntax).as_array(ds, index=0)
+    except _DECODE_ERRORS as exc:
+        raise NotAnalysable(
+            Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
+        ) from exc
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if pixels.shape[:2] != (rows, columns):
+        raise NotAnalysable(
+            Reason.UNDECODABLE, f"decoded shape {pixels.shape} differs from {rows}x{columns}"
+        )
+    photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
+    return DecodedImage(pixels=pixels, photometric=photometric)
