@@ -12,8 +12,16 @@ import copy
 
 from highdicom import ContributingEquipment, SOPClass
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 
 from reporting.findings import ResultInputError
+from reporting.uids import derive_uid
+
+#: Implementation Class UID and Version Name (SH, at most 16 characters) of this project.
+IMPLEMENTATION_CLASS_UID = UID(derive_uid("fracture-gateway/implementation"))
+IMPLEMENTATION_VERSION_NAME = "FRACTURE_GW_1"
 
 #: Attributes the object builders read from their reference dataset at construction time.
 #: Their values are blanked in :func:`neutral_header` so that no patient data passes through
@@ -72,6 +80,17 @@ def neutral_header(source: Dataset) -> Dataset:
     for keyword in _PATIENT_STUDY_KEYWORDS:
         setattr(header, keyword, None)
     return header
+
+
+def mark_implementation(target: Dataset) -> None:
+    """Name this project, not the object-building library, as the file's implementation.
+
+    Implementation Class UID and Version Name of the File Meta Information (PS3.10 7.1).
+    """
+    target.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    target.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    # Writing the meta information recomputes its File Meta Information Group Length.
+    write_file_meta_info(DicomBytesIO(), target.file_meta, enforce_standard=True)
 
 
 def acquisition_equipment(source: Dataset) -> list[ContributingEquipment]:

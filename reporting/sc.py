@@ -21,6 +21,7 @@ from reporting.headers import (
     acquisition_equipment,
     copy_patient_and_study,
     copy_specific_character_set,
+    mark_implementation,
 )
 from reporting.render import BannerText, Rendering, compose_gradcam
 
@@ -152,8 +153,9 @@ def build_gradcam_sc(
     )
     copy_specific_character_set(source, sc)
     copy_patient_and_study(source, sc)
+    mark_implementation(sc)
     sc.PatientOrientation = source.get("PatientOrientation")
-    sc.Laterality = series_laterality(source)
+    sc.Laterality = series_laterality(source) or ""
     if source.get("BodyPartExamined"):
         sc["BodyPartExamined"] = copy.deepcopy(source["BodyPartExamined"])
     sc.BurnedInAnnotation = "YES"

@@ -51,6 +51,7 @@ from reporting.headers import (
     acquisition_equipment,
     copy_patient_and_study,
     copy_specific_character_set,
+    mark_implementation,
     neutral_header,
 )
 from reporting.uids import device_uid, tracking_uid
@@ -281,4 +282,5 @@ def build_sr(
     )
     copy_specific_character_set(first_source, sr)
     copy_patient_and_study(first_source, sr)
+    mark_implementation(sr)
     return sr
