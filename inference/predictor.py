@@ -1,0 +1,188 @@
+"""Predictions with Grad-CAM from one forward pass, per image and per study.
+
+A :class:`Predictor` is built once from a :class:`~inference.model_package.ModelPackage`: the
+gradient model (features + class score) is built at that moment, and every batch then runs one
+``tf.GradientTape`` pass that yields both the score and the Grad-CAM map. The package's model
+is never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from numpy.typing import NDArray
+
+from inference.gradcam import gradcam_maps, gradcam_model, map_peak, resize_map
+from inference.model_package import ModelCard, ModelPackage, OperatingPointName, OutputKind
+from inference.preprocess import GeometryTransform, PreparedImage
+
+FloatImage = NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePrediction:
+    """One image's result.
+
+    ``heatmap`` is the Grad-CAM map for the positive class on the model-input grid
+    (``size x size``, ``[0, 1]``); :meth:`heatmap_on_original` maps it onto the original image.
+    """
+
+    score: float
+    probability: float
+    labels: dict[OperatingPointName, bool]
+    heatmap: FloatImage
+    transform: GeometryTransform
+
+    def heatmap_on_original(self) -> FloatImage:
+        """The heat map resampled onto the original pixel grid (0 outside the crop)."""
+        return map_heatmap_to_original(self.heatmap, self.transform)
+
+    def peak_on_original(self) -> tuple[float, float]:
+        """``(x, y)`` of the heat map's maximum, in original pixel coordinates."""
+        x, y = map_peak(self.heatmap)
+        return self.transform.to_original(x + 0.5, y + 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class StudyPrediction:
+    """Per-image results and the study's result: the maximum over the eligible images."""
+
+    images: tuple[ImagePrediction, ...]
+    probability: float
+    labels: dict[OperatingPointName, bool]
+    model_name: str
+    model_version: str
+
+    @classmethod
+    def from_images(
+        cls,
+        images: Sequence[ImagePrediction],
+        card: ModelCard,
+        eligible: Sequence[bool] | None = None,
+    ) -> StudyPrediction:
+        """Aggregate image results; ``eligible`` (default: all) selects the images that count."""
+        chosen = (
+            list(images)
+            if eligible is None
+            else [p for p, ok in zip(images, eligible, strict=True) if ok]
+        )
+        if not chosen:
+            raise ValueError("a study prediction needs at least one eligible image")
+        probability = max(p.probability for p in chosen)
+        return cls(
+            images=tuple(images),
+            probability=probability,
+            labels=_labels(probability, card),
+            model_name=card.name,
+            model_version=card.version,
+        )
+
+
+def map_heatmap_to_original(heatmap: FloatImage, transform: GeometryTransform) -> FloatImage:
+    """Resample a model-grid heat map onto the original image, clipped to ``[0, 1]``."""
+    return np.clip(transform.map_to_original(heatmap), 0.0, 1.0).astype(np.float32)
+
+
+def _labels(probability: float, card: ModelCard) -> dict[OperatingPointName, bool]:
+    return {
+        name: bool(probability >= point.threshold) for name, point in card.operating_points.items()
+    }
+
+
+class Predictor:
+    """Scores, calibrated probabilities, operating-point labels and Grad-CAM maps for a package."""
+
+    def __init__(self, package: ModelPackage, *, output_layer: str | None = None) -> None:
+        self.card = package.card
+        model = package.model
+        output_name = output_layer or model.layers[-1].name
+        outputs = gradcam_model(model, self.card.gradcam_layer, output_name)
+        self._grad_model = outputs.model
+        self._output_layer = model.get_layer(output_name)
+        self._activation = (
+            None
+            if outputs.output_activation is None
+            else keras.activations.get(outputs.output_activation)
+        )
+        self._class_index = (
+            0 if self.card.output is OutputKind.SIGMOID else self.card.positive_index
+        )
+        size = self.card.input_size
+        self._step = tf.function(
+            self._forward,
+            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
+            reduce_retracing=True,
+        )
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One pass: positive-class probability, feature activations and their gradients."""
+        with tf.GradientTape() as tape:
+            features, head_input = self._grad_model(images, training=False)
+            tape.watch(features)
+            if self._activation is None:
+                probabilities = head_input
+                target = head_input[:, self._class_index]
+            else:
+                layer = self._output_layer
+                logits = tf.matmul(head_input, layer.kernel)
+                if layer.bias is not None:
+                    logits = logits + layer.bias
+                probabilities = self._activation(logits)
+                target = logits[:, self._class_index]
+        gradients = tape.gradient(target, features)
+        if gradients is None:
+            gradients = tf.zeros_like(features)
+        return probabilities[:, self._class_index], features, gradients
+
+    def predict(
+        self, images: Sequence[PreparedImage], *, batch_size: int = 16
+    ) -> list[ImagePrediction]:
+        """Predict every image, ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        size = self.card.input_size
+        for image in images:
+            if image.tensor.shape != (size, size, 1):
+                raise ValueError(
+                    f"model input must be {size} x {size} x 1, got {image.tensor.shape}"
+                )
+        results: list[ImagePrediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            x = np.stack([np.clip(im.tensor, 0.0, 1.0) for im in batch]).astype(np.float32)
+            scores, features, gradients = self._step(tf.constant(x))
+            maps = gradcam_maps(features.numpy(), gradients.numpy())
+            calibrated = self.card.calibration.apply(scores.numpy())
+            for image, score, probability, cam in zip(
+                batch, scores.numpy(), calibrated, maps, strict=True
+            ):
+                results.append(
+                    ImagePrediction(
+                        score=float(score),
+                        probability=float(probability),
+                        labels=_labels(float(probability), self.card),
+                        heatmap=resize_map(cam, size),
+                        transform=image.transform,
+                    )
+                )
+        return results
+
+    def predict_study(
+        self,
+        images: Sequence[PreparedImage],
+        *,
+        eligible: Sequence[bool] | None = None,
+        batch_size: int = 16,
+    ) -> StudyPrediction:
+        """Predict a study's images and aggregate them (maximum over eligible images)."""
+        return StudyPrediction.from_images(
+            self.predict(images, batch_size=batch_size), self.card, eligible
+        )

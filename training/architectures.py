@@ -1,0 +1,172 @@
+"""Model architectures; every model takes ``size x size x 1`` grey in ``[0, 1]``.
+
+``small`` is a compact residual CNN meant to be trained from scratch on a CPU. The others are
+Keras applications: the grey input is replicated to three channels and the application's own
+input scaling is applied *inside* the model (built-in layers only, so the saved ``.keras`` file
+loads without custom code). Every model names its Grad-CAM layer ``gradcam_features``: the
+output of its last convolutional block.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import keras
+from keras import layers
+
+#: Name of the layer whose activations Grad-CAM uses, in every architecture built here.
+GRADCAM_LAYER = "gradcam_features"
+#: Name of the model's output layer.
+OUTPUT_LAYER = "prediction"
+
+#: ImageNet channel statistics (RGB), as the applications' own preprocessing uses them.
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class Architecture(enum.StrEnum):
+    """The architectures ``train --arch`` accepts."""
+
+    SMALL = "small"
+    EFFICIENTNETB0 = "efficientnetb0"
+    RESNET50 = "resnet50"
+    DENSENET121 = "densenet121"
+    VGG16 = "vgg16"
+    MOBILENETV3 = "mobilenetv3"
+
+
+class Scaling(enum.Enum):
+    """How an application expects its three-channel input."""
+
+    RAW_255 = "raw_255"  # the application rescales internally (EfficientNet, MobileNetV3)
+    CAFFE = "caffe"  # 0..255, BGR, ImageNet means subtracted (ResNet50, VGG16)
+    TORCH = "torch"  # 0..1, ImageNet mean / std (DenseNet121)
+
+
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, stride: int = 1, name: str = ""
+) -> keras.KerasTensor:
+    x = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _residual_block(
+    x: keras.KerasTensor, filters: int, stride: int, name: str, out_name: str | None = None
+) -> keras.KerasTensor:
+    """Two 3x3 convolutions with batch norm and a projected shortcut (ResNet basic block)."""
+    shortcut = x
+    y = _conv_bn(x, filters, stride, name=f"{name}_a")
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+    y = layers.BatchNormalization(name=f"{name}_b_bn")(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_proj_conv"
+        )(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=out_name or f"{name}_out")(y)
+
+
+def _head(features: keras.KerasTensor, n_outputs: int, dropout: float) -> keras.KerasTensor:
+    x = layers.GlobalAveragePooling2D(name="pool")(features)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    activation = "sigmoid" if n_outputs == 1 else "softmax"
+    return layers.Dense(n_outputs, activation=activation, name=OUTPUT_LAYER, dtype="float32")(x)
+
+
+def build_small(
+    size: int, n_outputs: int, *, widths: tuple[int, ...] = (32, 64, 128, 192), dropout: float = 0.3
+) -> keras.Model:
+    """A small residual CNN: stride-2 stem, one basic block per stage, global average pooling.
+
+    The first three stages halve the resolution; the last keeps it (so the Grad-CAM map is
+    ``size / 16`` on a side, finer than the usual ``size / 32``).
+    """
+    inputs = keras.Input((size, size, 1), name="image")
+    x = _conv_bn(inputs, widths[0] // 2, stride=2, name="stem")
+    for stage, filters in enumerate(widths):
+        last = stage == len(widths) - 1
+        x = _residual_block(
+            x,
+            filters,
+            stride=1 if last else 2,
+            name=f"stage{stage + 1}",
+            out_name=GRADCAM_LAYER if last else None,
+        )
+    return keras.Model(inputs, _head(x, n_outputs, dropout), name="fracture_small")
+
+
+def _grey_to_application_input(x: keras.KerasTensor, scaling: Scaling) -> keras.KerasTensor:
+    """``[0, 1]`` grey -> the three-channel input the application expects."""
+    rgb = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    if scaling is Scaling.RAW_255:
+        return layers.Rescaling(255.0, name="to_255")(rgb)
+    if scaling is Scaling.CAFFE:
+        scaled = layers.Rescaling(255.0, name="to_255")(rgb)
+        # Grey replicated: the BGR channel swap is a no-op, only the means matter.
+        return layers.Normalization(
+            mean=list(_CAFFE_MEAN_BGR), variance=[1.0, 1.0, 1.0], name="caffe_means"
+        )(scaled)
+    return layers.Normalization(
+        mean=list(_IMAGENET_MEAN_RGB),
+        variance=[s * s for s in _IMAGENET_STD_RGB],
+        name="imagenet_norm",
+    )(rgb)
+
+
+def build_application(
+    arch: Architecture, size: int, n_outputs: int, *, weights: str | None, dropout: float = 0.3
+) -> keras.Model:
+    """A Keras application backbone with grey input and our head.
+
+    ``weights`` is ``None``, ``"imagenet"`` (downloaded by Keras) or a path to a weights file
+    loaded into the backbone.
+    """
+    apps = keras.applications
+    table: dict[Architecture, tuple[object, Scaling]] = {
+        Architecture.EFFICIENTNETB0: (apps.EfficientNetB0, Scaling.RAW_255),
+        Architecture.RESNET50: (apps.ResNet50, Scaling.CAFFE),
+        Architecture.DENSENET121: (apps.DenseNet121, Scaling.TORCH),
+        Architecture.VGG16: (apps.VGG16, Scaling.CAFFE),
+        Architecture.MOBILENETV3: (apps.MobileNetV3Small, Scaling.RAW_255),
+    }
+    constructor, scaling = table[arch]
+    backbone_weights = "imagenet" if weights == "imagenet" else None
+    kwargs: dict[str, object] = {
+        "include_top": False,
+        "weights": backbone_weights,
+        "input_shape": (size, size, 3),
+    }
+    if arch is Architecture.MOBILENETV3:
+        kwargs["include_preprocessing"] = True
+    backbone: keras.Model = constructor(**kwargs)  # type: ignore[operator]
+    if weights not in (None, "imagenet"):
+        backbone.load_weights(str(weights))
+    inputs = keras.Input((size, size, 1), name="image")
+    x = backbone(_grey_to_application_input(inputs, scaling))
+    # A named identity on the backbone's last feature map: the Grad-CAM layer, reachable from
+    # the outer model without reaching into the nested backbone.
+    features = layers.Activation("linear", name=GRADCAM_LAYER)(x)
+    return keras.Model(inputs, _head(features, n_outputs, dropout), name=f"fracture_{arch.value}")
+
+
+def build_model(
+    arch: Architecture, size: int, n_classes: int, *, weights: str | None
+) -> keras.Model:
+    """The model for ``arch``: one sigmoid output for two classes, else a softmax over them."""
+    if n_classes < 2:
+        raise ValueError(f"need at least two classes, got {n_classes}")
+    n_outputs = 1 if n_classes == 2 else n_classes
+    if arch is Architecture.SMALL:
+        if weights == "imagenet":
+            raise ValueError("the small architecture has no ImageNet weights; use none or a file")
+        model = build_small(size, n_outputs)
+        if weights is not None:
+            model.load_weights(str(Path(weights)))
+        return model
+    return build_application(arch, size, n_outputs, weights=weights)

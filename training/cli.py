@@ -1,0 +1,209 @@
+"""The ``train``, ``evaluate`` and ``export`` commands; :func:`register` adds them to a CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from training.architectures import Architecture
+from training.fit import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Where ``train`` writes the package inside its run folder, unless told otherwise.
+PACKAGE_DIR = "package"
+#: Where the package's evaluation on the held-out split goes, inside the package folder.
+EVALUATION_DIR = "evaluation"
+
+DataOption = Annotated[
+    Path, typer.Option(help="Data folder: class folders, train/val/test/<class>, or XR_* studies.")
+]
+
+
+def _weights(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def train(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Run folder; re-running the command resumes it.")],
+    arch: Annotated[Architecture, typer.Option(help="Architecture.")] = Architecture.SMALL,
+    weights: Annotated[str, typer.Option(help="none, imagenet, or a weights file.")] = "none",
+    epochs: Annotated[int, typer.Option(min=1)] = 60,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    image_size: Annotated[int, typer.Option(min=32)] = 320,
+    seed: int = 42,
+    augment: bool = True,
+    class_weights: bool = True,
+    crop: Annotated[bool, typer.Option(help="Anatomy crop before resizing.")] = True,
+    time_budget_minutes: Annotated[float | None, typer.Option(min=0.0)] = None,
+    positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
+    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
+    package_out: Annotated[Path | None, typer.Option(help="Package folder [OUT/package].")] = None,
+    name: str = "fracture-cnn",
+    version: str = "1.0.0",
+    cache_dir: Annotated[Path | None, typer.Option(help="Pixel cache [OUT/../cache].")] = None,
+) -> None:
+    """Train a fracture classifier; by default also export its package and evaluate it on test."""
+    from training.datasets import Split
+    from training.evaluate import evaluate as run_evaluation
+    from training.export import add_card_metrics, export_package, load_trained
+    from training.pipeline import SPLIT_FILE, train_stage
+
+    _logging()
+    config = TrainConfig(
+        arch=arch,
+        weights=_weights(weights),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        image_size=image_size,
+        crop=crop,
+        seed=seed,
+        augment=augment,
+        class_weights=class_weights,
+        time_budget_minutes=time_budget_minutes,
+    )
+    prepared, state = train_stage(data, config, out, cache_dir=cache_dir, positive=positive_class)
+    typer.echo(f"training finished: {state.stop_reason}; best val AUROC {state.best_auroc:.4f}")
+    if not export:
+        return
+    package_dir = package_out or out / PACKAGE_DIR
+    training: dict[str, Any] = {
+        "seed": seed,
+        "arch": arch.value,
+        "weights": weights,
+        "image_size": image_size,
+        "epochs_trained": state.epochs_done,
+        "best_epoch": state.best_epoch,
+        "best_val_auroc": round(state.best_auroc, 6),
+        "stop_reason": state.stop_reason,
+        "train_minutes": round(state.train_seconds / 60, 1),
+        "augment": augment,
+        "class_weights": class_weights,
+    }
+    card = export_package(
+        load_trained(out),
+        prepared,
+        package_dir,
+        crop=crop,
+        name=name,
+        version=version,
+        training=training,
+    )
+    typer.echo(f"package written to {package_dir} (sha256 {card.sha256[:12]})")
+    evaluation = package_dir / EVALUATION_DIR
+    metrics = run_evaluation(
+        package_dir,
+        prepared.parts[Split.TEST].examples,
+        prepared.dataset.positive_index,
+        evaluation,
+        data_root=data,
+        title=f"{name} {version} on the held-out test split",
+    )
+    shutil.copyfile(out / SPLIT_FILE, evaluation / SPLIT_FILE)
+    add_card_metrics(package_dir, "test", _summary(metrics))
+    typer.echo(
+        f"test AUROC {metrics['auroc']} (95% CI {metrics['auroc_ci']}); report in {evaluation}"
+    )
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The card's short version of an evaluation."""
+    return {
+        "n_images": metrics["n_images"],
+        "n_positive": metrics["n_positive"],
+        "auroc": metrics["auroc"],
+        "auroc_ci": metrics["auroc_ci"],
+        "operating_points": {
+            name: {"sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+            for name, m in metrics["operating_points"].items()
+        },
+    }
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model package folder or its model.json.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Folder for the report, metrics.json, PNGs.")],
+    split: Annotated[str, typer.Option(help="test, val, train, or all.")] = "test",
+    seed: Annotated[int | None, typer.Option(help="Split seed [the card's].")] = None,
+) -> None:
+    """Evaluate a model package on a data folder's split (default: the held-out test split)."""
+    from inference.model_package import read_card
+    from training.datasets import Split, load_dataset, split_examples
+    from training.evaluate import evaluate as run_evaluation
+
+    _logging()
+    card = read_card(model)
+    dataset = load_dataset(data, positive=card.positive_class)
+    if split == "all":
+        examples = dataset.examples
+    else:
+        try:
+            chosen = Split(split)
+        except ValueError:
+            raise typer.BadParameter(
+                f"split must be test, val, train or all, got {split!r}"
+            ) from None
+        split_seed = seed if seed is not None else int(card.training_data.get("seed", 42))
+        examples = split_examples(dataset, seed=split_seed).part(chosen)
+    metrics = run_evaluation(
+        model,
+        examples,
+        dataset.positive_index,
+        out,
+        data_root=data,
+        title=f"{card.name} {card.version} on {data.name} ({split})",
+    )
+    typer.echo(json.dumps({k: metrics[k] for k in ("n_images", "auroc", "auroc_ci")}))
+
+
+def export_command(
+    model: Annotated[Path, typer.Option(help="Run folder (its best.keras) or a .keras file.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Package folder to write.")],
+    seed: Annotated[int, typer.Option(help="The split seed used in training.")] = 42,
+    crop: bool = True,
+    name: str = "fracture-cnn",
+    version: str = "1.0.0",
+    positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Pixel cache folder.")] = Path("runs/cache"),
+) -> None:
+    """Write a model package: calibration and operating points fitted on the validation split."""
+    from training.export import export_package, load_trained, model_input_size
+    from training.pipeline import prepare_data
+
+    _logging()
+    trained = load_trained(model)
+    prepared = prepare_data(
+        data,
+        image_size=model_input_size(trained),
+        crop=crop,
+        seed=seed,
+        cache_dir=cache_dir,
+        positive=positive_class,
+    )
+    card = export_package(
+        trained, prepared, out, crop=crop, name=name, version=version, training={"seed": seed}
+    )
+    typer.echo(f"package written to {out} (sha256 {card.sha256[:12]})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``evaluate`` and ``export`` to ``app``."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("export")(export_command)

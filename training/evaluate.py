@@ -1,0 +1,324 @@
+"""Evaluate a model package on labelled pictures: metrics, figures, Markdown report, predictions.
+
+Pictures go through the service's own path (``read_picture`` -> ``prepare`` -> ``Predictor``),
+so the numbers describe what the service does, Grad-CAM included.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from inference.model_package import ModelCard, OperatingPointName, load_package
+from inference.picture import PictureError, read_picture
+from inference.predictor import Predictor
+from inference.preprocess import prepare
+from training.datasets import Example
+from training.metrics import Confusion, auroc, bootstrap_auroc_ci, confusion_at
+from training.plots import plot_calibration, plot_confusion, plot_roc
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+REPORT_FILE = "report.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box in original pixel coordinates."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def contains(self, x: float, y: float) -> bool:
+        return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredImage:
+    """One evaluated picture."""
+
+    example: Example
+    positive: bool
+    score: float
+    probability: float
+    #: Heat-map peak in original pixel coordinates, and the original size ``(width, height)``.
+    peak: tuple[float, float]
+    original_size: tuple[int, int]
+
+
+def read_yolo_boxes(path: Path, width: int, height: int) -> list[Box]:
+    """Boxes of a YOLO label file (``class xc yc w h``, normalised) in pixel coordinates."""
+    if not path.is_file():
+        return []
+    boxes: list[Box] = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) != 5:
+            continue
+        xc, yc, w, h = (float(v) for v in fields[1:])
+        boxes.append(
+            Box(
+                (xc - w / 2) * width,
+                (yc - h / 2) * height,
+                (xc + w / 2) * width,
+                (yc + h / 2) * height,
+            )
+        )
+    return boxes
+
+
+def score_examples(
+    predictor: Predictor, examples: Sequence[Example], positive_index: int, *, batch_size: int = 16
+) -> tuple[list[ScoredImage], list[str]]:
+    """Predict every readable picture; returns the results and the names of skipped pictures."""
+    card = predictor.card
+    scored: list[ScoredImage] = []
+    skipped: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        batch, prepared = [], []
+        for example in examples[start : start + batch_size]:
+            try:
+                grey, _ = read_picture(example.path)
+            except (PictureError, OSError) as exc:
+                log.warning("%s skipped: %s", example.path.name, exc)
+                skipped.append(example.path.name)
+                continue
+            prepared.append(prepare(grey, card.input_size, crop=card.preprocessing.crop))
+            batch.append(example)
+        for example, image, result in zip(
+            batch, prepared, predictor.predict(prepared, batch_size=batch_size), strict=True
+        ):
+            scored.append(
+                ScoredImage(
+                    example=example,
+                    positive=example.label == positive_index,
+                    score=result.score,
+                    probability=result.probability,
+                    peak=result.peak_on_original(),
+                    original_size=(image.transform.original_width, image.transform.original_height),
+                )
+            )
+    return scored, skipped
+
+
+def _clean(value: float) -> float | None:
+    """NaN (undefined, e.g. no positives) becomes JSON null."""
+    return None if math.isnan(value) else round(value, 6)
+
+
+def confusion_metrics(c: Confusion) -> dict[str, Any]:
+    """The threshold-dependent metrics of one confusion matrix."""
+    return {
+        "accuracy": _clean(c.accuracy),
+        "precision": _clean(c.precision),
+        "sensitivity": _clean(c.sensitivity),
+        "recall": _clean(c.sensitivity),
+        "specificity": _clean(c.specificity),
+        "f1": _clean(c.f1),
+        "kappa": _clean(c.kappa),
+        "confusion_matrix": c.as_matrix(),
+    }
+
+
+def localisation(scored: Sequence[ScoredImage], threshold: float, yolo_dir: Path) -> dict[str, Any]:
+    """Share of true positives (with boxes) whose heat-map peak lies inside a fracture box."""
+    hits = total = 0
+    for image in scored:
+        if not (image.positive and image.probability >= threshold):
+            continue
+        width, height = image.original_size
+        boxes = read_yolo_boxes(yolo_dir / f"{image.example.path.stem}.txt", width, height)
+        if not boxes:
+            continue
+        total += 1
+        hits += any(box.contains(*image.peak) for box in boxes)
+    return {
+        "true_positives_with_boxes": total,
+        "peak_in_box": hits,
+        "share": _clean(hits / total if total else float("nan")),
+    }
+
+
+def compute_metrics(
+    scored: Sequence[ScoredImage], card: ModelCard, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """All metrics of a set of scored pictures (see ``metrics.json``)."""
+    labels = np.array([s.positive for s in scored], dtype=bool)
+    probabilities = np.array([s.probability for s in scored], dtype=np.float64)
+    value = auroc(labels, probabilities)
+    low, high = bootstrap_auroc_ci(labels, probabilities, n_boot=n_boot, seed=seed)
+    points: dict[str, Any] = {}
+    for name, point in card.operating_points.items():
+        reached = confusion_at(labels, probabilities, point.threshold)
+        points[name.value] = {"threshold": point.threshold} | confusion_metrics(reached)
+    body: dict[str, Any] = {}
+    parts = sorted({s.example.body_part for s in scored if s.example.body_part})
+    for part in parts:
+        pick = np.array([s.example.body_part == part for s in scored])
+        body[part] = {
+            "n_images": int(pick.sum()),
+            "n_positive": int(labels[pick].sum()),
+            "auroc": _clean(auroc(labels[pick], probabilities[pick])),
+        }
+        for name, point in card.operating_points.items():
+            reached = confusion_at(labels[pick], probabilities[pick], point.threshold)
+            body[part][name.value] = {
+                "sensitivity": _clean(reached.sensitivity),
+                "specificity": _clean(reached.specificity),
+            }
+    return {
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
+        "n_images": int(labels.size),
+        "n_positive": int(labels.sum()),
+        "auroc": _clean(value),
+        "auroc_ci": [_clean(low), _clean(high)],
+        "auroc_ci_level": 0.95,
+        "kappa": points[OperatingPointName.HIGH_SENSITIVITY.value]["kappa"],
+        "operating_points": points,
+        "at_probability_0_5": confusion_metrics(confusion_at(labels, probabilities, 0.5)),
+        "body_parts": body,
+    }
+
+
+def write_predictions(scored: Sequence[ScoredImage], root: Path, path: Path) -> None:
+    """``predictions.csv``: file (relative to the data root), label (1 = positive), probability."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "probability", "score"])
+        for s in scored:
+            name = (
+                s.example.path.relative_to(root)
+                if s.example.path.is_relative_to(root)
+                else s.example.path.name
+            )
+            row = [str(name), int(s.positive), f"{s.probability:.6f}", f"{s.score:.6f}"]
+            writer.writerow(row)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write_report(metrics: dict[str, Any], card: ModelCard, title: str, path: Path) -> None:
+    """A Markdown report of ``metrics`` with the figures beside it."""
+    low, high = metrics["auroc_ci"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Model `{card.name}` {card.version} (sha256 `{card.sha256[:16]}...`), "
+        f"input {card.input_size} px, crop {'on' if card.preprocessing.crop else 'off'}.",
+        "",
+        f"- images: {metrics['n_images']} ({metrics['n_positive']} fractured)",
+        f"- AUROC: {_fmt(metrics['auroc'])} (95% bootstrap CI {_fmt(low)} to {_fmt(high)})",
+        "",
+        "## Operating points (thresholds fitted on the validation split)",
+        "",
+        "| point | threshold | sensitivity | specificity | precision | accuracy | F1 | kappa |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics["operating_points"].items():
+        lines.append(
+            f"| {name} | {m['threshold']:.4f} | {_fmt(m['sensitivity'])} | "
+            f"{_fmt(m['specificity'])} | {_fmt(m['precision'])} | {_fmt(m['accuracy'])} | "
+            f"{_fmt(m['f1'])} | {_fmt(m['kappa'])} |"
+        )
+    lines += ["", "Confusion matrices `[[TN, FP], [FN, TP]]`: "]
+    lines += [f"- {n}: {m['confusion_matrix']}" for n, m in metrics["operating_points"].items()]
+    if metrics["body_parts"]:
+        lines += [
+            "",
+            "## Per body part",
+            "",
+            "| part | images | fractured | AUROC | sens (high-sens) | spec (high-sens) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for part, m in metrics["body_parts"].items():
+            hs = m[OperatingPointName.HIGH_SENSITIVITY.value]
+            lines.append(
+                f"| {part} | {m['n_images']} | {m['n_positive']} | {_fmt(m['auroc'])} | "
+                f"{_fmt(hs['sensitivity'])} | {_fmt(hs['specificity'])} |"
+            )
+    if "localisation" in metrics:
+        loc = metrics["localisation"]
+        lines += [
+            "",
+            "## Grad-CAM localisation",
+            "",
+            f"Of {loc['true_positives_with_boxes']} true positives (high-sensitivity point) "
+            f"with annotated boxes, {loc['peak_in_box']} have the heat-map peak inside a "
+            f"box: share {_fmt(loc['share'])}.",
+        ]
+    if metrics.get("skipped"):
+        lines += ["", f"Skipped (unreadable): {', '.join(metrics['skipped'])}"]
+    lines += ["", "![ROC](roc.png) ![calibration](calibration.png)", ""]
+    lines += [f"![{n}](confusion_{n}.png)" for n in metrics["operating_points"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def evaluate(
+    package: Path,
+    examples: Sequence[Example],
+    positive_index: int,
+    out: Path,
+    *,
+    data_root: Path,
+    title: str = "Evaluation",
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Evaluate ``package`` on ``examples``: metrics.json, predictions.csv, report.md and PNGs."""
+    loaded = load_package(package)
+    card = loaded.card
+    predictor = Predictor(loaded)
+    scored, skipped = score_examples(predictor, examples, positive_index)
+    if not scored:
+        raise ValueError("no readable pictures to evaluate")
+    metrics = compute_metrics(scored, card, n_boot=n_boot)
+    metrics["skipped"] = skipped
+    yolo = data_root / "yolo"
+    if yolo.is_dir():
+        threshold = card.operating_points[OperatingPointName.HIGH_SENSITIVITY].threshold
+        metrics["localisation"] = localisation(scored, threshold, yolo)
+    out.mkdir(parents=True, exist_ok=True)
+    labels: NDArray[np.bool_] = np.array([s.positive for s in scored])
+    probabilities = np.array([s.probability for s in scored])
+    plot_roc(
+        labels,
+        probabilities,
+        {
+            n: (m["sensitivity"] or 0.0, m["specificity"] or 0.0)
+            for n, m in metrics["operating_points"].items()
+        },
+        f"ROC, AUROC {_fmt(metrics['auroc'])}",
+        out / "roc.png",
+    )
+    plot_calibration(
+        labels, np.array([s.score for s in scored]), probabilities, out / "calibration.png"
+    )
+    for name, point in card.operating_points.items():
+        plot_confusion(
+            confusion_at(labels, probabilities, point.threshold),
+            f"{name.value} (p >= {point.threshold:.3f})",
+            out / f"confusion_{name.value}.png",
+        )
+    write_predictions(scored, data_root, out / PREDICTIONS_FILE)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
+    write_report(metrics, card, title, out / REPORT_FILE)
+    return metrics
+
+
+def operating_point_dicts(card: ModelCard) -> dict[str, dict[str, Any]]:
+    """The card's operating points as plain dicts."""
+    return {n.value: asdict(p) for n, p in card.operating_points.items()}
