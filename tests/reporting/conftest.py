@@ -242,7 +242,9 @@ class Verdict:
 def dciodvfy(path: Path) -> Verdict:
     """Run dciodvfy on ``path`` and collect its ``Error`` and ``Warning`` lines."""
     tool = require_tool("dciodvfy")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool, str(path)], capture_output=True, text=True, errors="replace", check=False
+    )
     lines = (result.stdout + result.stderr).splitlines()
     return Verdict(
         errors=[line for line in lines if line.startswith("Error")],
