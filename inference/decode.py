@@ -34,7 +34,7 @@ NATIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     uid.ExplicitVRBigEndian,
 )
 
-#: The JPEG 2000 family (Part 1 and High-Throughput), which can be decoded at reduced resolution.
+#: The JPEG 2000 family (Part 1 and High-Throughput).
 JPEG2000_TRANSFER_SYNTAXES: tuple[str, ...] = (
     uid.JPEG2000Lossless,
     uid.JPEG2000,
@@ -42,6 +42,10 @@ JPEG2000_TRANSFER_SYNTAXES: tuple[str, ...] = (
     uid.HTJ2KLosslessRPCL,
     uid.HTJ2K,
 )
+
+#: Syntaxes decoded at a reduced resolution level when asked. High-Throughput JPEG 2000 would
+#: allow it too, but no grey HTJ2K file is at hand to verify it, so it is decoded in full.
+REDUCIBLE_TRANSFER_SYNTAXES: tuple[str, ...] = (uid.JPEG2000Lossless, uid.JPEG2000)
 
 #: Every transfer syntax the pipeline decodes with the codecs this project installs. The DICOM
 #: node negotiates exactly these; ``tests/inference/test_pixels_syntaxes.py`` decodes a file of
@@ -354,9 +358,9 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
     ds:
         A dataset with File Meta (for its Transfer Syntax UID).
     min_long_side:
-        When given, a grey JPEG 2000 frame is decoded at the smallest resolution level that
-        still has at least this many pixels on its long side (much faster for large images).
-        Other syntaxes are always decoded at full resolution.
+        When given, a grey JPEG 2000 (Part 1) frame is decoded at the smallest resolution
+        level that still has at least this many pixels on its long side (much faster for
+        large images). Other syntaxes are always decoded at full resolution.
 
     Raises
     ------
@@ -367,7 +371,7 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
     tsyntax = transfer_syntax_of(ds)
     if (
         min_long_side is not None
-        and tsyntax in JPEG2000_TRANSFER_SYNTAXES
+        and tsyntax in REDUCIBLE_TRANSFER_SYNTAXES
         and int(ds.get("SamplesPerPixel", 1)) == 1
     ):
         reduced = _decode_j2k_reduced(ds, min_long_side)

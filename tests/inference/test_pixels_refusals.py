@@ -1,0 +1,177 @@
+"""What the pixel pipeline refuses, and that it refuses before allocating the declared image."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+from pydicom.dataset import Dataset
+
+from inference.errors import NotAnalysable, Reason
+from inference.pixels import check_analysable, display_grey, to_model_input
+from tests.inference.dicom_factory import compressed, make_image
+
+
+def small_image(**attributes: object) -> Dataset:
+    pixels = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) % 4096
+    return make_image(pixels, bits_stored=12, **attributes)
+
+
+def reason_of(ds: Dataset) -> str:
+    with pytest.raises(NotAnalysable) as info:
+        to_model_input(ds, 32)
+    return info.value.reason
+
+
+def test_no_pixel_data() -> None:
+    ds = small_image()
+    del ds.PixelData
+    assert reason_of(ds) == Reason.NO_PIXEL_DATA
+
+
+def test_no_pixel_data_in_a_real_structured_report(shared_dir: Path) -> None:
+    ds = pydicom.dcmread(shared_dir / "dicom/highdicom/data/test_files/sr_document.dcm")
+    assert reason_of(ds) == Reason.NO_PIXEL_DATA
+
+
+def test_multi_frame() -> None:
+    pixels = np.zeros((2, 8, 8), dtype=np.uint16)
+    ds = make_image(pixels.reshape(16, 8), write=False)
+    ds.Rows, ds.NumberOfFrames = 8, 2
+    assert reason_of(ds) == Reason.MULTI_FRAME
+
+
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        ({"Rows": 0}, Reason.DIMENSIONS),
+        ({"Columns": None}, Reason.DIMENSIONS),
+        ({"BitsAllocated": 64}, Reason.DIMENSIONS),
+        ({"BitsAllocated": 1}, Reason.DIMENSIONS),
+        ({"BitsStored": 17}, Reason.DIMENSIONS),
+        ({"BitsStored": 0}, Reason.DIMENSIONS),
+        ({"SamplesPerPixel": 4}, Reason.DIMENSIONS),
+        ({"PixelRepresentation": 2}, Reason.DIMENSIONS),
+        ({"NumberOfFrames": 0}, Reason.DIMENSIONS),
+        ({"PhotometricInterpretation": "PALETTE COLOR"}, Reason.UNSUPPORTED_PHOTOMETRIC),
+        ({"PhotometricInterpretation": "HSV"}, Reason.UNSUPPORTED_PHOTOMETRIC),
+        ({"PhotometricInterpretation": "RGB"}, Reason.UNSUPPORTED_PHOTOMETRIC),
+    ],
+)
+def test_absurd_or_unsupported_headers(attributes: dict[str, object], reason: Reason) -> None:
+    ds = small_image()
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    assert reason_of(ds) == reason
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value. a value for a tag with VR US:UserWarning")
+@pytest.mark.parametrize("side", [65535, 100_000])
+def test_huge_declared_image_is_refused_without_allocating_it(side: int) -> None:
+    ds = make_image(np.zeros((4, 4), dtype=np.uint16), write=False)
+    ds.Rows = ds.Columns = side  # 100000 does not even fit the US VR: an in-memory header
+    tracemalloc.start()
+    try:
+        with pytest.raises(NotAnalysable) as info:
+            to_model_input(ds, 224)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == Reason.DIMENSIONS
+    assert peak < 1_000_000  # bytes; the declared image would need gigabytes
+
+
+def test_limit_is_configurable() -> None:
+    ds = small_image()
+    check_analysable(ds, max_pixels=64 * 48)
+    with pytest.raises(NotAnalysable, match="exceeds"):
+        check_analysable(ds, max_pixels=64 * 48 - 1)
+
+
+def test_truncated_native_pixel_data() -> None:
+    ds = small_image()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    assert reason_of(ds) == Reason.TRUNCATED
+
+
+def test_unsupported_transfer_syntax() -> None:
+    ds = small_image()
+    ds.file_meta.TransferSyntaxUID = uid.MPEG2MPML
+    assert reason_of(ds) == Reason.UNSUPPORTED_TRANSFER_SYNTAX
+    del ds.file_meta.TransferSyntaxUID
+    assert reason_of(ds) == Reason.UNSUPPORTED_TRANSFER_SYNTAX
+
+
+def test_encapsulated_pixel_data_without_items_is_undecodable() -> None:
+    ds = small_image()
+    ds.file_meta.TransferSyntaxUID = uid.JPEG2000Lossless
+    assert reason_of(ds) == Reason.UNDECODABLE
+
+
+def test_corrupted_jpeg2000_stream_is_undecodable() -> None:
+    ds = compressed(small_image(), uid.JPEG2000Lossless)
+    data = bytearray(ds.PixelData)
+    half = len(data) // 2
+    data[half:] = b"\x00" * (len(data) - half)  # keep the item framing, ruin the codestream
+    ds.PixelData = bytes(data)
+    assert reason_of(ds) == Reason.UNDECODABLE
+
+
+def test_broken_canon_jpeg2000_is_refused_and_its_fixed_copy_decodes(shared_dir: Path) -> None:
+    folder = shared_dir / "dicom/pylibjpeg-data/ljdata/ds/JPEG2000Lossless"
+    broken = pydicom.dcmread(folder / "966.dcm")
+    with pytest.raises(NotAnalysable) as info:
+        display_grey(broken, max_size=256)
+    assert info.value.reason == Reason.UNDECODABLE
+    fixed = display_grey(pydicom.dcmread(folder / "966_fixed.dcm"), max_size=256)
+    assert fixed.shape == (256, round(2000 * 256 / 2128))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "robyoung-dicom-test-files/data/WG04/JPLY/RG3_JPLY",
+        "robyoung-dicom-test-files/data/WG04/JPLY/XA1_JPLY",
+        "pylibjpeg-data/ljdata/ds/JPEGExtended/RG2_JPLY.dcm",
+    ],
+)
+def test_wg04_jply_files_really_do_not_decode(shared_dir: Path, path: str) -> None:
+    ds = pydicom.dcmread(shared_dir / "dicom" / path)
+    with pytest.raises(RuntimeError, match="all available plugins"):
+        _ = ds.pixel_array  # pydicom itself, every installed plugin
+    assert reason_of(ds) == Reason.UNDECODABLE
+
+
+def test_messages_carry_no_patient_data() -> None:
+    ds = small_image(PatientName="Secret^Person", PatientID="ID-4711")
+    ds.NumberOfFrames = 3
+    with pytest.raises(NotAnalysable) as info:
+        to_model_input(ds, 32)
+    text = str(info.value) + repr(info.value)
+    assert "Secret" not in text
+    assert "4711" not in text
+
+
+def test_not_analysable_is_a_value_error_and_pickles() -> None:
+    error = NotAnalysable(Reason.MULTI_FRAME, "2 frames")
+    assert isinstance(error, ValueError)
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.reason, again.message) == ("multi_frame", "2 frames")
+
+
+def test_inputs_are_not_modified() -> None:
+    ds = small_image(WindowCenter=2000, WindowWidth=4000)
+    before = copy.deepcopy(ds)
+    to_model_input(ds, 32)
+    display_grey(ds, max_size=16)
+    assert ds == before
+    assert ds.PixelData == before.PixelData
