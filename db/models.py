@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
+    Enum as SAEnum,
     Boolean,
     Float,
     ForeignKey,
@@ -24,6 +25,17 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from db.base import Base, UtcDateTime, utcnow
 
 UID = String(64)
+
+
+def _enum(enum_class: type[StrEnum]) -> SAEnum:
+    """A VARCHAR(16) column holding the enum's values, read back as enum members."""
+    return SAEnum(
+        enum_class,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 class StudyStatus(StrEnum):
@@ -61,7 +73,7 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[StudyStatus] = mapped_column(String(16), default=StudyStatus.RECEIVING)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.RECEIVING)
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -103,7 +115,9 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    eligibility: Mapped[Eligibility] = mapped_column(String(16), default=Eligibility.PENDING)
+    eligibility: Mapped[Eligibility] = mapped_column(
+        _enum(Eligibility), default=Eligibility.PENDING
+    )
     eligibility_reason: Mapped[str | None] = mapped_column(String(256))
 
     study: Mapped[Study] = relationship(back_populates="instances")
@@ -117,7 +131,7 @@ class Job(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="analyse_study")
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[JobState] = mapped_column(String(16), default=JobState.PENDING)
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     next_run_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,439 @@
+"""The C-STORE SCP against real peers: pynetdicom and dcmtk storescu, with real files."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from sqlalchemy import func, select
+
+from db.models import Eligibility, Instance, Series, Study
+from dicom_node.conformance import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    CR_IMAGE_STORAGE,
+    DX_PRESENTATION_STORAGE,
+    StoreStatus,
+)
+from dicom_node.send import send_files
+from gateway.service import Service
+from inference.pixels import DECODABLE_TRANSFER_SYNTAXES
+from tests.dicom_node.conftest import NodeFactory
+from tests.helpers.inventory import one_file_per_transfer_syntax
+from tests.helpers.tools import require_program
+
+CALLED = "FRACTUREGW"
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a file, without preamble and file meta."""
+    raw = path.read_bytes()
+    meta_end = _meta_end(raw)
+    return raw[meta_end:]
+
+
+def _meta_end(raw: bytes) -> int:
+    stream = BytesIO(raw)
+    pydicom.filereader.read_preamble(stream, False)
+    pydicom.filereader._read_file_meta_info(stream)
+    return stream.tell()
+
+
+def stored_rows(service: Service) -> list[Instance]:
+    with service.sessions() as session:
+        return list(session.scalars(select(Instance)).all())
+
+
+def count(service: Service, model: type) -> int:
+    with service.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def small_dx(**attrs: object) -> Dataset:
+    """A tiny valid DX image data set, with file meta, for targeted tests."""
+    ds = Dataset()
+    ds.SOPClassUID = DX_PRESENTATION_STORAGE
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "TEST^SMALL"
+    ds.PatientID = "SMALL-1"
+    ds.Modality = "DX"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(range(64))
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def encode(ds: Dataset, *, is_implicit_vr: bool, is_little_endian: bool) -> bytes:
+    """The encoded data set alone, as a C-STORE carries it."""
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = is_implicit_vr
+    buffer.is_little_endian = is_little_endian
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def store_datasets(port: int, datasets: list[Dataset], *, calling: str = "TESTSCU") -> list[int]:
+    ae = AE(ae_title=calling)
+    for ds in datasets:
+        ae.add_requested_context(str(ds.SOPClassUID), [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def test_accepted_transfer_syntaxes_are_all_decodable() -> None:
+    """We only negotiate syntaxes whose pixel data the pipeline decodes."""
+    assert set(ACCEPTED_TRANSFER_SYNTAXES) <= set(DECODABLE_TRANSFER_SYNTAXES)
+
+
+def test_pynetdicom_scu_stores_every_transfer_syntax_as_received(
+    node: Service, shared_dir: Path
+) -> None:
+    files = one_file_per_transfer_syntax(shared_dir, ACCEPTED_TRANSFER_SYNTAXES)
+    # Every syntax present in the shared files is exercised.
+    assert len(files) >= 13, sorted(files)
+    results = send_files(list(files.values()), "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert [r.status for r in results] == [0] * len(files), results
+
+    rows = {row.transfer_syntax_uid: row for row in stored_rows(node)}
+    assert set(rows) == set(files)
+    for syntax, source in files.items():
+        stored = node.store.absolute(rows[syntax].storage_path)
+        # Bytes as received: the data set part is identical, no decode or re-encode.
+        assert dataset_bytes(stored) == dataset_bytes(source), syntax
+        meta = dcmread(stored, stop_before_pixels=True).file_meta
+        assert meta.TransferSyntaxUID == syntax
+    assert files_under(node.store.tmp_dir) == []
+
+
+def test_storescu_sends_radiographs_in_several_syntaxes(node: Service, shared_dir: Path) -> None:
+    storescu = require_program("storescu")
+    wg04 = shared_dir / "dicom/robyoung-dicom-test-files/data/WG04"
+    # The option makes storescu propose the file's own (compressed) syntax: no conversion.
+    sends = {
+        wg04 / "REF/RG2_UNC": "-xe",
+        wg04 / "RLE/RG2_RLE": "-xr",
+        wg04 / "J2KR/RG2_J2KR": "-xv",
+        wg04 / "JLSL/RG3_JLSL": "-xt",
+        shared_dir / "dicom/highdicom/data/test_files/dx_image.dcm": "-xe",
+    }
+    files = list(sends)
+    port = str(node.dicom_port)
+    for file, propose in sends.items():
+        proc = subprocess.run(
+            [storescu, "-aet", "DCMTKSCU", "-aec", CALLED, propose, "127.0.0.1", port, str(file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    rows = stored_rows(node)
+    assert len(rows) == len(files)
+    assert {r.calling_ae_title for r in rows} == {"DCMTKSCU"}
+    assert all(r.eligibility == Eligibility.PENDING for r in rows)
+    assert {r.transfer_syntax_uid for r in rows} == {
+        dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in files
+    }
+
+
+def test_out_of_scope_class_is_recorded_not_analysed(node: Service, shared_dir: Path) -> None:
+    ct = shared_dir / "dicom/pydicom/src/pydicom/data/test_files/CT_small.dcm"
+    results = send_files([ct], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert results[0].status == 0
+    (row,) = stored_rows(node)
+    assert row.eligibility == Eligibility.OUT_OF_SCOPE
+    assert row.eligibility_reason
+    assert "radiograph" in row.eligibility_reason
+
+
+def test_out_of_scope_class_refused_at_negotiation_when_configured(
+    start_node: NodeFactory, shared_dir: Path
+) -> None:
+    node = start_node(node={"reject_out_of_scope": True})
+    ct = shared_dir / "dicom/pydicom/src/pydicom/data/test_files/CT_small.dcm"
+    results = send_files([ct], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert results[0].status is None
+    assert count(node, Instance) == 0
+
+
+def test_unknown_calling_ae_is_rejected(start_node: NodeFactory, shared_dir: Path) -> None:
+    node = start_node(node={"known_sources": [{"ae_title": "PACS1"}]})
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(CR_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive is not None
+    assert assoc.acceptor.primitive.diagnostic == 0x03  # calling AE title not recognised
+
+    storescu = require_program("storescu")
+    dx = shared_dir / "dicom/highdicom/data/test_files/dx_image.dcm"
+    denied = subprocess.run(
+        [storescu, "-aet", "INTRUDER", "-aec", CALLED, "127.0.0.1", str(node.dicom_port), str(dx)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert denied.returncode != 0
+    assert "Rejected" in denied.stderr or "rejected" in denied.stderr.lower()
+    allowed = subprocess.run(
+        [storescu, "-aet", "PACS1", "-aec", CALLED, "127.0.0.1", str(node.dicom_port), str(dx)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert count(node, Instance) == 1
+
+
+def test_known_source_pinned_to_another_host_is_rejected(start_node: NodeFactory) -> None:
+    node = start_node(node={"known_sources": [{"ae_title": "PACS1", "host": "10.1.2.3"}]})
+    ae = AE(ae_title="PACS1")
+    ae.add_requested_context(CR_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_rejected
+
+
+def test_non_loopback_node_refuses_unknown_callers_by_default(start_node: NodeFactory) -> None:
+    node = start_node(node={"bind_address": "0.0.0.0"})
+    ae = AE(ae_title="ANYONE")
+    ae.add_requested_context(CR_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_rejected
+    open_node = start_node(node={"bind_address": "0.0.0.0", "accept_any_calling_ae": True})
+    assoc = ae.associate("127.0.0.1", open_node.dicom_port, ae_title=CALLED)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_wrong_called_ae_title_is_rejected(node: Service) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CR_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="SOMEONEELSE")
+    assert assoc.is_rejected
+
+
+def test_unsupported_transfer_syntax_is_refused_at_negotiation(node: Service) -> None:
+    jpeg2000_part2 = "1.2.840.10008.1.2.4.92"  # multi-component JPEG 2000: not decodable
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CR_IMAGE_STORAGE, [jpeg2000_part2, mpeg2])
+    ae.add_requested_context(DX_PRESENTATION_STORAGE, [mpeg2, ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        by_class = {str(cx.abstract_syntax): cx for cx in assoc.accepted_contexts}
+        assert CR_IMAGE_STORAGE not in by_class  # refused: the sender can fall back
+        assert by_class[DX_PRESENTATION_STORAGE].transfer_syntax[0] == ExplicitVRLittleEndian
+        rejected = {str(cx.abstract_syntax): cx for cx in assoc.rejected_contexts}
+        assert rejected[CR_IMAGE_STORAGE].result == 0x04  # transfer syntaxes not supported
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("SOPInstanceUID", "../../escape"),
+        ("StudyInstanceUID", "../../../tmp/evil"),
+        ("SeriesInstanceUID", "1.2/../../3"),
+    ],
+)
+def test_path_traversal_uids_are_refused_and_nothing_escapes(
+    node: Service, tmp_path: Path, attribute: str, value: str
+) -> None:
+    ds = small_dx()
+    pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
+    try:
+        setattr(ds, attribute, value)
+        if attribute == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+        path = tmp_path / "evil.dcm"
+        ds.save_as(path, enforce_file_format=True)
+    finally:
+        pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    results = send_files([path], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert results[0].status in (int(StoreStatus.MISSING_IDENTIFIERS), None)
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+    assert not list(tmp_path.parent.glob("**/escape*"))
+    assert not Path("/tmp/evil").exists()
+
+
+def test_missing_study_uid_gets_missing_identifiers_status(node: Service) -> None:
+    ds = small_dx()
+    del ds.StudyInstanceUID
+    assert store_datasets(node.dicom_port, [ds]) == [StoreStatus.MISSING_IDENTIFIERS]
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def test_sop_class_mismatch_gets_a900(node: Service) -> None:
+    """A request whose Affected SOP Class differs from the data set's SOP Class UID."""
+    ds = small_dx()
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CR_IMAGE_STORAGE, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        context = assoc.accepted_contexts[0]
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = CR_IMAGE_STORAGE  # the data set says DX
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.Priority = 0
+        request.DataSet = BytesIO(encode(ds, is_implicit_vr=False, is_little_endian=True))
+        # As send_c_store does: pause the reactor, exchange the messages, resume it.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        try:
+            assoc.dimse.send_msg(request, context.context_id)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert response is not None
+        assert response.Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    finally:
+        assoc.release()
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def test_unparseable_data_set_gets_cannot_understand(node: Service, tmp_path: Path) -> None:
+    ds = small_dx()
+    path = tmp_path / "good.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    end = _meta_end(raw)
+    # Keep the file meta, replace the data set with bytes that are not a DICOM data set.
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(raw[:end] + b"\x08\x00\x16\x00UI\xff\xff" + b"\xfe" * 64)
+    results = send_files([broken], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert results[0].status in (
+        int(StoreStatus.CANNOT_UNDERSTAND),
+        int(StoreStatus.MISSING_IDENTIFIERS),
+    )
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def test_malformed_shared_files_never_leave_partial_state(node: Service, shared_dir: Path) -> None:
+    edge = shared_dir / "dicom/pydicom/src/pydicom/data/test_files"
+    candidates = [edge / "no_meta_group_length.dcm", edge / "rtplan_truncated.dcm"]
+    candidates = [p for p in candidates if p.exists()]
+    results = send_files(candidates, "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    for result in results:
+        if result.status == 0:
+            continue
+        assert result.status is None or result.status >= 0xA000
+    stored = {r.storage_path for r in stored_rows(node)}
+    on_disk = {str(p.relative_to(node.store.root)) for p in files_under(node.store.instances_dir)}
+    assert stored == on_disk
+    assert files_under(node.store.tmp_dir) == []
+
+
+def test_identical_resend_is_idempotent(node: Service, shared_dir: Path) -> None:
+    dx = shared_dir / "dicom/highdicom/data/test_files/dx_image.dcm"
+    first = send_files([dx, dx], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    second = send_files([dx], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert [r.status for r in first + second] == [0, 0, 0]
+    assert count(node, Instance) == 1
+    assert len(files_under(node.store.instances_dir)) == 1
+    assert files_under(node.store.conflicts_dir) == []
+
+
+@pytest.mark.parametrize("policy", ["keep_first", "replace", "reject"])
+def test_conflicting_duplicate_follows_policy(start_node: NodeFactory, policy: str) -> None:
+    node = start_node(node={"duplicate_policy": policy})
+    original = small_dx()
+    changed = copy.deepcopy(original)
+    changed.PixelData = bytes(reversed(range(64)))
+    assert store_datasets(node.dicom_port, [original]) == [0]
+    status = store_datasets(node.dicom_port, [changed])[0]
+    (row,) = stored_rows(node)
+    stored = dcmread(node.store.absolute(row.storage_path))
+    if policy == "keep_first":
+        assert status == 0
+        assert stored.PixelData == original.PixelData
+        (kept,) = files_under(node.store.conflicts_dir)
+        assert dcmread(kept).PixelData == changed.PixelData  # nothing accepted is lost
+    elif policy == "replace":
+        assert status == 0
+        assert stored.PixelData == changed.PixelData
+        assert len(files_under(node.store.instances_dir)) == 1
+    else:
+        assert status == StoreStatus.DUPLICATE_CONFLICT
+        assert stored.PixelData == original.PixelData
+        assert files_under(node.store.conflicts_dir) == []
+
+
+def test_abort_mid_transfer_leaves_nothing_behind(start_node: NodeFactory) -> None:
+    # A small maximum PDU on our side makes the sender cut the data set into many PDUs.
+    node = start_node(node={"maximum_pdu_size": 4096})
+    big = small_dx()
+    big.Rows = big.Columns = 3000
+    big.BitsAllocated = big.BitsStored = 16
+    big.HighBit = 15
+    big.PixelData = b"\x01\x02" * (3000 * 3000)
+    ae = AE(ae_title="TESTSCU")
+    ae.maximum_pdu_size = 4096  # many small PDUs: the transfer takes a while
+    ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_established
+    outcome: list[object] = []
+    sender = threading.Thread(target=lambda: outcome.append(assoc.send_c_store(big)))
+    sender.start()
+    time.sleep(0.1)
+    assoc.abort()
+    sender.join(60)
+    time.sleep(0.5)
+    assert not (outcome and outcome[0] and int(outcome[0].Status) == 0)  # really aborted
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def test_study_and_series_rows_group_instances(node: Service) -> None:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = [
+        small_dx(StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, InstanceNumber=i)
+        for i in range(3)
+    ]
+    assert store_datasets(node.dicom_port, datasets) == [0, 0, 0]
+    assert count(node, Study) == 1
+    assert count(node, Series) == 1
+    with node.sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.study_instance_uid == study_uid
+        assert study.patient_id == "SMALL-1"
+        assert len(study.instances) == 3
