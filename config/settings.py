@@ -171,6 +171,9 @@ class OutboxSettings(BaseModel):
     batch_size: int = Field(32, ge=1)
     poll_interval_s: float = Field(1.0, gt=0.0)
     association_timeout_s: float = Field(30.0, gt=0)
+    lease_s: float = Field(
+        600.0, gt=0, description="a row left 'sending' longer than this is retaken (after a crash)"
+    )
 
 
 class InferenceSettings(BaseModel):

@@ -25,7 +25,12 @@ from dicom_node.outbox import (
     retry_all_dead_letters,
     retry_dead_letter,
 )
-from tests.helpers.results_db import ResultsDb, add_results, open_results_db
+from tests.helpers.results_db import (
+    ResultsDb,
+    add_results,
+    open_results_db,
+    schema_differences,
+)
 
 SETTINGS = OutboxSettings(
     max_attempts=3, max_age_s=3600, backoff_base_s=10, backoff_max_s=25, lease_s=60
@@ -225,3 +230,7 @@ def test_unique_delivery_per_object_and_destination(db: ResultsDb) -> None:
         row = session.scalars(select(OutboxEntry)).one()
     with pytest.raises(IntegrityError), db.sessions() as session, session.begin():
         session.add(OutboxEntry(result_object_id=row.result_object_id, destination="pacs"))
+
+
+def test_sqlite_migration_matches_the_models(db: ResultsDb) -> None:
+    assert schema_differences(db.engine, {"result_objects", "outbox"}) == []

@@ -22,8 +22,15 @@ from dicom_node.outbox import (
     record_outcome,
     retry_dead_letter,
 )
-from tests.helpers.results_db import ResultsDb, add_results, open_results_db
+from tests.helpers.results_db import (
+    ResultsDb,
+    add_results,
+    open_results_db,
+    schema_differences,
+)
 from tests.helpers.tools import in_ci
+
+RESULT_TABLES = {"result_objects", "outbox"}
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -77,6 +84,7 @@ def test_migration_creates_results_tables_and_downgrades(postgres_url: str) -> N
         assert {"result_objects", "outbox"} <= tables
         uniques = {u["name"] for u in inspect(engine).get_unique_constraints("outbox")}
         assert "uq_outbox_result_object_destination" in uniques
+        assert schema_differences(engine, RESULT_TABLES) == []
         command.downgrade(alembic_config(engine), "0001_ingest")
         assert not {"result_objects", "outbox"} & set(inspect(engine).get_table_names())
         upgrade(engine)

@@ -1,0 +1,584 @@
+"""The outbox: deliver stored result objects to their destinations, surviving any failure.
+
+Every delivery is an ``outbox`` row (:class:`db.results.OutboxEntry`). :class:`OutboxWorker`
+takes due rows in batches, opens one association per destination per batch proposing only the
+presentation contexts the batch needs, sends each file as stored, and records what the peer said:
+
+- delivered (Success, or a warning) -> ``sent``;
+- a failure a retry cannot fix (the peer does not support the SOP class, refuses the data set,
+  cannot understand it, or we are not authorised) -> ``dead_letter`` at once;
+- anything transient (association refused or aborted, connection refused, timeouts, the peer
+  out of resources) -> ``pending`` again after an exponential backoff, and ``dead_letter``
+  after ``max_attempts`` attempts or ``max_age_s`` seconds.
+
+State lives only in the database: a row left ``sending`` by a process that died is retaken once
+its lease lapses, so nothing is lost across restarts. Result UIDs are deterministic, so a resend
+after a lost response reaches the PACS as the same instance, never a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import IntEnum, StrEnum
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Destination, OutboxSettings
+from db.base import utcnow
+from db.jobs import backoff_delay
+from db.results import OutboxEntry, OutboxState, ResultObject
+from dicom_node.storage import InstanceStore
+
+log = logging.getLogger(__name__)
+
+#: Errors are stored truncated; they never contain patient data (only statuses and reasons).
+MAX_ERROR_LENGTH = 2000
+
+
+class DeliveryOutcome(StrEnum):
+    """What one attempt to deliver an object means for its outbox row."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+class StoreResponseStatus(IntEnum):
+    """C-STORE response statuses a peer may return (PS3.4 B.2.3, PS3.7 Annex C).
+
+    Ranges (``A7xx``, ``A9xx``, ``Cxxx``, ``Bxxx``) are represented by their first value; use
+    :func:`classify_store_status` rather than comparing with these directly.
+    """
+
+    SUCCESS = 0x0000
+    #: Warning: the peer coerced data elements.
+    COERCION_OF_DATA_ELEMENTS = 0xB000
+    #: Warning: the peer discarded data elements.
+    ELEMENTS_DISCARDED = 0xB006
+    #: Warning: the data set does not match the SOP class (stored anyway).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
+    #: Warning (PS3.7 C.4.2): attribute list error.
+    ATTRIBUTE_LIST_ERROR = 0x0107
+    #: Warning (PS3.7 C.4.2): attribute value out of range.
+    ATTRIBUTE_VALUE_OUT_OF_RANGE = 0x0116
+    #: Failure: processing failure (often a passing fault of the peer).
+    PROCESSING_FAILURE = 0x0110
+    #: Failure: the peer already holds this SOP Instance UID (our UIDs are deterministic).
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    #: Failure: invalid object instance.
+    INVALID_OBJECT_INSTANCE = 0x0117
+    #: Failure: no such SOP class.
+    NO_SUCH_SOP_CLASS = 0x0118
+    #: Failure: SOP class not supported.
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    #: Failure: not authorised.
+    NOT_AUTHORIZED = 0x0124
+    #: Failure: duplicate invocation.
+    DUPLICATE_INVOCATION = 0x0210
+    #: Failure: unrecognised operation.
+    UNRECOGNIZED_OPERATION = 0x0211
+    #: Failure: mistyped argument.
+    MISTYPED_ARGUMENT = 0x0212
+    #: Failure: resource limitation.
+    RESOURCE_LIMITATION = 0x0213
+    #: Refused: out of resources (``A7xx``).
+    OUT_OF_RESOURCES = 0xA700
+    #: Error: data set does not match SOP class (``A9xx``).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: Error: cannot understand (``Cxxx``).
+    CANNOT_UNDERSTAND = 0xC000
+    #: Cancelled.
+    CANCEL = 0xFE00
+
+
+_DELIVERED_STATUSES = frozenset(
+    {
+        StoreResponseStatus.SUCCESS,
+        StoreResponseStatus.ATTRIBUTE_LIST_ERROR,
+        StoreResponseStatus.ATTRIBUTE_VALUE_OUT_OF_RANGE,
+        StoreResponseStatus.DUPLICATE_SOP_INSTANCE,
+    }
+)
+_PERMANENT_STATUSES = frozenset(
+    {
+        StoreResponseStatus.INVALID_OBJECT_INSTANCE,
+        StoreResponseStatus.NO_SUCH_SOP_CLASS,
+        StoreResponseStatus.SOP_CLASS_NOT_SUPPORTED,
+        StoreResponseStatus.NOT_AUTHORIZED,
+        StoreResponseStatus.UNRECOGNIZED_OPERATION,
+        StoreResponseStatus.MISTYPED_ARGUMENT,
+    }
+)
+
+
+def classify_store_status(status: int) -> DeliveryOutcome:
+    """What a C-STORE response status means for delivery.
+
+    Success and warnings (``Bxxx``, 0107, 0116) are delivered; so is 0111 (the peer already
+    holds this SOP Instance UID, and our UIDs name one content). ``A9xx``, ``Cxxx`` and the
+    general failures a resend cannot change (0117, 0118, 0122, 0124, 0211, 0212) are dead
+    letters. ``A7xx`` (out of resources), 0110, 0210, 0213, FE00 and statuses not defined by
+    the standard are retried.
+
+    Parameters
+    ----------
+    status
+        The Status (0000,0900) of the C-STORE response (PS3.7 9.1.1.1.9, Annex C).
+    """
+    if not 0 <= status <= 0xFFFF:
+        raise ValueError(f"a DIMSE status is 16 bits, got {status}")
+    if status in _DELIVERED_STATUSES or 0xB000 <= status <= 0xBFFF:
+        return DeliveryOutcome.DELIVERED
+    if status in _PERMANENT_STATUSES or 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
+        return DeliveryOutcome.DEAD_LETTER
+    return DeliveryOutcome.RETRY
+
+
+# Queue queries --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed outbox row and what is needed to send its object."""
+
+    outbox_id: int
+    destination: str
+    attempt: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    storage_path: str
+
+
+def claim_due(
+    sessions: sessionmaker[Session], *, limit: int, lease_s: float, now: datetime | None = None
+) -> list[Delivery]:
+    """Take up to ``limit`` due rows (pending and due, or sending with a lapsed lease).
+
+    Each claimed row becomes ``sending`` with a lease and one more attempt counted, so a crash
+    while sending still counts towards ``max_attempts``.
+    """
+    now = now or utcnow()
+    with sessions() as session, session.begin():
+        rows = session.scalars(
+            select(OutboxEntry)
+            .where(
+                or_(
+                    (OutboxEntry.state == OutboxState.PENDING)
+                    & (OutboxEntry.next_attempt_at <= now),
+                    (OutboxEntry.state == OutboxState.SENDING)
+                    & (OutboxEntry.lease_expires_at < now),
+                )
+            )
+            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=OutboxEntry)
+        ).all()
+        claimed = []
+        for row in rows:
+            row.state = OutboxState.SENDING
+            row.attempts += 1
+            row.lease_expires_at = now + timedelta(seconds=lease_s)
+            row.updated_at = now
+            obj = session.get_one(ResultObject, row.result_object_id)
+            claimed.append(
+                Delivery(
+                    outbox_id=row.id,
+                    destination=row.destination,
+                    attempt=row.attempts,
+                    sop_class_uid=obj.sop_class_uid,
+                    sop_instance_uid=obj.sop_instance_uid,
+                    storage_path=obj.storage_path,
+                )
+            )
+        return claimed
+
+
+def record_outcome(
+    sessions: sessionmaker[Session],
+    outbox_id: int,
+    outcome: DeliveryOutcome,
+    settings: OutboxSettings,
+    *,
+    status: int | None = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> OutboxState:
+    """Write the result of one attempt; returns the row's new state.
+
+    A retry becomes a dead letter once the row has used ``max_attempts`` attempts or has been
+    queued for ``max_age_s`` seconds.
+    """
+    now = now or utcnow()
+    with sessions() as session, session.begin():
+        row = session.get(OutboxEntry, outbox_id, with_for_update=True)
+        if row is None:
+            raise LookupError(f"outbox row {outbox_id} does not exist")
+        row.last_status = status
+        row.last_error = error[:MAX_ERROR_LENGTH] if error else None
+        row.lease_expires_at = None
+        row.updated_at = now
+        if outcome is DeliveryOutcome.DELIVERED:
+            row.state = OutboxState.SENT
+            row.sent_at = now
+        elif outcome is DeliveryOutcome.DEAD_LETTER:
+            row.state = OutboxState.DEAD_LETTER
+        elif (
+            row.attempts >= settings.max_attempts
+            or (now - row.created_at).total_seconds() >= settings.max_age_s
+        ):
+            row.state = OutboxState.DEAD_LETTER
+            reason = f"gave up after {row.attempts} attempts"
+            row.last_error = f"{reason}: {error}"[:MAX_ERROR_LENGTH] if error else reason
+        else:
+            row.state = OutboxState.PENDING
+            delay = backoff_delay(
+                max(row.attempts, 1), base_s=settings.backoff_base_s, max_s=settings.backoff_max_s
+            )
+            row.next_attempt_at = now + timedelta(seconds=delay)
+        return row.state
+
+
+# Sending --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What happened to one delivery in one association."""
+
+    delivery: Delivery
+    outcome: DeliveryOutcome
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    delivery: Delivery
+    path: Path
+    transfer_syntax: str
+
+
+def _why_not_established(assoc: Association) -> str:
+    if assoc.is_rejected:
+        return "association rejected by the destination"
+    if assoc.is_aborted:
+        return "association aborted by the destination"
+    return "destination not reachable (connection refused or timed out)"
+
+
+def _transfer_syntax(path: Path) -> str:
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if not syntax:
+        raise InvalidDicomError("no transfer syntax in the file meta")
+    return syntax
+
+
+def send_to_destination(
+    destination: Destination,
+    deliveries: Sequence[Delivery],
+    store: InstanceStore,
+    *,
+    calling_ae_title: str,
+    timeout_s: float,
+    maximum_pdu_size: int = 0,
+) -> list[AttemptResult]:
+    """Send the stored files of ``deliveries`` over one association to ``destination``.
+
+    Only the presentation contexts needed are proposed: each object's SOP class with its stored
+    file's transfer syntax (PS3.8 9.3.2.2), so files go out byte for byte as stored.
+    """
+    results: list[AttemptResult] = []
+    prepared: list[_Prepared] = []
+    for delivery in deliveries:
+        try:
+            path = store.absolute(delivery.storage_path)
+            prepared.append(_Prepared(delivery, path, _transfer_syntax(path)))
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            results.append(
+                AttemptResult(
+                    delivery,
+                    DeliveryOutcome.DEAD_LETTER,
+                    error=f"stored result file unusable: {type(exc).__name__}",
+                )
+            )
+    if not prepared:
+        return results
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    ae.maximum_pdu_size = maximum_pdu_size
+    for sop_class, syntax in sorted(
+        {(p.delivery.sop_class_uid, p.transfer_syntax) for p in prepared}
+    ):
+        ae.add_requested_context(sop_class, [syntax])
+
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's bytes, never re-encode
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+            # The peer answered but accepts none of the contexts: a resend cannot change that.
+            results.extend(_send_one(assoc, p, accepted=set()) for p in prepared)
+            return results
+        if not assoc.is_established:
+            reason = _why_not_established(assoc)
+            results.extend(
+                AttemptResult(p.delivery, DeliveryOutcome.RETRY, error=reason) for p in prepared
+            )
+            return results
+        try:
+            accepted = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts
+            }
+            for index, item in enumerate(prepared):
+                if not assoc.is_established:
+                    results.extend(
+                        AttemptResult(
+                            rest.delivery, DeliveryOutcome.RETRY, error="association aborted"
+                        )
+                        for rest in prepared[index:]
+                    )
+                    break
+                results.append(_send_one(assoc, item, accepted))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return results
+
+
+def _send_one(assoc: Association, item: _Prepared, accepted: set[tuple[str, str]]) -> AttemptResult:
+    delivery = item.delivery
+    if (delivery.sop_class_uid, item.transfer_syntax) not in accepted:
+        return AttemptResult(
+            delivery,
+            DeliveryOutcome.DEAD_LETTER,
+            error=(
+                f"destination accepts no presentation context for SOP class "
+                f"{delivery.sop_class_uid} in transfer syntax {item.transfer_syntax}"
+            ),
+        )
+    try:
+        response = assoc.send_c_store(item.path)
+    except (ValueError, AttributeError, OSError) as exc:
+        return AttemptResult(delivery, DeliveryOutcome.RETRY, error=f"cannot send: {exc}")
+    if not response or "Status" not in response:
+        return AttemptResult(
+            delivery, DeliveryOutcome.RETRY, error="no response (timeout or association aborted)"
+        )
+    status = int(response.Status)
+    outcome = classify_store_status(status)
+    error = None if outcome is DeliveryOutcome.DELIVERED else f"C-STORE status 0x{status:04X}"
+    if outcome is DeliveryOutcome.DELIVERED and status != StoreResponseStatus.SUCCESS:
+        error = f"delivered with warning status 0x{status:04X}"
+    return AttemptResult(delivery, outcome, status=status, error=error)
+
+
+# The worker -----------------------------------------------------------------------------------
+class OutboxWorker:
+    """A background thread that delivers due outbox rows until stopped."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: InstanceStore,
+        destinations: Sequence[Destination],
+        settings: OutboxSettings,
+        *,
+        calling_ae_title: str,
+        maximum_pdu_size: int = 0,
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._destinations = {d.name: d for d in destinations}
+        self._settings = settings
+        self._calling_ae_title = calling_ae_title
+        self._maximum_pdu_size = maximum_pdu_size
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
+
+    def run_once(self) -> int:
+        """Claim one batch of due rows, send it and record every outcome; returns its size."""
+        claimed = claim_due(
+            self._sessions, limit=self._settings.batch_size, lease_s=self._settings.lease_s
+        )
+        by_destination: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in claimed:
+            by_destination[delivery.destination].append(delivery)
+        for name, deliveries in by_destination.items():
+            deliveries.sort(key=lambda d: d.outbox_id)
+            for result in self._attempt(name, deliveries):
+                state = record_outcome(
+                    self._sessions,
+                    result.delivery.outbox_id,
+                    result.outcome,
+                    self._settings,
+                    status=result.status,
+                    error=result.error,
+                )
+                log.log(
+                    logging.WARNING if state is OutboxState.DEAD_LETTER else logging.INFO,
+                    "outbox %d to %s attempt %d: %s%s",
+                    result.delivery.outbox_id,
+                    name,
+                    result.delivery.attempt,
+                    state.value,
+                    f" ({result.error})" if result.error else "",
+                )
+        return len(claimed)
+
+    def _attempt(self, name: str, deliveries: list[Delivery]) -> list[AttemptResult]:
+        destination = self._destinations.get(name)
+        if destination is None:
+            return [
+                AttemptResult(d, DeliveryOutcome.DEAD_LETTER, error="destination not configured")
+                for d in deliveries
+            ]
+        return send_to_destination(
+            destination,
+            deliveries,
+            self._store,
+            calling_ae_title=destination.calling_ae_title or self._calling_ae_title,
+            timeout_s=self._settings.association_timeout_s,
+            maximum_pdu_size=self._maximum_pdu_size,
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for due rows now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.run_once()
+            except SQLAlchemyError:
+                log.exception("outbox unavailable; retrying")
+                handled = 0
+            if handled < self._settings.batch_size:
+                self._wake.wait(self._settings.poll_interval_s)
+                self._wake.clear()
+
+
+# Administration (used by the API) -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OutboxView:
+    """One outbox row as the administration API shows it (no patient data)."""
+
+    id: int
+    destination: str
+    state: OutboxState
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    updated_at: datetime
+    result_object_id: int
+    kind: str
+    sop_instance_uid: str
+    study_id: int
+
+
+def list_outbox(
+    sessions: sessionmaker[Session],
+    state: OutboxState | None = None,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[OutboxView]:
+    """Outbox rows, newest first, optionally only those in ``state``."""
+    if limit < 1 or offset < 0:
+        raise ValueError(f"limit must be positive and offset non-negative: {limit}, {offset}")
+    query = select(OutboxEntry, ResultObject).join(ResultObject)
+    if state is not None:
+        query = query.where(OutboxEntry.state == state)
+    query = query.order_by(OutboxEntry.id.desc()).limit(limit).offset(offset)
+    with sessions() as session:
+        return [
+            OutboxView(
+                id=row.id,
+                destination=row.destination,
+                state=OutboxState(row.state),
+                attempts=row.attempts,
+                next_attempt_at=row.next_attempt_at,
+                last_status=row.last_status,
+                last_error=row.last_error,
+                created_at=row.created_at,
+                sent_at=row.sent_at,
+                updated_at=row.updated_at,
+                result_object_id=obj.id,
+                kind=str(obj.kind),
+                sop_instance_uid=obj.sop_instance_uid,
+                study_id=obj.study_id,
+            )
+            for row, obj in session.execute(query).all()
+        ]
+
+
+def _requeue_values(now: datetime) -> dict[str, object]:
+    # A manual retry starts the row afresh: attempts and age are counted from now.
+    return {
+        "state": OutboxState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+
+
+def retry_dead_letter(sessions: sessionmaker[Session], outbox_id: int) -> bool:
+    """Queue one dead letter again; returns whether the row existed and was a dead letter."""
+    now = utcnow()
+    with sessions() as session, session.begin():
+        result = session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == outbox_id, OutboxEntry.state == OutboxState.DEAD_LETTER)
+            .values(**_requeue_values(now))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def retry_all_dead_letters(sessions: sessionmaker[Session], destination: str | None = None) -> int:
+    """Queue every dead letter (of one destination, if named) again; returns how many."""
+    now = utcnow()
+    query = update(OutboxEntry).where(OutboxEntry.state == OutboxState.DEAD_LETTER)
+    if destination is not None:
+        query = query.where(OutboxEntry.destination == destination)
+    with sessions() as session, session.begin():
+        result = session.execute(query.values(**_requeue_values(now)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def outbox_depths(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Number of outbox rows in each state (for metrics and health)."""
+    with sessions() as session:
+        rows = session.execute(
+            select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state)
+        ).all()
+    depths = {state.value: 0 for state in OutboxState}
+    depths.update({str(state): int(count) for state, count in rows})
+    return depths

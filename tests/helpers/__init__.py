@@ -1,0 +1,1 @@
+"""Reusable test fixtures that run real external programs (dcmtk, Orthanc)."""

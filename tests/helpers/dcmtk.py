@@ -1,0 +1,126 @@
+"""dcmtk ``storescp`` as a destination PACS that works, or fails in a chosen way.
+
+Use :func:`run_storescp` as a context manager, or the ``storescp_factory`` fixture (import it
+into a test module) to start several. Received files are kept with unique names (``+uf``), so a
+second copy of the same SOP instance shows up as a second file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.helpers.tools import free_port, require_program, stop_process, wait_for_port
+
+
+class StoreSCPMode(StrEnum):
+    """How the destination behaves."""
+
+    #: Accept and store everything.
+    NORMAL = "normal"
+    #: Refuse every association (A-ASSOCIATE-RJ).
+    REFUSE = "refuse"
+    #: Abort the association while receiving a C-STORE request.
+    ABORT_DURING = "abort-during"
+    #: Abort the association after receiving a C-STORE request, before answering.
+    ABORT_AFTER = "abort-after"
+
+
+_MODE_ARGS = {
+    StoreSCPMode.NORMAL: [],
+    StoreSCPMode.REFUSE: ["--refuse"],
+    StoreSCPMode.ABORT_DURING: ["--abort-during"],
+    StoreSCPMode.ABORT_AFTER: ["--abort-after"],
+}
+
+
+@dataclass
+class StoreSCP:
+    """A running ``storescp``."""
+
+    port: int
+    ae_title: str
+    output_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """Stop listening now (idempotent); the received files stay."""
+        stop_process(self.process)
+
+    def received_files(self) -> list[Path]:
+        """Every file received so far (temporary files of a transfer in progress excluded)."""
+        return sorted(p for p in self.output_dir.iterdir() if p.is_file())
+
+    def received_sop_instance_uids(self) -> Counter[str]:
+        """How many copies of each SOP Instance UID were received."""
+        return Counter(
+            str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            for path in self.received_files()
+        )
+
+
+@contextmanager
+def run_storescp(
+    output_dir: Path,
+    *,
+    mode: StoreSCPMode = StoreSCPMode.NORMAL,
+    port: int | None = None,
+    ae_title: str = "STORESCP",
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[StoreSCP]:
+    """Start ``storescp`` on loopback (a free port unless given) and stop it on exit."""
+    program = require_program("storescp")
+    port = port or free_port()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir.parent / f"storescp-{port}-{mode.value}.log"
+    args = [
+        program,
+        "--aetitle",
+        ae_title,
+        "--output-directory",
+        str(output_dir),
+        "+uf",
+        "-v",
+        *_MODE_ARGS[mode],
+        *extra_args,
+        str(port),
+    ]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process=process)
+        yield StoreSCP(port, ae_title, output_dir, log_path, process)
+    finally:
+        stop_process(process)
+
+
+StoreSCPFactory = Callable[..., StoreSCP]
+
+
+@pytest.fixture
+def storescp_factory(tmp_path: Path) -> Iterator[StoreSCPFactory]:
+    """Start ``storescp`` instances with ``factory(mode=..., port=..., name=...)``; stop after."""
+    with ExitStack() as stack:
+
+        def start(
+            mode: StoreSCPMode = StoreSCPMode.NORMAL,
+            *,
+            port: int | None = None,
+            name: str = "received",
+            ae_title: str = "STORESCP",
+        ) -> StoreSCP:
+            manager: AbstractContextManager[StoreSCP] = run_storescp(
+                tmp_path / name, mode=mode, port=port, ae_title=ae_title
+            )
+            return stack.enter_context(manager)
+
+        yield start
