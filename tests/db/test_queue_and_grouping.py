@@ -1,0 +1,200 @@
+"""Grouping, the job queue and migrations, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import DuplicatePolicy, JobSettings
+from db import jobs
+from db.base import utcnow
+from db.engine import make_engine, make_session_factory
+from db.migrate import current_revisions, upgrade
+from db.models import Job, JobState, Study, StudyStatus
+from dicom_node.grouping import complete_quiet_studies
+from dicom_node.ingest import InstanceHeader, record_instance
+from dicom_node.storage import InstanceStore, StoredDigest
+from gateway.worker import PermanentJobError, run_one
+
+
+@pytest.fixture
+def sessions(database_url: str) -> sessionmaker[Session]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def header(study: str, sop: str) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        sop_instance_uid=sop,
+        study_instance_uid=study,
+        series_instance_uid=study + ".1",
+        patient_id="P1",
+        patient_name="TEST^PATIENT",
+        accession_number=None,
+        study_date="20260101",
+        study_description=None,
+        modality="CR",
+        body_part_examined="HAND",
+        series_number=1,
+        instance_number=1,
+    )
+
+
+def receive(sessions: sessionmaker[Session], store: InstanceStore, study: str, sop: str) -> None:
+    tmp = store.tmp_dir / f"{sop}.part"
+    tmp.write_bytes(sop.encode())
+    record_instance(
+        sessions,
+        store,
+        header(study, sop),
+        tmp,
+        StoredDigest(sop.ljust(64, "0")[:64], len(sop)),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        calling_ae_title="PACS",
+        duplicate_policy=DuplicatePolicy.KEEP_FIRST,
+    )
+
+
+def test_migrations_create_every_table_and_are_idempotent(database_url: str) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    upgrade(engine)  # a second run changes nothing
+    assert current_revisions(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"studies", "series", "instances", "jobs", "image_predictions"} <= tables
+    engine.dispose()
+
+
+def test_study_completes_after_quiet_period_and_reopens(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.3", "1.2.3.1")
+    receive(sessions, store, "1.2.3", "1.2.3.2")
+    now = utcnow()
+    # Not yet quiet: nothing happens.
+    assert complete_quiet_studies(sessions, quiet_period_s=10, max_attempts=3, now=now) == []
+    later = now + timedelta(seconds=11)
+    (first_job,) = complete_quiet_studies(sessions, quiet_period_s=10, max_attempts=3, now=later)
+    assert complete_quiet_studies(sessions, quiet_period_s=10, max_attempts=3, now=later) == []
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.status is StudyStatus.COMPLETE
+        assert study.generation == 1
+
+    # A late instance reopens the study; the next completion makes a second job.
+    receive(sessions, store, "1.2.3", "1.2.3.3")
+    with sessions() as session:
+        assert session.scalars(select(Study)).one().status is StudyStatus.REOPENED
+    much_later = utcnow() + timedelta(seconds=11)
+    (second_job,) = complete_quiet_studies(
+        sessions, quiet_period_s=10, max_attempts=3, now=much_later
+    )
+    assert second_job != first_job
+    with sessions() as session:
+        generations = sorted(j.generation for j in session.scalars(select(Job)))
+        assert generations == [1, 2]
+
+
+def test_claim_complete_and_nothing_claimed_twice(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.4", "1.2.4.1")
+    complete_quiet_studies(sessions, quiet_period_s=0, max_attempts=3, now=utcnow())
+    claimed = jobs.claim_next(sessions, lease_s=60)
+    assert claimed is not None
+    assert claimed.attempt == 1
+    assert jobs.claim_next(sessions, lease_s=60) is None  # leased
+    jobs.complete(sessions, claimed.id)
+    assert jobs.queue_depths(sessions)["done"] == 1
+
+
+def test_expired_lease_is_retaken_after_a_crash(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.5", "1.2.5.1")
+    complete_quiet_studies(sessions, quiet_period_s=0, max_attempts=3, now=utcnow())
+    first = jobs.claim_next(sessions, lease_s=30)
+    assert first is not None
+    # The worker died; once the lease has expired another one takes the job.
+    again = jobs.claim_next(sessions, lease_s=30, now=utcnow() + timedelta(seconds=31))
+    assert again is not None
+    assert again.id == first.id
+    assert again.attempt == 2
+
+
+def test_failures_retry_with_backoff_then_fail(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.6", "1.2.6.1")
+    complete_quiet_studies(sessions, quiet_period_s=0, max_attempts=2, now=utcnow())
+    settings = JobSettings(backoff_base_s=0.0, backoff_max_s=0.0)
+
+    def broken(_job: jobs.ClaimedJob) -> None:
+        raise RuntimeError("decoder crashed")
+
+    assert run_one(sessions, broken, settings)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.state is JobState.PENDING
+        assert job.attempts == 1
+        assert job.last_error == "RuntimeError: decoder crashed"
+    assert run_one(sessions, broken, settings)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.state is JobState.FAILED
+        assert job.attempts == 2
+    assert not run_one(sessions, broken, settings)
+
+
+def test_backoff_delays_the_next_attempt(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.7", "1.2.7.1")
+    complete_quiet_studies(sessions, quiet_period_s=0, max_attempts=5, now=utcnow())
+    claimed = jobs.claim_next(sessions, lease_s=60)
+    assert claimed is not None
+    before = utcnow()
+    jobs.fail(sessions, claimed.id, "boom", base_s=30, max_s=600)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.next_run_at >= before + timedelta(seconds=29)
+    assert jobs.claim_next(sessions, lease_s=60) is None
+    assert jobs.claim_next(sessions, lease_s=60, now=before + timedelta(seconds=31)) is not None
+
+
+def test_permanent_failure_is_not_retried(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.8", "1.2.8.1")
+    complete_quiet_studies(sessions, quiet_period_s=0, max_attempts=5, now=utcnow())
+
+    def hopeless(_job: jobs.ClaimedJob) -> None:
+        raise PermanentJobError("study no longer exists")
+
+    assert run_one(sessions, hopeless, JobSettings())
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.state is JobState.FAILED
+        assert job.attempts == 1
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=200),
+    base=st.floats(min_value=0, max_value=100),
+    cap=st.floats(min_value=0, max_value=10_000),
+)
+def test_backoff_is_monotonic_and_capped(attempt: int, base: float, cap: float) -> None:
+    delay = jobs.backoff_delay(attempt, base_s=base, max_s=cap)
+    assert 0 <= delay <= cap
+    assert delay <= jobs.backoff_delay(attempt + 1, base_s=base, max_s=cap)
