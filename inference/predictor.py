@@ -42,9 +42,21 @@ class ImagePrediction:
         return map_heatmap_to_original(self.heatmap, self.transform)
 
     def peak_on_original(self) -> tuple[float, float]:
-        """``(x, y)`` of the heat map's maximum, in original pixel coordinates."""
-        x, y = map_peak(self.heatmap)
-        return self.transform.to_original(x + 0.5, y + 0.5)
+        """``(x, y)`` of the heat map's maximum over the image content, in original pixels.
+
+        The letterbox padding holds no image, so the peak is searched inside the content box.
+        """
+        t = self.transform
+        box = t.content_box()
+        content = self.heatmap[box.y0 : box.y1, box.x0 : box.x1]
+        x, y = map_peak(content if content.size else self.heatmap)
+        if content.size:
+            x, y = x + box.x0, y + box.y0
+        ox, oy = t.to_original(x + 0.5, y + 0.5)
+        return (
+            float(np.clip(ox, 0.0, t.original_width)),
+            float(np.clip(oy, 0.0, t.original_height)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,6 +271,7 @@ def train_model(
         epochs=config.epochs,
         initial_epoch=state.epochs_done,
         callbacks=[monitor, plateau, keras.callbacks.CSVLogger(folder / HISTORY_FILE, append=True)],
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=1 if sys.stdout.isatty() else 2,
     )
     if not state.finished:
