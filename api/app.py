@@ -2,38 +2,83 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-from sqlalchemy import text
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.deps import AppContext
+from api.metrics import make_registry
+from api.model_slot import ModelSlot
+from api.routes import admin, auth, predict, studies, system
+from api.security import signing_key
 from config.settings import Settings
+from dicom_node.storage import InstanceStore
+
+if TYPE_CHECKING:
+    from inference.predictor import Predictor
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: The web page loads only its own files; images are shown from blob: URLs.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
-@dataclass(frozen=True)
-class AppState:
-    """What the routes need, made once at start-up and passed in."""
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    *,
+    store: InstanceStore | None = None,
+    predictor: Predictor | None = None,
+) -> FastAPI:
+    """Build the API application for these settings, sessions and storage.
 
-    settings: Settings
-    sessions: sessionmaker[Session]
+    ``predictor`` may hand over a model the service loaded already; otherwise the configured
+    package is loaded on the first ``/api/predict``.
+    """
+    app = FastAPI(
+        title="fracture-gateway",
+        version="0.1.0",
+        summary="Review API and worklist for the fracture-detection DICOM node",
+    )
+    app.state.context = AppContext(
+        settings=settings,
+        sessions=sessions,
+        store=store or InstanceStore(settings.storage_folder, fsync=settings.storage.fsync),
+        signing_key=signing_key(settings.api),
+        model=ModelSlot(
+            settings.inference.model_path,
+            enabled=settings.inference.enabled,
+            predictor=predictor,
+        ),
+    )
+    app.state.metrics_registry = make_registry(sessions)
+    for router in (auth.router, studies.router, system.router, admin.router, predict.router):
+        app.include_router(router)
 
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
-def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
-    """Build the API application."""
-    app = FastAPI(title="fracture-gateway", version="0.1.0")
-    app.state.gateway = AppState(settings, sessions)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        """Liveness plus database status."""
-        try:
-            with sessions() as session:
-                session.execute(text("SELECT 1"))
-            database = "ok"
-        except Exception as exc:  # reported, not raised: health must answer
-            database = f"unavailable: {type(exc).__name__}"
-        return {"status": "ok" if database == "ok" else "degraded", "database": database}
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app

@@ -1,0 +1,144 @@
+"""The audit trail: who did what, when, from where, with what outcome, on which object.
+
+Events are coded with the DICOM audit message vocabulary (PS3.15 A.5.3, PS3.16 CID 400-403,
+coding scheme DCM). Events are added to the caller's session so that they commit together with
+the work they describe (SQLite has one writer: a second session would wait on the first).
+Only internal ids are recorded; ``detail`` never carries patient data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from db.review import AuditAction, AuditEvent, AuditOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept from the DCM coding scheme (PS3.16 Annex D)."""
+
+    value: str
+    meaning: str
+
+
+class EventId:
+    """Audit Event ID codes, PS3.16 CID 403 (the events of PS3.15 A.5.3)."""
+
+    APPLICATION_ACTIVITY = Code("110100", "Application Activity")
+    AUDIT_LOG_USED = Code("110101", "Audit Log Used")
+    BEGIN_TRANSFERRING = Code("110102", "Begin Transferring DICOM Instances")
+    INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
+    EXPORT = Code("110106", "Export")
+    IMPORT = Code("110107", "Import")
+    PATIENT_RECORD = Code("110110", "Patient Record")
+    QUERY = Code("110112", "Query")
+    SECURITY_ALERT = Code("110113", "Security Alert")
+    USER_AUTHENTICATION = Code("110114", "User Authentication")
+
+
+class EventType:
+    """Audit Event Type codes, PS3.16 CID 401 (application), 402 (authentication), 404 (alerts)."""
+
+    APPLICATION_START = Code("110120", "Application Start")
+    LOGIN = Code("110122", "Login")
+    SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
+    SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")
+    USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
+    SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
+    USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "User security Attributes Changed")
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: ``user:<name>``, ``token:<name>``, ``cli:<name>`` or ``anonymous``."""
+
+    name: str
+    user_id: int | None = None
+    client_ip: str | None = None
+
+
+ANONYMOUS = "anonymous"
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    event: Code,
+    action: AuditAction,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    *,
+    event_type: Code | None = None,
+    object_type: str | None = None,
+    object_id: int | str | None = None,
+    detail: str | None = None,
+) -> AuditEvent:
+    """Add one event to ``session``; the caller commits it with the work it describes."""
+    row = AuditEvent(
+        event_id_code=event.value,
+        event_id_meaning=event.meaning,
+        event_type_code=event_type.value if event_type else None,
+        event_type_meaning=event_type.meaning if event_type else None,
+        action=action,
+        outcome=int(outcome),
+        actor=actor.name[:96],
+        user_id=actor.user_id,
+        client_ip=actor.client_ip[:64] if actor.client_ip else None,
+        object_type=object_type,
+        object_id=None if object_id is None else str(object_id)[:64],
+        detail=detail[:256] if detail else None,
+    )
+    session.add(row)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters on the audit trail; every field is optional."""
+
+    actor: str | None = None
+    event_id: str | None = None
+    action: AuditAction | None = None
+    outcome: AuditOutcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+
+
+def _filtered(query: AuditQuery) -> Select[AuditEvent]:
+    stmt = select(AuditEvent)
+    if query.actor is not None:
+        stmt = stmt.where(AuditEvent.actor == query.actor)
+    if query.event_id is not None:
+        stmt = stmt.where(AuditEvent.event_id_code == query.event_id)
+    if query.action is not None:
+        stmt = stmt.where(AuditEvent.action == query.action)
+    if query.outcome is not None:
+        stmt = stmt.where(AuditEvent.outcome == int(query.outcome))
+    if query.since is not None:
+        stmt = stmt.where(AuditEvent.occurred_at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(AuditEvent.occurred_at < query.until)
+    if query.object_type is not None:
+        stmt = stmt.where(AuditEvent.object_type == query.object_type)
+    if query.object_id is not None:
+        stmt = stmt.where(AuditEvent.object_id == query.object_id)
+    return stmt
+
+
+def search(
+    session: Session, query: AuditQuery, *, limit: int, offset: int
+) -> tuple[int, list[AuditEvent]]:
+    """Matching events, newest first, and how many match in all."""
+    stmt = _filtered(query)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return int(total), list(rows)

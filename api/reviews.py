@@ -1,0 +1,94 @@
+"""Recording a radiologist's review, checked against the study, its images and its AI result."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.schemas import ReviewIn
+from api.worklist import image_size, latest_study_prediction
+from db.models import Instance, Series, Study
+from db.review import FractureLabel, Review, Verdict
+from dicom_node.storage import InstanceStore
+
+
+class ReviewRejected(ValueError):  # noqa: N818 - reads as what happened
+    """A review that does not fit the study; ``field`` names the offending part of the body."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _label_of(positive: bool) -> FractureLabel:
+    return FractureLabel.FRACTURED if positive else FractureLabel.NOT_FRACTURED
+
+
+def create_review(
+    session: Session, store: InstanceStore, study: Study, reviewer_id: int, body: ReviewIn
+) -> Review:
+    """Add a review of ``study``'s current AI result to ``session`` (the caller commits)."""
+    prediction = latest_study_prediction(session, study.id)
+    ai_positive = prediction.positive if prediction is not None else None
+    if body.verdict is Verdict.AGREE:
+        if ai_positive is None:
+            raise ReviewRejected(
+                "verdict", "the study has no AI result to agree with; disagree and give the label"
+            )
+        label = _label_of(ai_positive)
+        if body.label is not None and body.label is not label:
+            raise ReviewRejected("label", f"agreeing with the AI result means the label {label}")
+    else:
+        assert body.label is not None  # checked by ReviewIn
+        label = body.label
+        if ai_positive is not None and label is _label_of(ai_positive):
+            raise ReviewRejected("label", "a disagreeing review needs the other label")
+
+    body_part: str | None = None
+    instance: Instance | None = None
+    if body.image_id is not None:
+        instance = session.get(Instance, body.image_id)
+        if instance is None or instance.study_id != study.id:
+            raise ReviewRejected("image_id", "no such image in this study")
+        body_part = session.scalar(
+            select(Series.body_part_examined).where(Series.id == instance.series_id)
+        )
+    else:
+        body_part = session.scalar(
+            select(Series.body_part_examined)
+            .where(Series.study_id == study.id, Series.body_part_examined.is_not(None))
+            .order_by(Series.body_part_examined)
+            .limit(1)
+        )
+    if body.location is not None:
+        assert instance is not None  # checked by ReviewIn
+        size = image_size(store, instance)
+        if size is None:
+            raise ReviewRejected("location", "the image's size cannot be read")
+        rows, columns = size
+        if not (body.location.x < columns and body.location.y < rows):
+            raise ReviewRejected(
+                "location",
+                f"the point ({body.location.x}, {body.location.y}) lies outside the image "
+                f"of {columns} x {rows} pixels",
+            )
+    review = Review(
+        study_id=study.id,
+        reviewer_id=reviewer_id,
+        verdict=body.verdict,
+        label=label,
+        instance_id=instance.id if instance is not None else None,
+        location_x=body.location.x if body.location else None,
+        location_y=body.location.y if body.location else None,
+        comment=body.comment,
+        study_prediction_id=prediction.id if prediction is not None else None,
+        ai_probability=prediction.probability if prediction is not None else None,
+        ai_positive=ai_positive,
+        model_name=prediction.model_name if prediction is not None else None,
+        model_version=prediction.model_version if prediction is not None else None,
+        body_part=body_part,
+    )
+    session.add(review)
+    session.flush()
+    return review

@@ -1,0 +1,277 @@
+"""The worklist, the study view, its pictures and reviews. Every read is audited."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from api import audit
+from api.audit import EventId
+from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, SessionDep
+from api.pictures import DEFAULT_SIZE, MAX_SIZE, PictureUnavailable, heatmap_png, preview_png
+from api.reviews import ReviewRejected, create_review
+from api.schemas import (
+    AUTH_RESPONSES,
+    NOT_FOUND,
+    ErrorBody,
+    ReviewIn,
+    ReviewOut,
+    StudyDetail,
+    Worklist,
+)
+from api.worklist import (
+    AiResult,
+    WorklistFilter,
+    latest_image_prediction,
+    review_out,
+    study_detail,
+    study_url,
+    worklist,
+)
+from db.models import Instance, Study, StudyStatus
+from db.review import AuditAction, AuditOutcome
+
+router = APIRouter(prefix="/api/studies", tags=["studies"], responses=AUTH_RESPONSES)
+
+StudyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The study's internal id")]
+ImageId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The image's internal id")]
+PNG_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG picture"},
+    **NOT_FOUND,
+    409: {"model": ErrorBody, "description": "The picture cannot be made from the stored data"},
+}
+
+
+def unprocessable(field: str, message: str) -> HTTPException:
+    """A 422 in the same shape as FastAPI's own validation errors."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
+    )
+
+
+def _study_or_404(session: Session, principal: Principal, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        audit.record(
+            session,
+            principal.actor,
+            EventId.PATIENT_RECORD,
+            AuditAction.READ,
+            AuditOutcome.MINOR_FAILURE,
+            object_type="study",
+            object_id=study_id,
+            detail="no such study",
+        )
+        session.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+    return study
+
+
+@router.get("", response_model=Worklist)
+def list_studies(
+    principal: CurrentUser,
+    session: SessionDep,
+    status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    result: Annotated[AiResult | None, Query(description="The latest AI result")] = None,
+    min_probability: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    max_probability: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    body_part: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    study_date_from: date | None = None,
+    study_date_to: date | None = None,
+    received_from: datetime | None = None,
+    received_to: datetime | None = None,
+    reviewed: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Worklist:
+    """The worklist: AI positive first, then by probability; filtered and paginated."""
+    for name, moment in (("received_from", received_from), ("received_to", received_to)):
+        if moment is not None and moment.tzinfo is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=[
+                    {
+                        "loc": ["query", name],
+                        "msg": "a timestamp needs a time zone (e.g. Z)",
+                        "type": "value_error",
+                    }
+                ],
+            )
+    flt = WorklistFilter(
+        status=status_,
+        result=result,
+        min_probability=min_probability,
+        max_probability=max_probability,
+        body_part=body_part,
+        study_date_from=study_date_from,
+        study_date_to=study_date_to,
+        received_from=received_from,
+        received_to=received_to,
+        reviewed=reviewed,
+    )
+    page = worklist(session, flt, limit=limit, offset=offset)
+    audit.record(
+        session,
+        principal.actor,
+        EventId.QUERY,
+        AuditAction.EXECUTE,
+        object_type="worklist",
+        detail=f"{len(page.items)} of {page.total} studies returned",
+    )
+    session.commit()
+    return page
+
+
+@router.get("/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
+def get_study(
+    study_id: StudyId, principal: CurrentUser, session: SessionDep, context: ContextDep
+) -> StudyDetail:
+    """A study: images, per-image and study results, result objects and deliveries, reviews."""
+    study = _study_or_404(session, principal, study_id)
+    detail = study_detail(session, context.store, study)
+    audit.record(
+        session,
+        principal.actor,
+        EventId.PATIENT_RECORD,
+        AuditAction.READ,
+        object_type="study",
+        object_id=study.id,
+    )
+    session.commit()
+    return detail
+
+
+async def _picture(
+    context: ContextDep,
+    session: Session,
+    principal: Principal,
+    study_id: int,
+    image_id: int,
+    *,
+    heatmap: bool,
+    max_size: int,
+) -> Response:
+    def lookup() -> tuple[str, str | None] | None:
+        instance = session.get(Instance, image_id)
+        found = instance is not None and instance.study_id == study_id
+        heatmap_path = None
+        if instance is not None and found:
+            prediction = latest_image_prediction(session, instance.id)
+            heatmap_path = prediction.heatmap_path if prediction is not None else None
+        usable = found and (heatmap_path is not None or not heatmap)
+        audit.record(
+            session,
+            principal.actor,
+            EventId.INSTANCES_ACCESSED,
+            AuditAction.READ,
+            AuditOutcome.SUCCESS if usable else AuditOutcome.MINOR_FAILURE,
+            object_type="image",
+            object_id=image_id,
+            detail="heat map" if heatmap else "preview",
+        )
+        session.commit()
+        if not usable or instance is None:
+            return None
+        return instance.storage_path, heatmap_path
+
+    found = await run_in_threadpool(lookup)
+    if found is None:
+        what = "heat map" if heatmap else "image"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what} in this study")
+    storage_path, heatmap_path = found
+    try:
+        if heatmap:
+            assert heatmap_path is not None
+            png = await run_in_threadpool(
+                heatmap_png, context.store, storage_path, heatmap_path, max_size
+            )
+        else:
+            png = await run_in_threadpool(preview_png, context.store, storage_path, max_size)
+    except PictureUnavailable as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+MaxSize = Annotated[
+    int, Query(ge=64, le=MAX_SIZE, description="Longest side of the picture in pixels")
+]
+
+
+@router.get(
+    "/{study_id}/images/{image_id}/preview.png",
+    response_class=Response,
+    responses=PNG_RESPONSES,
+)
+async def preview(
+    study_id: StudyId,
+    image_id: ImageId,
+    principal: CurrentUser,
+    session: SessionDep,
+    context: ContextDep,
+    max_size: MaxSize = DEFAULT_SIZE,
+) -> Response:
+    """The radiograph, through the model's grey chain, as PNG."""
+    return await _picture(
+        context, session, principal, study_id, image_id, heatmap=False, max_size=max_size
+    )
+
+
+@router.get(
+    "/{study_id}/images/{image_id}/heatmap.png",
+    response_class=Response,
+    responses=PNG_RESPONSES,
+)
+async def heatmap(
+    study_id: StudyId,
+    image_id: ImageId,
+    principal: CurrentUser,
+    session: SessionDep,
+    context: ContextDep,
+    max_size: MaxSize = DEFAULT_SIZE,
+) -> Response:
+    """The radiograph with its Grad-CAM heat map blended in colour, as PNG."""
+    return await _picture(
+        context, session, principal, study_id, image_id, heatmap=True, max_size=max_size
+    )
+
+
+@router.post(
+    "/{study_id}/review",
+    response_model=ReviewOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**NOT_FOUND, 403: {"model": ErrorBody, "description": "Reviews come from people"}},
+)
+def review_study(
+    study_id: StudyId,
+    body: ReviewIn,
+    principal: CurrentUser,
+    session: SessionDep,
+    context: ContextDep,
+    response: Response,
+) -> ReviewOut:
+    """Record a verdict on the study's current AI result (stored with reviewer and model)."""
+    if principal.kind is not PrincipalKind.USER:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "reviews are given by people, not tokens")
+    study = _study_or_404(session, principal, study_id)
+    try:
+        review = create_review(session, context.store, study, principal.id, body)
+    except ReviewRejected as exc:
+        session.rollback()
+        raise unprocessable(exc.field, exc.message) from exc
+    audit.record(
+        session,
+        principal.actor,
+        EventId.PATIENT_RECORD,
+        AuditAction.CREATE,
+        object_type="review",
+        object_id=review.id,
+        detail=f"review of study {study.id}",
+    )
+    session.commit()
+    response.headers["Location"] = f"{study_url(study.id)}#review-{review.id}"
+    return review_out(review, principal.name)

@@ -1,0 +1,53 @@
+"""Health, Prometheus metrics and statistics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import stats
+from api.deps import ContextDep, CurrentUser, SessionDep
+from api.schemas import AUTH_RESPONSES, HealthOut, ModelStatusOut, StatsOut
+from db.jobs import queue_depths
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/api/health", response_model=HealthOut)
+def health(context: ContextDep) -> HealthOut:
+    """Liveness, plus whether the database answers and the model's state (never loads it)."""
+    try:
+        with context.sessions() as session:
+            session.execute(text("SELECT 1"))
+        database = "ok"
+    except SQLAlchemyError as exc:  # reported, not raised: health must answer
+        database = f"unavailable: {type(exc).__name__}"
+    model = context.model.status()
+    return HealthOut(
+        status="ok" if database == "ok" else "degraded",
+        database=database,
+        model=ModelStatusOut(
+            state=model.state.value, name=model.name, version=model.version, reason=model.reason
+        ),
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics, computed from the database at scrape time."""
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/stats", response_model=StatsOut, responses=AUTH_RESPONSES, tags=["stats"])
+def get_stats(principal: CurrentUser, session: SessionDep, context: ContextDep) -> StatsOut:
+    """Counts by status, turnaround, queue depths and the AI's agreement with reviewers."""
+    session.commit()  # the queue depths are read in a session of their own
+    depths = queue_depths(context.sessions)
+    return stats.collect(session, depths)

@@ -1,0 +1,179 @@
+"""People and their verdicts: users, machine tokens, reviews and the append-only audit trail.
+
+The audit table is append-only: the ORM refuses to update or delete its rows (the hooks below)
+and the migration adds database triggers that refuse the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Delete,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Update,
+    event,
+)
+from sqlalchemy.orm import Mapped, Mapper, ORMExecuteState, Session, mapped_column
+
+from db.base import Base, UtcDateTime, utcnow
+
+
+class Role(StrEnum):
+    """What a user or machine token may do: admins may do everything radiologists may."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+
+class Verdict(StrEnum):
+    """The reviewer's opinion of the AI result."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+
+
+class FractureLabel(StrEnum):
+    """The reviewer's label for the study (the training export's class folders)."""
+
+    FRACTURED = "fractured"
+    NOT_FRACTURED = "not_fractured"
+
+
+class AuditOutcome(IntEnum):
+    """Event Outcome Indicator, DICOM PS3.15 A.5.3 (RFC 3881)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+class AuditAction(StrEnum):
+    """Event Action Code, DICOM PS3.15 A.5.3: create, read, update, delete, execute."""
+
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+    EXECUTE = "E"
+
+
+class User(Base):
+    """A person who logs in with a password (argon2 hash only)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[Role] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ApiToken(Base):
+    """A long random token for a machine; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The first characters of the token, shown in listings to tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[Role] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Review(Base):
+    """A radiologist's verdict on a study's AI result, with a snapshot of what was reviewed."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    verdict: Mapped[Verdict] = mapped_column(String(16))
+    label: Mapped[FractureLabel] = mapped_column(String(16))
+    #: The image the location is on (or the image reviewed), if any.
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"), index=True
+    )
+    location_x: Mapped[float | None] = mapped_column(Float)
+    location_y: Mapped[float | None] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    #: The AI result the verdict is about (None when the study had no result).
+    study_prediction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("study_predictions.id", ondelete="SET NULL")
+    )
+    ai_probability: Mapped[float | None] = mapped_column(Float)
+    ai_positive: Mapped[bool | None] = mapped_column(Boolean)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_reviews_study_created", "study_id", "created_at"),)
+
+
+class AuditEvent(Base):
+    """One audited event, coded with the DICOM audit vocabulary (PS3.15 A.5, CID 400-403).
+
+    ``object_type``/``object_id`` name the object by internal id only; ``detail`` never holds
+    patient data.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    event_id_code: Mapped[str] = mapped_column(String(16))
+    event_id_meaning: Mapped[str] = mapped_column(String(64))
+    event_type_code: Mapped[str | None] = mapped_column(String(16))
+    event_type_meaning: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[AuditAction] = mapped_column(String(1))
+    outcome: Mapped[int] = mapped_column(Integer)
+    #: Who: ``user:<name>``, ``token:<name>``, ``cli:<os user>`` or ``anonymous``.
+    actor: Mapped[str] = mapped_column(String(96), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(String(256))
+
+    __table_args__ = (Index("ix_audit_events_event_time", "event_id_code", "occurred_at"),)
+
+
+class AuditTrailImmutable(RuntimeError):  # noqa: N818 - reads as a statement of the rule
+    """Raised when code tries to change or remove an audit event."""
+
+
+def _refuse_change(_mapper: Mapper[Any], _connection: Any, _target: AuditEvent) -> None:
+    raise AuditTrailImmutable("audit events are append-only: they cannot be updated or deleted")
+
+
+event.listen(AuditEvent, "before_update", _refuse_change)
+event.listen(AuditEvent, "before_delete", _refuse_change)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_bulk_change(state: ORMExecuteState) -> None:
+    """Refuse ``update(AuditEvent)`` / ``delete(AuditEvent)`` statements run through a session."""
+    statement = state.statement
+    if isinstance(statement, Update | Delete):
+        table = getattr(statement, "table", None)
+        if table is not None and getattr(table, "name", None) == AuditEvent.__tablename__:
+            raise AuditTrailImmutable("audit events are append-only: bulk changes are refused")
