@@ -15,9 +15,8 @@ from __future__ import annotations
 import csv
 import enum
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -296,11 +295,6 @@ def split_examples(
     return Splits(*(tuple(sorted(out[s], key=key)) for s in Split))
 
 
-def write_split(splits: Splits, root: Path, path: Path) -> None:
-    """Record the file lists of a split as JSON."""
-    path.write_text(json.dumps(splits.to_json(root), indent=1) + "\n")
-
-
 def describe(dataset: Dataset, splits: Splits) -> dict[str, object]:
     """A JSON-able summary of the data set and its split, for model cards and reports."""
     return {
@@ -310,11 +304,3 @@ def describe(dataset: Dataset, splits: Splits) -> dict[str, object]:
         "positive_class": dataset.class_names[dataset.positive_index],
         "counts": {s.value: dataset.counts(splits.part(s)) for s in Split},
     }
-
-
-def example_to_json(example: Example) -> dict[str, object]:
-    """One example as JSON (path as a string)."""
-    data = asdict(example)
-    data["path"] = str(example.path)
-    data["split"] = example.split.value if example.split else None
-    return data

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import typer
@@ -221,3 +222,39 @@ def test_export_writes_an_equivalent_package(
     assert exported.calibration == original.calibration
     assert exported.operating_points == original.operating_points
     np.testing.assert_array_equal(exported.class_names, original.class_names)
+
+
+@pytest.mark.slow
+def test_three_class_data_trains_a_softmax_package(tmp_path: Path, cli: typer.Typer) -> None:
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(("Fractured", "Normal", "Hardware")):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            image = (rng.random((48, 40)) * 80 + 60 * index).astype(np.uint8)
+            assert cv2.imwrite(str(folder / f"{name}{i}.png"), image)
+    out = tmp_path / "runs" / "three"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-augment",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    card = load_package(out / "package").card
+    assert card.output.value == "softmax"
+    assert card.class_names == ("Fractured", "Hardware", "Normal")
+    assert card.positive_class == "Fractured"
+    metrics = json.loads((out / "package" / "evaluation" / "metrics.json").read_text())
+    assert metrics["n_positive"] == 2
