@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from config.settings import Settings
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from dicom_node.grouping import GroupingTimer
+from dicom_node.outbox import OutboxWorker
 from dicom_node.scp import IngestCounters, StoreContext, start_scp
 from dicom_node.storage import InstanceStore
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
@@ -28,14 +30,29 @@ log = logging.getLogger(__name__)
 
 
 def build_pipeline(
-    settings: Settings, sessions: sessionmaker[Session], store: InstanceStore
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    store: InstanceStore,
+    *,
+    on_results_queued: Callable[[], None] | None = None,
 ) -> StudyPipeline:
-    """The study pipeline for these settings: classify, then analyse and publish when enabled."""
+    """The study pipeline for these settings: classify, then analyse and publish when enabled.
+
+    ``on_results_queued`` is called when the publish step has queued deliveries (it wakes the
+    outbox worker).
+    """
     steps: list[PipelineStep] = [ClassifyStep(sessions, store)]
     if settings.inference.enabled:
         from gateway.analysis import AnalyseStep
+        from gateway.publish import PublishStep
 
-        steps.append(AnalyseStep.from_settings(settings, sessions, store))
+        analyse = AnalyseStep.from_settings(settings, sessions, store)
+        steps.append(analyse)
+        steps.append(
+            PublishStep.from_settings(
+                settings, sessions, store, card=analyse.card, on_queued=on_results_queued
+            )
+        )
     return StudyPipeline(steps)
 
 
@@ -74,7 +91,18 @@ class Service:
         """Start the SCP, the grouping timer and the job workers."""
         on_jobs = None
         if worker:
-            pipeline = build_pipeline(self.settings, self.sessions, self.store)
+            outbox = OutboxWorker(
+                self.sessions,
+                self.store,
+                self.settings.destinations,
+                self.settings.outbox,
+                calling_ae_title=self.settings.node.ae_title,
+            )
+            outbox.start()
+            self.extra.append(outbox)
+            pipeline = build_pipeline(
+                self.settings, self.sessions, self.store, on_results_queued=outbox.wake
+            )
             executor = InProcessExecutor(self.sessions, pipeline, self.settings.jobs)
             executor.start()
             self.executor = executor

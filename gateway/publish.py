@@ -1,0 +1,367 @@
+"""The pipeline's results step: build the SR and heat-map SCs, store them, queue their delivery.
+
+Runs after :class:`gateway.analysis.AnalyseStep`, from the predictions that step recorded for
+the job. Result UIDs are derived from the study, the model and the sources
+(:mod:`reporting.uids`), so the step is idempotent: a retried job, or a re-analysis of the same
+study by the same model, finds its objects already recorded and queues nothing twice. Objects
+are written to ``<storage>/results/`` durably (temporary file, fsync, atomic rename) before they
+are recorded, and recorded before they are queued, so the outbox never points at a missing file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import RoutingRule, Settings
+from db.jobs import ClaimedJob
+from db.models import ImagePrediction, Instance, Study, StudyPrediction
+from db.results import OutboxEntry, ResultObject, ResultObjectKind
+from dicom_node.routing import StudyOutcome, choose_destinations
+from dicom_node.storage import TMP_SUFFIX, InstanceStore, StorageError, safe_name
+from gateway.heatmaps import heatmap_on_original_grid
+from gateway.worker import PermanentJobError
+from inference.model_package import ModelCard, OperatingPointName
+from inference.pixels import display_grey
+from reporting import uids
+from reporting.findings import AlgorithmInfo, ImageFinding, OperatingPoint, StudyFindings
+from reporting.sc import build_gradcam_sc
+from reporting.sr import build_sr
+
+log = logging.getLogger(__name__)
+
+RESULTS_FOLDER = "results"
+
+
+@dataclass(frozen=True, slots=True)
+class _Analysed:
+    """One analysed image of the job, as recorded by the analysis step."""
+
+    instance: Instance
+    prediction: ImagePrediction
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedObject:
+    """A result object the step makes (or finds made): its identity and, if built, its dataset."""
+
+    kind: ResultObjectKind
+    sop_instance_uid: str
+    series_instance_uid: str
+    source_instance_id: int | None
+
+
+def algorithm_info(model_name: str, model_version: str, card: ModelCard | None) -> AlgorithmInfo:
+    """TID 4019 identification of the model that made the predictions."""
+    parameters: dict[str, str] = {}
+    if card is not None and (card.name, card.version) == (model_name, model_version):
+        parameters = {"input_size": str(card.input_size), "calibration": "platt"}
+    return AlgorithmInfo(name=model_name, version=model_version, parameters=parameters)
+
+
+def operating_point(prediction: StudyPrediction, card: ModelCard | None) -> OperatingPoint:
+    """The operating point the study was called at, with its validation metrics when known."""
+    sensitivity = specificity = None
+    if card is not None and (card.name, card.version) == (
+        prediction.model_name,
+        prediction.model_version,
+    ):
+        point = card.operating_points.get(OperatingPointName(prediction.operating_point))
+        if point is not None:
+            sensitivity, specificity = point.sensitivity, point.specificity
+    return OperatingPoint(
+        name=prediction.operating_point,
+        threshold=prediction.threshold,
+        sensitivity=sensitivity,
+        specificity=specificity,
+    )
+
+
+def image_positive(prediction: ImagePrediction, point_name: str) -> bool:
+    """The image's call at the study's operating point."""
+    if point_name == OperatingPointName.HIGH_SPECIFICITY:
+        return prediction.positive_high_specificity
+    return prediction.positive_high_sensitivity
+
+
+def encode_file(dataset: Dataset) -> bytes:
+    """The dataset as a DICOM file (preamble, File Meta Information, data set; PS3.10 7.1)."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def result_path(store: InstanceStore, study_uid: str, sop_instance_uid: str) -> Path:
+    """Where a result object is kept: ``<storage>/results/<study>/<sop>.dcm``."""
+    return store.root / RESULTS_FOLDER / safe_name(study_uid) / f"{safe_name(sop_instance_uid)}.dcm"
+
+
+def write_result(store: InstanceStore, study_uid: str, sop_instance_uid: str, data: bytes) -> str:
+    """Write a result file durably (temporary file, fsync, rename); return its relative path."""
+    final = result_path(store, study_uid, sop_instance_uid)
+    tmp = store.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            if store.fsync:
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(exc.errno, f"cannot write result object: {exc.strerror}") from exc
+    return store.commit(tmp, final)
+
+
+@dataclass(frozen=True)
+class PublishStep:
+    """Make, store and queue the result objects of a job's analysis."""
+
+    sessions: sessionmaker[Session]
+    store: InstanceStore
+    destinations: tuple[str, ...]
+    routing: tuple[RoutingRule, ...] = ()
+    card: ModelCard | None = None
+    uid_root: str | None = None
+    #: Called after new deliveries were queued (wakes the outbox worker).
+    on_queued: Callable[[], None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: InstanceStore,
+        *,
+        card: ModelCard | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> PublishStep:
+        """The step for these settings' destinations and routing rules."""
+        return cls(
+            sessions,
+            store,
+            tuple(d.name for d in settings.destinations),
+            tuple(settings.routing),
+            card,
+            on_queued=on_queued,
+        )
+
+    def __call__(self, job: ClaimedJob) -> None:
+        with self.sessions() as session:
+            study = session.get(Study, job.study_id)
+            if study is None:
+                raise PermanentJobError(f"study {job.study_id} no longer exists")
+            prediction = session.scalars(
+                select(StudyPrediction)
+                .where(StudyPrediction.job_id == job.id)
+                .order_by(StudyPrediction.id.desc())
+                .limit(1)
+            ).first()
+            if prediction is None or prediction.probability is None or prediction.n_images == 0:
+                log.info("job %d: no analysed images, no result objects", job.id)
+                return
+            analysed = [
+                _Analysed(instance, image)
+                for image, instance in session.execute(
+                    select(ImagePrediction, Instance)
+                    .join(Instance, ImagePrediction.instance_id == Instance.id)
+                    .where(
+                        ImagePrediction.job_id == job.id,
+                        ImagePrediction.model_name == prediction.model_name,
+                        ImagePrediction.model_version == prediction.model_version,
+                    )
+                    .order_by(Instance.series_id, Instance.instance_number, Instance.id)
+                ).all()
+            ]
+        if not analysed:
+            raise PermanentJobError(f"job {job.id} has a study prediction but no image predictions")
+        planned = self._plan(study.study_instance_uid, prediction, analysed)
+        missing = self._missing(planned)
+        if missing:
+            self._build_and_store(study.study_instance_uid, prediction, analysed, planned, missing)
+        queued = self._record_and_queue(job, study.study_instance_uid, prediction, planned)
+        log.info(
+            "job %d: %d result objects (%d new), %d deliveries queued",
+            job.id,
+            len(planned),
+            len(missing),
+            queued,
+        )
+        if queued and self.on_queued is not None:
+            self.on_queued()
+
+    # Steps ------------------------------------------------------------------------------------
+    def _plan(
+        self, study_uid: str, prediction: StudyPrediction, analysed: Sequence[_Analysed]
+    ) -> list[PlannedObject]:
+        """The objects this analysis yields, SCs first (the SR references them)."""
+        name, version, root = prediction.model_name, prediction.model_version, self.uid_root
+        sc_series = uids.sc_series_uid(study_uid, name, version, root=root)
+        planned = [
+            PlannedObject(
+                ResultObjectKind.SC,
+                uids.sc_instance_uid(
+                    study_uid, name, version, item.instance.sop_instance_uid, root=root
+                ),
+                sc_series,
+                item.instance.id,
+            )
+            for item in analysed
+        ]
+        sources = [item.instance.sop_instance_uid for item in analysed]
+        planned.append(
+            PlannedObject(
+                ResultObjectKind.SR,
+                uids.sr_instance_uid(study_uid, name, version, sources, root=root),
+                uids.sr_series_uid(study_uid, name, version, root=root),
+                None,
+            )
+        )
+        return planned
+
+    def _missing(self, planned: Sequence[PlannedObject]) -> set[str]:
+        """SOP Instance UIDs of planned objects not yet recorded, or whose file is gone."""
+        wanted = {p.sop_instance_uid for p in planned}
+        with self.sessions() as session:
+            recorded = session.execute(
+                select(ResultObject.sop_instance_uid, ResultObject.storage_path).where(
+                    ResultObject.sop_instance_uid.in_(wanted)
+                )
+            ).all()
+        present = {uid for uid, path in recorded if self.store.absolute(path).is_file()}
+        return wanted - present
+
+    def _findings(
+        self, prediction: StudyPrediction, analysed: Sequence[_Analysed]
+    ) -> StudyFindings:
+        images = []
+        for item in analysed:
+            source = dcmread(self.store.absolute(item.instance.storage_path))
+            if item.prediction.heatmap_path is None:
+                raise PermanentJobError(f"image prediction {item.prediction.id} has no heat map")
+            images.append(
+                ImageFinding(
+                    source=source,
+                    probability=float(item.prediction.probability),
+                    positive=image_positive(item.prediction, prediction.operating_point),
+                    heatmap=heatmap_on_original_grid(self.store, item.prediction.heatmap_path),
+                    display=display_grey(source),
+                )
+            )
+        assert prediction.probability is not None
+        return StudyFindings(
+            images=images,
+            study_probability=float(prediction.probability),
+            study_positive=bool(prediction.positive),
+            operating_point=operating_point(prediction, self.card),
+            algorithm=algorithm_info(prediction.model_name, prediction.model_version, self.card),
+        )
+
+    def _build_and_store(
+        self,
+        study_uid: str,
+        prediction: StudyPrediction,
+        analysed: Sequence[_Analysed],
+        planned: Sequence[PlannedObject],
+        missing: set[str],
+    ) -> None:
+        """Build every object (deterministic, so rebuilt ones equal the stored ones); write the
+        missing ones."""
+        findings = self._findings(prediction, analysed)
+        sc_plans = [p for p in planned if p.kind is ResultObjectKind.SC]
+        (sr_plan,) = (p for p in planned if p.kind is ResultObjectKind.SR)
+        datasets: dict[str, Dataset] = {}
+        for number, (finding, plan) in enumerate(
+            zip(findings.images, sc_plans, strict=True), start=1
+        ):
+            datasets[plan.sop_instance_uid] = build_gradcam_sc(
+                finding,
+                findings,
+                series_instance_uid=plan.series_instance_uid,
+                sop_instance_uid=plan.sop_instance_uid,
+                instance_number=number,
+            )
+        if sr_plan.sop_instance_uid in missing:
+            datasets[sr_plan.sop_instance_uid] = build_sr(
+                findings,
+                sc_datasets=[datasets[p.sop_instance_uid] for p in sc_plans],
+                series_instance_uid=sr_plan.series_instance_uid,
+                sop_instance_uid=sr_plan.sop_instance_uid,
+            )
+        for plan in planned:
+            if plan.sop_instance_uid in missing:
+                data = encode_file(datasets[plan.sop_instance_uid])
+                write_result(self.store, study_uid, plan.sop_instance_uid, data)
+
+    def _record_and_queue(
+        self,
+        job: ClaimedJob,
+        study_uid: str,
+        prediction: StudyPrediction,
+        planned: Sequence[PlannedObject],
+    ) -> int:
+        """Record new objects and queue each for the routed destinations; returns rows queued."""
+        outcome = StudyOutcome(
+            positive=bool(prediction.positive),
+            high_specificity_positive=bool(prediction.positive_high_specificity),
+        )
+        targets = choose_destinations(self.destinations, self.routing, outcome)
+        queued = 0
+        with self.sessions() as session, session.begin():
+            existing = {
+                obj.sop_instance_uid: obj
+                for obj in session.scalars(
+                    select(ResultObject).where(
+                        ResultObject.sop_instance_uid.in_([p.sop_instance_uid for p in planned])
+                    )
+                )
+            }
+            for plan in planned:
+                obj = existing.get(plan.sop_instance_uid)
+                if obj is None:
+                    obj = ResultObject(
+                        job_id=job.id,
+                        study_id=job.study_id,
+                        kind=plan.kind,
+                        sop_class_uid=str(SOP_CLASSES[plan.kind]),
+                        sop_instance_uid=plan.sop_instance_uid,
+                        series_instance_uid=plan.series_instance_uid,
+                        source_instance_id=plan.source_instance_id,
+                        model_name=prediction.model_name,
+                        model_version=prediction.model_version,
+                        storage_path=str(
+                            result_path(self.store, study_uid, plan.sop_instance_uid).relative_to(
+                                self.store.root
+                            )
+                        ),
+                    )
+                    session.add(obj)
+                    session.flush()
+                routed = set(
+                    session.scalars(
+                        select(OutboxEntry.destination).where(
+                            OutboxEntry.result_object_id == obj.id
+                        )
+                    )
+                )
+                for name in targets:
+                    if name not in routed:
+                        session.add(OutboxEntry(result_object_id=obj.id, destination=name))
+                        queued += 1
+        return queued
+
+
+#: SOP classes of the objects this step makes (PS3.4 B.5).
+SOP_CLASSES = {
+    ResultObjectKind.SC: SecondaryCaptureImageStorage,
+    ResultObjectKind.SR: Comprehensive3DSRStorage,
+}
