@@ -155,6 +155,13 @@ def model_targets(
     return labels
 
 
+def _save_atomically(model: keras.Model, path: Path) -> None:
+    """Save to a temporary file and rename, so a killed run never leaves a half-written model."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
 class _RunMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     """Validation AUROC, best/last checkpoints, run state, early stopping and the time budget."""
 
@@ -195,8 +202,8 @@ class _RunMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         )
         if value > state.best_auroc:
             state.best_auroc, state.best_epoch = value, epoch + 1
-            self.model.save(self.folder / BEST_MODEL)
-        self.model.save(self.folder / LAST_MODEL)
+            _save_atomically(self.model, self.folder / BEST_MODEL)
+        _save_atomically(self.model, self.folder / LAST_MODEL)
         print(
             f"epoch {epoch + 1}: val_auroc {value:.4f} (best {state.best_auroc:.4f} at "
             f"{state.best_epoch}), {seconds:.0f} s, {state.train_seconds / 60:.1f} min used",
