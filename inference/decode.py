@@ -305,8 +305,9 @@ def _decode_j2k_reduced(ds: Dataset, min_long_side: int) -> DecodedImage | None:
     """Decode a grey JPEG 2000 frame at a reduced resolution level, or say it cannot.
 
     Returns ``None`` when no reduction applies or the stream is not the plain case handled here
-    (one component, precision and signedness as the header declares, no image offset); the
-    caller then decodes at full resolution, which also reports any genuine decoding error.
+    (one component, precision and signedness as the header declares, no image offset, a
+    plausible number of decomposition levels); the caller then decodes at full resolution,
+    which also reports any genuine decoding error.
     """
     try:
         stream = _first_frame(ds)
@@ -320,6 +321,9 @@ def _decode_j2k_reduced(ds: Dataset, min_long_side: int) -> DecodedImage | None:
         and header.signed == bool(ds.PixelRepresentation)
         and (header.width, header.height) == (int(ds.Columns), int(ds.Rows))
         and header.x_offset == header.y_offset == 0
+        # More decomposition levels than the image has pixels for is legal but unusual; such
+        # streams (one in the shared test data) fail in Pillow's codec, so do not try.
+        and (1 << header.levels) <= max(header.width, header.height)
     )
     if not plain:
         return None
