@@ -125,7 +125,7 @@ def _items(session: Session) -> Iterator[_Item]:
         )
         if review.instance_id is not None:
             query = query.where(Instance.id == review.instance_id)
-        for instance, modality, body_part in session.execute(query).tuples():
+        for instance, modality, body_part in session.execute(query):
             yield _Item(review, instance, modality, body_part)
 
 

@@ -50,23 +50,19 @@ class DatabaseCollector(Collector):
         by_eligibility = _counts(
             session.execute(
                 select(Instance.eligibility, func.count()).group_by(Instance.eligibility)
-            ).tuples()
+            )
         )
         for value in Eligibility:
             received.add_metric([value.value], float(by_eligibility.get(value.value, 0)))
         yield received
 
         studies = GaugeMetricFamily(f"{PREFIX}_studies", "Studies by status", labels=["status"])
-        for status, n in session.execute(
-            select(Study.status, func.count()).group_by(Study.status)
-        ).tuples():
+        for status, n in session.execute(select(Study.status, func.count()).group_by(Study.status)):
             studies.add_metric([str(status)], float(n))
         yield studies
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Analysis jobs by state", labels=["state"])
-        by_state = _counts(
-            session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples()
-        )
+        by_state = _counts(session.execute(select(Job.state, func.count()).group_by(Job.state)))
         for state in JobState:
             jobs.add_metric([state.value], float(by_state.get(state.value, 0)))
         yield jobs
@@ -94,9 +90,7 @@ class DatabaseCollector(Collector):
             labels=["state"],
         )
         by_delivery = _counts(
-            session.execute(
-                select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state)
-            ).tuples()
+            session.execute(select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state))
         )
         for outbox_state in OutboxState:
             deliveries.add_metric(

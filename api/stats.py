@@ -86,7 +86,7 @@ def turnaround(session: Session) -> Turnaround:
         select(Study.first_received_at, first_result.c.at).join(
             first_result, first_result.c.study_id == Study.id
         )
-    ).tuples()
+    )
     seconds: list[float] = []
     for received, result_at in rows:
         if result_at is None:
@@ -146,7 +146,7 @@ def study_results(session: Session) -> dict[str, int]:
         select(StudyPrediction.positive, func.count())
         .join(latest, latest.c.id == StudyPrediction.id)
         .group_by(StudyPrediction.positive)
-    ).tuples():
+    ):
         key = "none" if positive is None else ("positive" if positive else "negative")
         counts[key] += int(n)
     total = session.scalar(select(func.count()).select_from(Study)) or 0
@@ -158,9 +158,7 @@ def collect(session: Session, jobs_by_state: dict[str, int]) -> StatsOut:
     """All the statistics of ``/api/stats``."""
     by_status = {
         str(status): int(n)
-        for status, n in session.execute(
-            select(Study.status, func.count()).group_by(Study.status)
-        ).tuples()
+        for status, n in session.execute(select(Study.status, func.count()).group_by(Study.status))
     }
     return StatsOut(
         studies_by_status=by_status,

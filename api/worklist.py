@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import ColumnElement, Select, case, exists, func, select
+from sqlalchemy import ColumnElement, Row, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api.schemas import (
@@ -143,6 +144,10 @@ def worklist(session: Session, flt: WorklistFilter, *, limit: int, offset: int) 
     return Worklist(total=int(total), limit=limit, offset=offset, items=items)
 
 
+def _pairs(rows: Iterable[Row[tuple[int, int]]]) -> dict[int, int]:
+    return {int(key): int(value) for key, value in rows}
+
+
 def _items(
     session: Session, rows: list[tuple[Study, StudyPrediction | None]]
 ) -> list[WorklistItem]:
@@ -160,12 +165,12 @@ def _items(
             parts[study_id].add(part)
         if modality:
             modalities[study_id].add(modality)
-    counts = dict(
+    counts: dict[int, int] = _pairs(
         session.execute(
             select(Instance.study_id, func.count())
             .where(Instance.study_id.in_(ids))
             .group_by(Instance.study_id)
-        ).tuples()
+        )
     )
     latest_reviews: dict[int, ReviewSummary] = {}
     for review, username in session.execute(
@@ -173,7 +178,7 @@ def _items(
         .join(User, User.id == Review.reviewer_id)
         .where(Review.study_id.in_(ids))
         .order_by(Review.created_at, Review.id)
-    ).tuples():
+    ):
         latest_reviews[review.study_id] = ReviewSummary(
             id=review.id,
             verdict=Verdict(review.verdict),
@@ -263,7 +268,7 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
         .join(Series, Series.id == Instance.series_id)
         .where(Instance.study_id == study.id)
         .order_by(Series.series_number, Instance.instance_number, Instance.id)
-    ).tuples()
+    )
     images: list[ImageOut] = []
     for instance, series in instances:
         result = latest_image_prediction(session, instance.id)
@@ -364,5 +369,5 @@ def reviews_of(session: Session, study_id: int) -> list[ReviewOut]:
         .join(User, User.id == Review.reviewer_id)
         .where(Review.study_id == study_id)
         .order_by(Review.created_at.desc(), Review.id.desc())
-    ).tuples()
+    )
     return [review_out(review, name) for review, name in rows]
