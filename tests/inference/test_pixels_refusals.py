@@ -6,6 +6,7 @@ import copy
 import pickle
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -18,7 +19,7 @@ from inference.pixels import check_analysable, display_grey, to_model_input
 from tests.inference.dicom_factory import compressed, make_image
 
 
-def small_image(**attributes: object) -> Dataset:
+def small_image(**attributes: Any) -> Dataset:
     pixels = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) % 4096
     return make_image(pixels, bits_stored=12, **attributes)
 

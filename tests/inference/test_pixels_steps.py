@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def grey_of(ds: Dataset) -> list[float]:
     ],
 )
 def test_inversion_table(photometric: str, shape: str | None, expected: list[float]) -> None:
-    extra = {"PresentationLUTShape": shape} if shape else {}
+    extra: dict[str, Any] = {"PresentationLUTShape": shape} if shape else {}
     ds = make_image(row(0, 51, 255, dtype=np.uint8), photometric=photometric, **extra)
     assert grey_of(ds) == pytest.approx(expected, abs=1e-6)
 
@@ -112,7 +113,7 @@ def test_window_table(
     pixels: tuple[int, ...],
     expected: list[float],
 ) -> None:
-    extra = {"VOILUTFunction": function} if function else {}
+    extra: dict[str, Any] = {"VOILUTFunction": function} if function else {}
     ds = make_image(
         row(*pixels), bits_stored=12, WindowCenter=[center, 9999], WindowWidth=[width, 1], **extra
     )

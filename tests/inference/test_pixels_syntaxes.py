@@ -7,9 +7,9 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import openjpeg
 import pydicom
 import pytest
+from openjpeg.utils import get_parameters
 from pydicom import uid
 from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
@@ -107,7 +107,8 @@ def synthetic_12bit(height: int, width: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width]
     image = 1500 + 1000 * np.sin(xx / 37.0) * np.cos(yy / 23.0) + 800 * (xx > width // 3)
     image += rng.normal(0, 40, size=image.shape)
-    return np.clip(image, 0, 4095).astype(np.uint16)
+    clipped: np.ndarray = np.clip(image, 0, 4095).astype(np.uint16)
+    return clipped
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_j2k_header_agrees_with_the_codec(shared_dir: Path, path: str) -> None:
     ds = pydicom.dcmread(shared_dir / "dicom" / path)
     stream = next(generate_frames(ds.PixelData, number_of_frames=1))
     header = j2k_header(stream)
-    codec = openjpeg.get_parameters(stream)
+    codec = get_parameters(stream)
     assert (header.width, header.height) == (codec["columns"], codec["rows"])
     assert header.components == codec["samples_per_pixel"]
     assert header.precision == codec["precision"]
