@@ -147,7 +147,8 @@ def test_machine_tokens_work_until_revoked_or_expired(world: World, client: Test
         revoke_token(session, SETUP_ACTOR, "pacs-bridge")
     assert client.get("/api/auth/me", headers=headers).status_code == 401
     uses = [e for e in _events(world, "110114") if e.actor == "token:pacs-bridge"]
-    assert len(uses) == 2 and all(e.outcome == 0 for e in uses)
+    assert len(uses) == 2
+    assert all(e.outcome == 0 for e in uses)
     config_changes = _events(world, "110113")
     assert {e.detail for e in config_changes} >= {
         "machine token issued with role admin",

@@ -38,7 +38,8 @@ def test_confusion_counts_and_ratios(values: list[tuple[bool, bool]]) -> None:
 @given(st.lists(st.floats(0, 1e6), min_size=1, max_size=50))
 def test_percentiles_are_ordered_and_within_range(values: list[float]) -> None:
     p50, p95 = percentiles(values, (50, 95))
-    assert p50 is not None and p95 is not None
+    assert p50 is not None
+    assert p95 is not None
     assert min(values) <= p50 <= p95 <= max(values)
 
 
@@ -76,9 +77,12 @@ def test_stats(world: World, client: TestClient, radiologist: dict[str, str]) ->
     rows = {row["body_part"]: row for row in stats["performance"]}
     hand = rows["HAND"]
     assert (hand["true_positives"], hand["false_positives"]) == (1, 1)
-    assert hand["ppv"] == 0.5 and hand["sensitivity"] == 1.0 and hand["specificity"] == 0.0
+    assert hand["ppv"] == 0.5
+    assert hand["sensitivity"] == 1.0
+    assert hand["specificity"] == 0.0
     assert hand["model_version"] == "1.2.3"
-    assert rows["WRIST"]["specificity"] == 1.0 and rows["WRIST"]["sensitivity"] is None
+    assert rows["WRIST"]["specificity"] == 1.0
+    assert rows["WRIST"]["sensitivity"] is None
 
 
 def test_metrics_are_computed_from_the_database(world: World, client: TestClient) -> None:
@@ -117,7 +121,8 @@ def test_outbox_list_and_retry(world: World, client: TestClient, admin: dict[str
     assert client.post("/api/admin/outbox/9999/retry", headers=admin).status_code == 404
     with world.sessions() as session:
         entry = session.get(OutboxEntry, row["id"])
-        assert entry is not None and entry.state == OutboxState.PENDING
+        assert entry is not None
+        assert entry.state == OutboxState.PENDING
         events = session.scalars(
             select(AuditEvent).where(AuditEvent.event_id_code == "110102")
         ).all()

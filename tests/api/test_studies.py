@@ -201,7 +201,8 @@ def test_review_is_stored_with_reviewer_time_and_model(
     with world.sessions() as session:
         review = session.scalars(select(Review)).one()
         assert (review.location_x, review.location_y) == (10.5, 20.0)
-        assert review.ai_positive is True and review.body_part == "HAND"
+        assert review.ai_positive is True
+        assert review.body_part == "HAND"
         assert review.study_prediction_id == study.prediction_id
         assert review.created_at is not None
     detail = client.get(f"/api/studies/{study.id}", headers=radiologist).json()

@@ -1,0 +1,334 @@
+// The review page: log in, worklist, study view with heat map and review buttons.
+// Plain JavaScript, no build step. The access token lives in sessionStorage only; images are
+// fetched with the Authorization header and shown from blob: URLs, so no token or patient
+// data ever appears in a URL (URLs carry internal ids only).
+"use strict";
+
+const state = { token: null, offset: 0, limit: 50, total: 0, study: null, image: null, location: null };
+const $ = (id) => document.getElementById(id);
+
+function show(view) {
+  for (const id of ["login-view", "worklist-view", "study-view"]) $(id).hidden = id !== view;
+  $("nav").hidden = view === "login-view";
+}
+
+function message(text, ok = false) {
+  const box = $("message");
+  box.textContent = text || "";
+  box.hidden = !text;
+  box.classList.toggle("ok", ok);
+}
+
+function text(value) {
+  return value === null || value === undefined || value === "" ? "-" : String(value);
+}
+
+function formatDate(da) {
+  return da && da.length === 8 ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6)}` : text(da);
+}
+
+function personName(pn) {
+  return pn ? pn.split("^").filter(Boolean).join(" ") : "-";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401 && !path.endsWith("/login")) {
+    logout("Your session has ended; please sign in again.");
+    throw new Error("not signed in");
+  }
+  return response;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+    return body.detail || response.statusText;
+  } catch (_) {
+    return response.statusText;
+  }
+}
+
+function logout(note) {
+  state.token = null;
+  sessionStorage.removeItem("fg-token");
+  show("login-view");
+  message(note || "");
+}
+
+async function login(event) {
+  event.preventDefault();
+  const form = new URLSearchParams({ username: $("username").value, password: $("password").value });
+  const response = await api("/api/auth/login", { method: "POST", body: form });
+  if (!response.ok) {
+    message(await errorText(response));
+    return;
+  }
+  state.token = (await response.json()).access_token;
+  sessionStorage.setItem("fg-token", state.token);
+  $("password").value = "";
+  message("");
+  await whoami();
+  route();
+}
+
+async function whoami() {
+  const response = await api("/api/auth/me");
+  if (response.ok) {
+    const me = await response.json();
+    $("whoami").textContent = `${me.name} (${me.role})`;
+  }
+}
+
+function resultTag(result) {
+  const span = document.createElement("span");
+  if (!result || result.positive === null) {
+    span.className = "tag none";
+    span.textContent = "no result";
+  } else {
+    span.className = `tag ${result.positive ? "positive" : "negative"}`;
+    span.textContent = result.positive ? "positive" : "negative";
+  }
+  return span;
+}
+
+async function loadWorklist() {
+  show("worklist-view");
+  const params = new URLSearchParams({ limit: state.limit, offset: state.offset });
+  for (const [key, value] of new FormData($("filters"))) if (value) params.set(key, value);
+  const response = await api(`/api/studies?${params}`);
+  if (!response.ok) {
+    message(await errorText(response));
+    return;
+  }
+  const page = await response.json();
+  state.total = page.total;
+  const body = $("worklist").querySelector("tbody");
+  body.replaceChildren();
+  for (const item of page.items) {
+    const row = document.createElement("tr");
+    row.dataset.studyId = item.id;
+    const cells = [
+      resultTag(item.result),
+      item.result && item.result.probability !== null ? item.result.probability.toFixed(2) : "-",
+      personName(item.patient_name),
+      text(item.patient_id),
+      formatDate(item.study_date),
+      item.body_parts.join(", ") || "-",
+      String(item.n_images),
+      item.status,
+      item.latest_review ? `${item.latest_review.verdict} (${item.latest_review.reviewer})` : "open",
+    ];
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      if (cell instanceof Node) td.appendChild(cell);
+      else td.textContent = cell;
+      row.appendChild(td);
+    }
+    row.addEventListener("click", () => { location.hash = `#/studies/${item.id}`; });
+    body.appendChild(row);
+  }
+  const last = Math.min(state.offset + page.items.length, page.total);
+  $("worklist-count").textContent = `${page.total ? state.offset + 1 : 0}-${last} of ${page.total}`;
+  $("prev-page").disabled = state.offset === 0;
+  $("next-page").disabled = state.offset + state.limit >= page.total;
+}
+
+async function blobUrl(path) {
+  const response = await api(path);
+  if (!response.ok) throw new Error(await errorText(response));
+  return URL.createObjectURL(await response.blob());
+}
+
+function setImageSource(img, url) {
+  if (img.src && img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = url;
+}
+
+async function showImage(image) {
+  state.image = image;
+  state.location = null;
+  $("marker").hidden = true;
+  $("location-text").textContent = "No location marked.";
+  for (const button of $("thumbs").children) {
+    button.classList.toggle("active", Number(button.dataset.imageId) === image.id);
+  }
+  try {
+    setImageSource($("radiograph"), await blobUrl(image.preview_url));
+    if (image.heatmap_url) {
+      setImageSource($("heatmap"), await blobUrl(image.heatmap_url));
+      $("heatmap-toggle").disabled = false;
+    } else {
+      $("heatmap-toggle").checked = false;
+      $("heatmap-toggle").disabled = true;
+    }
+  } catch (error) {
+    message(`The image cannot be shown: ${error.message}`);
+  }
+  applyHeatmap();
+}
+
+function fitImage() {
+  // Small radiographs are enlarged, large ones shrunk, to fill the viewer without scrolling.
+  const img = $("radiograph");
+  if (!img.naturalWidth) return;
+  const room = $("stage").parentElement.clientWidth;
+  const scale = Math.min(room / img.naturalWidth, (0.74 * window.innerHeight) / img.naturalHeight);
+  img.style.width = `${Math.floor(img.naturalWidth * scale)}px`;
+}
+
+function applyHeatmap() {
+  const overlay = $("heatmap");
+  overlay.hidden = !$("heatmap-toggle").checked || !state.image || !state.image.heatmap_url;
+  overlay.style.opacity = String(Number($("heatmap-opacity").value) / 100);
+}
+
+function markLocation(event) {
+  const image = state.image;
+  if (!image || !image.columns || !image.rows) return;
+  const rect = $("radiograph").getBoundingClientRect();
+  const fx = (event.clientX - rect.left) / rect.width;
+  const fy = (event.clientY - rect.top) / rect.height;
+  if (fx < 0 || fy < 0 || fx >= 1 || fy >= 1) return;
+  state.location = { x: Math.round(fx * image.columns * 10) / 10, y: Math.round(fy * image.rows * 10) / 10 };
+  const marker = $("marker");
+  marker.style.left = `${fx * 100}%`;
+  marker.style.top = `${fy * 100}%`;
+  marker.hidden = false;
+  $("location-text").textContent = `Fracture marked at x ${state.location.x}, y ${state.location.y} (image pixels).`;
+}
+
+function renderResult(study) {
+  const result = study.result;
+  const headline = $("ai-result");
+  const details = $("ai-details");
+  details.replaceChildren();
+  if (!result || result.positive === null) {
+    headline.textContent = "No AI result";
+    headline.className = "result";
+  } else {
+    headline.textContent = result.positive ? "Fracture suspected" : "No fracture found";
+    headline.className = `result ${result.positive ? "positive" : "negative"}`;
+    const rows = [
+      ["Probability", result.probability === null ? "-" : result.probability.toFixed(3)],
+      ["Operating point", `${result.operating_point.replace("_", " ")} (threshold ${result.threshold.toFixed(2)})`],
+      ["High specificity", result.positive_high_specificity ? "positive" : "negative"],
+      ["Model", `${result.model_name} ${result.model_version}`],
+      ["Images", String(result.n_images)],
+    ];
+    for (const [term, value] of rows) {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      details.append(dt, dd);
+    }
+  }
+  $("agree").disabled = !result || result.positive === null;
+  const review = study.latest_review;
+  $("review-state").textContent = review
+    ? `Last review: ${review.verdict}, ${review.label.replace("_", " ")} by ${review.reviewer}`
+    : "Not reviewed yet.";
+  const list = $("deliveries");
+  list.replaceChildren();
+  for (const object of study.result_objects) {
+    for (const delivery of object.deliveries) {
+      const li = document.createElement("li");
+      li.textContent = `${object.kind.toUpperCase()} to ${delivery.destination}: ${delivery.state.replace("_", " ")}`;
+      list.appendChild(li);
+    }
+  }
+  if (!list.children.length) list.textContent = "Nothing sent yet.";
+}
+
+async function loadStudy(id) {
+  show("study-view");
+  const response = await api(`/api/studies/${id}`);
+  if (!response.ok) {
+    message(await errorText(response));
+    return;
+  }
+  const study = await response.json();
+  state.study = study;
+  $("study-title").textContent = personName(study.patient_name);
+  $("study-meta").textContent = [study.patient_id, formatDate(study.study_date), study.study_description,
+    study.body_parts.join(", ")].filter(Boolean).join(" · ");
+  renderResult(study);
+  const thumbs = $("thumbs");
+  thumbs.replaceChildren();
+  study.images.forEach((image, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.imageId = image.id;
+    const probability = image.result ? ` · ${image.result.probability.toFixed(2)}` : "";
+    button.textContent = `Image ${index + 1}${probability}`;
+    button.addEventListener("click", () => showImage(image));
+    thumbs.appendChild(button);
+  });
+  thumbs.hidden = study.images.length < 2;
+  const first = study.images.find((image) => image.heatmap_url) || study.images[0];
+  if (first) await showImage(first);
+}
+
+async function submitReview(verdict) {
+  const study = state.study;
+  if (!study) return;
+  const body = { verdict };
+  if (verdict === "disagree") {
+    const positive = study.result && study.result.positive;
+    body.label = positive ? "not_fractured" : "fractured";
+  }
+  const comment = $("review-comment").value.trim();
+  if (comment) body.comment = comment;
+  if (state.location && state.image) {
+    body.image_id = state.image.id;
+    body.location = state.location;
+  }
+  const response = await api(`/api/studies/${study.id}/review`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) {
+    message(await errorText(response));
+    return;
+  }
+  const review = await response.json();
+  message(`Review saved: ${review.verdict}, ${review.label.replace("_", " ")}.`, true);
+  $("review-comment").value = "";
+  study.latest_review = review;
+  renderResult(study);
+}
+
+function route() {
+  if (!state.token) {
+    show("login-view");
+    return;
+  }
+  const match = location.hash.match(/^#\/studies\/(\d+)$/);
+  message("");
+  if (match) loadStudy(Number(match[1])).catch((error) => message(error.message));
+  else loadWorklist().catch((error) => message(error.message));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => logout());
+  $("filters").addEventListener("submit", (event) => { event.preventDefault(); state.offset = 0; loadWorklist(); });
+  $("prev-page").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadWorklist(); });
+  $("next-page").addEventListener("click", () => { state.offset += state.limit; loadWorklist(); });
+  $("radiograph").addEventListener("load", fitImage);
+  window.addEventListener("resize", fitImage);
+  $("heatmap-toggle").addEventListener("change", applyHeatmap);
+  $("heatmap-opacity").addEventListener("input", applyHeatmap);
+  $("stage").addEventListener("click", markLocation);
+  $("agree").addEventListener("click", () => submitReview("agree"));
+  $("disagree").addEventListener("click", () => submitReview("disagree"));
+  window.addEventListener("hashchange", route);
+  state.token = sessionStorage.getItem("fg-token");
+  if (state.token) whoami().catch(() => {});
+  route();
+});
