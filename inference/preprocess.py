@@ -211,7 +211,8 @@ def letterbox(grey: FloatImage, size: int) -> tuple[FloatImage, float, int, int]
     resized = cv2.resize(grey.astype(np.float32), (new_w, new_h), interpolation=interpolation)
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     out = np.zeros((size, size), dtype=np.float32)
-    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    # Interpolation can overshoot [0, 1] by a rounding error; the model input never does.
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = np.clip(resized, 0.0, 1.0)
     return out, scale, pad_x, pad_y
 
 

@@ -1,0 +1,116 @@
+"""The study pipeline's classify and analyse steps on real files, with a tiny model package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from config.settings import Settings
+from db import jobs
+from db.models import Eligibility, ImagePrediction, Instance, StudyPrediction
+from dicom_node.grouping import complete_quiet_studies
+from dicom_node.send import send_files
+from gateway.analysis import AnalyseStep
+from gateway.heatmaps import heatmap_on_original_grid
+from gateway.pipeline import ClassifyStep
+from gateway.service import Service
+from tests.training.packages import make_package
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    make_package(folder, size=64)
+    return folder
+
+
+@pytest.fixture
+def service(tmp_path: Path, tiny_package: Path) -> Service:
+    settings = Settings(
+        home=tmp_path / "home",
+        node={"bind_address": "127.0.0.1", "port": 0},
+        inference={"model_path": tiny_package},
+        api={"enabled": False},
+        grouping={"quiet_period_s": 3600},
+    )
+    svc = Service(settings)
+    svc.start(dicom=True, worker=False)
+    yield svc
+    svc.stop()
+
+
+def with_identifiers(source: Path, target: Path, study_uid: str) -> Path:
+    """A copy of a real file in a given study, with its own series and instance UIDs.
+
+    The WG04 files share their UIDs across transfer syntaxes; pixel data is kept as is.
+    """
+    ds = dcmread(source)
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_classify_then_analyse_a_mixed_study(
+    service: Service, shared_dir: Path, tmp_path: Path
+) -> None:
+    wg04 = shared_dir / "dicom/robyoung-dicom-test-files/data/WG04"
+    study = generate_uid()
+    files = [
+        with_identifiers(wg04 / "REF/RG2_UNC", tmp_path / "mono2.dcm", study),
+        with_identifiers(wg04 / "RLE/RG3_RLE", tmp_path / "mono1_rle.dcm", study),
+        with_identifiers(wg04 / "JPLY/RG3_JPLY", tmp_path / "undecodable.dcm", study),
+        shared_dir / "dicom/pydicom/src/pydicom/data/test_files/CT_small.dcm",
+    ]
+    results = send_files(files, "127.0.0.1", service.dicom_port, "FRACTUREGW", "T")
+    assert [r.status for r in results] == [0, 0, 0, 0]
+    job_ids = complete_quiet_studies(service.sessions, quiet_period_s=0, max_attempts=3)
+    assert len(job_ids) == 2  # the radiograph study and the CT study
+    classify = ClassifyStep(service.sessions, service.store)
+    analyse = AnalyseStep.from_settings(service.settings, service.sessions, service.store)
+    while (job := jobs.claim_next(service.sessions, lease_s=60)) is not None:
+        classify(job)
+        analyse(job)
+        analyse(job)  # a retried attempt replaces, never doubles, the job's rows
+        jobs.complete(service.sessions, job.id)
+
+    with service.sessions() as session:
+        instances = {Path(r.storage_path).stem: r for r in session.scalars(select(Instance)).all()}
+        by_reason = {r.eligibility_reason for r in instances.values()}
+        eligible = [r for r in instances.values() if r.eligibility == Eligibility.ELIGIBLE]
+        assert len(eligible) == 2
+        assert any(r and r.startswith("undecodable") for r in by_reason), by_reason
+        assert any(r and "radiograph" in r for r in by_reason), by_reason
+
+        predictions = session.scalars(select(ImagePrediction)).all()
+        assert sorted(p.instance_id for p in predictions) == sorted(r.id for r in eligible)
+        for p in predictions:
+            assert 0.0 <= p.probability <= 1.0
+            assert (p.model_name, p.model_version) == ("tiny", "0.0.1")
+            assert p.heatmap_path is not None
+            instance = session.get(Instance, p.instance_id)
+            assert instance is not None
+            heat = heatmap_on_original_grid(service.store, p.heatmap_path)
+            ds = dcmread(service.store.absolute(instance.storage_path), stop_before_pixels=True)
+            assert heat.shape == (ds.Rows, ds.Columns)
+            assert p.peak_x is not None
+            assert 0 <= p.peak_x <= ds.Columns
+
+        studies = session.scalars(select(StudyPrediction)).all()
+        assert len(studies) == 2
+        with_images = [s for s in studies if s.n_images]
+        assert len(with_images) == 1
+        assert with_images[0].n_images == 2
+        for study in with_images:
+            image_probs = [p.probability for p in predictions if p.job_id == study.job_id]
+            assert study.probability == pytest.approx(max(image_probs))
+            assert study.operating_point == "high_sensitivity"
+            assert study.positive == (study.probability >= study.threshold)
+        (empty,) = [s for s in studies if not s.n_images]
+        assert empty.probability is None
+        assert empty.positive is None
