@@ -164,7 +164,7 @@ class RoutingRule(BaseModel):
 class OutboxSettings(BaseModel):
     """Delivery of result objects."""
 
-    max_attempts: int = Field(8, ge=1)
+    max_attempts: int = Field(20, ge=1)
     max_age_s: float = Field(86_400.0, gt=0)
     backoff_base_s: float = Field(5.0, ge=0.0)
     backoff_max_s: float = Field(900.0, ge=0.0)

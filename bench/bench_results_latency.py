@@ -1,0 +1,270 @@
+"""Results latency: from the last C-STORE response to the SR and SCs stored in the PACS (by hand).
+
+Starts Orthanc (as the PACS that receives results) and a gateway Service in this process. For
+each study, sends two synthetic 16-bit DX images of 2500 x 2048 pixels (a WG04 radiograph
+upscaled) to the gateway as a PACS would, then polls Orthanc until the study's SR and both SCs
+are there. Latency = that moment - the C-STORE response of the last instance - the quiet
+period. Studies are sent one after the other (an idle system); one warm-up study is not
+counted. Writes the median (and spread) to ``docs/PERFORMANCE.md`` under ``## Results latency``.
+
+    .venv/bin/python bench/bench_results_latency.py --studies 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RG2 = Path("dicom/robyoung-dicom-test-files/data/WG04/REF/RG2_UNC")
+ROWS, COLUMNS = 2500, 2048
+IMAGES_PER_STUDY = 2
+SECTION = "## Results latency"
+GATEWAY_AE = "FRACTUREGW"
+
+
+def synthetic_pixels(shared: Path) -> np.ndarray[Any, np.dtype[np.uint16]]:
+    """A real radiograph (WG04 RG2, 10 bit) upscaled to 2500 x 2048 and spread over 16 bits."""
+    source = dcmread(shared / RG2).pixel_array.astype(np.float32)
+    resized = cv2.resize(source, (COLUMNS, ROWS), interpolation=cv2.INTER_CUBIC)
+    scaled = np.clip(resized, 0, 1023) * (65535.0 / 1023.0)
+    return scaled.astype(np.uint16)
+
+
+def dx_instance(
+    pixels: np.ndarray[Any, np.dtype[np.uint16]], study_uid: str, number: int, patient: str
+) -> Dataset:
+    """A DX For Presentation image, MONOCHROME2, 16 bits stored, in the given study."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = f"Bench^{patient}"
+    ds.PatientID = f"BENCH-{patient}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = datetime.now(UTC).strftime("%Y%m%d")
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.Modality = "DX"
+    ds.SeriesNumber = number
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.BodyPartExamined = "HIP"
+    ds.PatientOrientation = ["L", "F"]
+    ds.Manufacturer = "bench"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.WindowCenter = 32768
+    ds.WindowWidth = 65536
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_study(
+    folder: Path, pixels: np.ndarray[Any, np.dtype[np.uint16]], index: int
+) -> tuple[str, list[Path]]:
+    """Two images of a new study as files; returns the Study Instance UID and the files."""
+    study_uid = generate_uid()
+    paths = []
+    for number in range(1, IMAGES_PER_STUDY + 1):
+        ds = dx_instance(pixels, study_uid, number, f"{index:03d}")
+        path = folder / f"study{index:03d}-{number}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study_uid, paths
+
+
+def wait_for_results(orthanc: Any, study_uid: str, expected: int, timeout_s: float) -> float:
+    """Poll Orthanc until the study holds ``expected`` instances; returns the monotonic time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = orthanc.client.post("/tools/lookup", content=study_uid).json()
+        studies = [item["ID"] for item in found if item.get("Type") == "Study"]
+        if studies and len(orthanc.get(f"/studies/{studies[0]}/instances")) >= expected:
+            return time.monotonic()
+        time.sleep(0.02)
+    raise TimeoutError(f"results of a study not in the PACS after {timeout_s} s")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put ``text`` under the results-latency heading, leaving every other section as it is."""
+    existing = path.read_text() if path.exists() else "# Performance\n"
+    lines = existing.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        path.write_text(existing.rstrip("\n") + "\n\n" + text)
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    path.write_text(
+        "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--quiet-period", type=float, default=1.0)
+    parser.add_argument("--model", type=Path, default=None, help="model package folder")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(os.environ.get("FRACTURE_GATEWAY_SHARED", REPO_ROOT.parent / "shared")),
+    )
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO_ROOT))  # the Orthanc helper lives with the tests
+    from config.settings import Destination, InferenceSettings, Settings
+    from dicom_node.send import SendResult, send_files
+    from gateway.service import Service
+    from tests.helpers.orthanc import run_orthanc
+
+    model_path: Path = args.model or InferenceSettings().model_path
+    if not (model_path / "model.json").is_file():
+        raise SystemExit(f"no model package at {model_path}; pass --model")
+
+    pixels = synthetic_pixels(args.shared)
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
+        folder = Path(tmp)
+        with run_orthanc(folder / "orthanc") as orthanc:
+            settings = Settings(
+                home=folder / "gateway",
+                node={"ae_title": GATEWAY_AE, "bind_address": "127.0.0.1", "port": 0},
+                grouping={"quiet_period_s": args.quiet_period, "poll_interval_s": 0.05},
+                jobs={"poll_interval_s": 0.05},
+                inference={"model_path": model_path},
+                api={"enabled": False},
+                destinations=[
+                    Destination(
+                        name="pacs",
+                        ae_title=orthanc.ae_title,
+                        host="127.0.0.1",
+                        port=orthanc.dicom_port,
+                    )
+                ],
+                outbox={"poll_interval_s": 0.05},
+            )
+            service = Service(settings)
+            service.start()
+            try:
+                for index in range(args.studies + 1):
+                    study_uid, files = write_study(folder, pixels, index)
+                    responses: list[float] = []
+
+                    def on_response(result: SendResult, times: list[float] = responses) -> None:
+                        if not result.ok:
+                            raise RuntimeError(f"C-STORE failed: {result.status} {result.error}")
+                        times.append(time.monotonic())
+
+                    send_files(
+                        files,
+                        "127.0.0.1",
+                        service.dicom_port,
+                        GATEWAY_AE,
+                        "BENCHSCU",
+                        progress=on_response,
+                    )
+                    arrived = wait_for_results(
+                        orthanc, study_uid, IMAGES_PER_STUDY + 1, args.timeout
+                    )
+                    latency = arrived - responses[-1] - args.quiet_period
+                    label = "warm-up" if index == 0 else f"study {index}"
+                    print(f"{label}: {latency:.2f} s", flush=True)
+                    if index > 0:
+                        latencies.append(latency)
+                    for path in files:
+                        path.unlink()
+            finally:
+                service.stop()
+
+    median = statistics.median(latencies)
+    q = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [median] * 9
+    model = f"{model_path.name}"
+    command = "python " + " ".join(
+        shlex.quote(a)
+        for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO_ROOT)), *sys.argv[1:]]
+    )
+    text = (
+        f"{SECTION}\n\n"
+        f"Time from the C-STORE response of a study's last instance to its SR and both Grad-CAM "
+        f"SCs being stored in the PACS (Orthanc {orthanc_version()}), minus the quiet period of "
+        f"{args.quiet_period:g} s. Studies of {IMAGES_PER_STUDY} synthetic 16-bit DX images of "
+        f"{ROWS} x {COLUMNS} pixels (WG04 RG2 upscaled), sent one after the other; one warm-up "
+        f"study not counted; in-process executor, SQLite.\n\n"
+        f"| studies | median | 10th percentile | 90th percentile | min | max |\n"
+        f"|---|---|---|---|---|---|\n"
+        f"| {len(latencies)} | {median:.2f} s | {q[0]:.2f} s | {q[-1]:.2f} s | "
+        f"{min(latencies):.2f} s | {max(latencies):.2f} s |\n\n"
+        f"- Command: `{command}`\n"
+        f"- Model package: `{model}`\n"
+        f"- Machine: {machine()}; Python {platform.python_version()}\n"
+        f"- Measured: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+    )
+    write_section(args.output, text)
+    print(text)
+
+
+def orthanc_version() -> str:
+    import subprocess
+
+    from tests.helpers.orthanc import ORTHANC_PROGRAM
+
+    try:
+        out = subprocess.run(
+            [ORTHANC_PROGRAM, "--version"], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return "?"
+    first = out.splitlines()[0] if out else ""
+    return first.split()[-1] if first else "?"
+
+
+if __name__ == "__main__":
+    main()
