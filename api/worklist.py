@@ -144,7 +144,7 @@ def worklist(session: Session, flt: WorklistFilter, *, limit: int, offset: int) 
     return Worklist(total=int(total), limit=limit, offset=offset, items=items)
 
 
-def _pairs(rows: Iterable[Row[tuple[int, int]]]) -> dict[int, int]:
+def _pairs(rows: Iterable[Row[int, int]]) -> dict[int, int]:
     return {int(key): int(value) for key, value in rows}
 
 

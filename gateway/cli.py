@@ -158,9 +158,11 @@ def config_show() -> None:
 
 
 def _register_optional_commands() -> None:
+    from api.cli import register as register_api
     from training.cli import register
 
     register(app)
+    register_api(app)
 
 
 _register_optional_commands()
