@@ -447,14 +447,19 @@ class OutboxWorker:
                 AttemptResult(d, DeliveryOutcome.DEAD_LETTER, error="destination not configured")
                 for d in deliveries
             ]
-        return send_to_destination(
-            destination,
-            deliveries,
-            self._store,
-            calling_ae_title=destination.calling_ae_title or self._calling_ae_title,
-            timeout_s=self._settings.association_timeout_s,
-            maximum_pdu_size=self._maximum_pdu_size,
-        )
+        try:
+            return send_to_destination(
+                destination,
+                deliveries,
+                self._store,
+                calling_ae_title=destination.calling_ae_title or self._calling_ae_title,
+                timeout_s=self._settings.association_timeout_s,
+                maximum_pdu_size=self._maximum_pdu_size,
+            )
+        except Exception as exc:  # an unexpected fault of the network stack: retry the batch
+            log.exception("sending to %s failed unexpectedly", name)
+            error = f"unexpected {type(exc).__name__} while sending"
+            return [AttemptResult(d, DeliveryOutcome.RETRY, error=error) for d in deliveries]
 
     def start(self) -> None:
         self._thread.start()
@@ -475,6 +480,9 @@ class OutboxWorker:
                 handled = self.run_once()
             except SQLAlchemyError:
                 log.exception("outbox unavailable; retrying")
+                handled = 0
+            except Exception:  # keep delivering; claimed rows are retaken when their lease lapses
+                log.exception("outbox batch failed")
                 handled = 0
             if handled < self._settings.batch_size:
                 self._wake.wait(self._settings.poll_interval_s)

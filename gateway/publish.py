@@ -53,7 +53,7 @@ class _Analysed:
 
 @dataclass(frozen=True, slots=True)
 class PlannedObject:
-    """A result object the step makes (or finds made): its identity and, if built, its dataset."""
+    """A result object the step makes, or finds already made: its identity."""
 
     kind: ResultObjectKind
     sop_instance_uid: str
@@ -257,7 +257,8 @@ class PublishStep:
                     display=display_grey(source),
                 )
             )
-        assert prediction.probability is not None
+        if prediction.probability is None:
+            raise PermanentJobError(f"study prediction {prediction.id} has no probability")
         return StudyFindings(
             images=images,
             study_probability=float(prediction.probability),

@@ -308,3 +308,20 @@ def test_missing_result_file_is_a_dead_letter(
     (view,) = list_outbox(db.sessions)
     assert view.state is OutboxState.DEAD_LETTER
     assert "unusable" in (view.last_error or "")
+
+
+def test_unexpected_fault_while_sending_is_retried(
+    db: ResultsDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dicom_node.outbox
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("network stack fault")
+
+    add_results(db, 2, ["pacs"])
+    monkeypatch.setattr(dicom_node.outbox, "send_to_destination", broken)
+    worker = make_worker(db, [destination(free_port())])
+    assert worker.run_once() == 2
+    views = list_outbox(db.sessions)
+    assert {(v.state, v.attempts) for v in views} == {(OutboxState.PENDING, 1)}
+    assert {v.last_error for v in views} == {"unexpected RuntimeError while sending"}
