@@ -6,13 +6,19 @@ Called by the C-STORE handler after the file is durable and before Success is re
 from __future__ import annotations
 
 import logging
+import warnings
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO, cast
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +31,7 @@ from dicom_node.storage import InstanceStore, StoredDigest, is_valid_uid
 
 log = logging.getLogger(__name__)
 
-_HEADER_TAGS = (
+_HEADER_KEYWORDS = (
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
@@ -41,6 +47,7 @@ _HEADER_TAGS = (
     "InstanceNumber",
     "SpecificCharacterSet",
 )
+_HEADER_TAG_LIST: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_KEYWORDS]
 
 
 class HeaderError(ValueError):
@@ -70,19 +77,66 @@ class InstanceHeader:
     instance_number: int | None
 
 
-def parse_header(path: Path) -> InstanceHeader:
-    """Parse the identifiers from a stored (temporary) DICOM file, stopping before pixels."""
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before these.
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: The header is parsed from this much of the data set first (it almost always suffices).
+_HEADER_PREFIX = 256 * 1024
+
+
+def _at_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_TAGS
+
+
+def parse_header(encoded: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
+    """Parse the identifiers from a received data set's bytes, stopping before the pixels.
+
+    The bytes are the data set as sent (no file meta), in ``transfer_syntax``. Only a prefix is
+    parsed when it reaches the pixel data; otherwise the whole data set is.
+    """
+    syntax = UID(transfer_syntax)
+    view = memoryview(encoded)
     try:
-        ds = dcmread(
-            path,
-            stop_before_pixels=True,
-            specific_tags=list(_HEADER_TAGS),
-        )
+        if syntax.is_deflated:
+            whole = zlib.decompress(bytes(view), -zlib.MAX_WBITS)
+            ds = _read_header(whole, syntax)
+        else:
+            prefix = bytes(view[:_HEADER_PREFIX])
+            ds = _read_header(prefix, syntax, require_pixels=len(prefix) < len(view))
+            if ds is None:
+                ds = _read_header(bytes(view), syntax)
+        assert ds is not None
         return _header_from_dataset(ds)
     except HeaderError:
         raise
-    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+    except (
+        InvalidDicomError,
+        ValueError,
+        TypeError,
+        KeyError,
+        EOFError,
+        OSError,
+        zlib.error,
+    ) as exc:
         raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
+
+
+def _read_header(data: bytes, syntax: UID, *, require_pixels: bool = False) -> Dataset | None:
+    """The header elements of ``data``; None if ``require_pixels`` and they were not reached."""
+    stream = DicomBytesIO(data)
+    stream.is_little_endian = syntax.is_little_endian
+    stream.is_implicit_VR = syntax.is_implicit_VR
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = read_dataset(
+            cast(BinaryIO, stream),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=_at_pixels,
+            specific_tags=_HEADER_TAG_LIST,
+        )
+    if require_pixels and stream.tell() >= len(data):
+        return None  # the prefix ended before the pixel data: parse everything
+    return ds
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
@@ -137,14 +191,6 @@ class IngestOutcome(StrEnum):
     CONFLICT_REJECTED = "conflict_rejected"  # same UID, other bytes: refused (reject)
 
 
-def existing_digest(factory: sessionmaker[Session], sop_instance_uid: str) -> str | None:
-    """The stored digest of an instance, if we have it."""
-    with factory() as session:
-        return session.scalar(
-            select(Instance.sha256).where(Instance.sop_instance_uid == sop_instance_uid)
-        )
-
-
 def record_instance(
     factory: sessionmaker[Session],
     store: InstanceStore,
@@ -155,84 +201,125 @@ def record_instance(
     transfer_syntax_uid: str,
     calling_ae_title: str,
     duplicate_policy: DuplicatePolicy,
-    reject_out_of_scope: bool = False,
 ) -> IngestOutcome:
     """Move the temporary file into place and record it; the caller answers Success after this.
 
-    The file rename happens before the database commit; a crash in between leaves an
-    unacknowledged file that the sender's retry overwrites. A database failure removes the file
-    (unless it was already there), so nothing unacknowledged is ever recorded.
+    One transaction: look up the SOP Instance UID, rename the file into place, insert the row,
+    commit. File names carry the content digest, so two different copies never share a path.
+    A crash between rename and commit leaves an unacknowledged file that a resend reuses; a
+    failed commit removes the file unless a committed row already points at it. The caller
+    removes ``tmp`` in every case.
     """
-    previous = existing_digest(factory, header.sop_instance_uid)
-    if previous is not None:
-        if previous == digest.sha256:
-            tmp.unlink(missing_ok=True)
-            _touch_study(factory, header.study_instance_uid)
-            return IngestOutcome.IDEMPOTENT
-        return _handle_conflict(factory, store, header, tmp, digest, duplicate_policy)
+    final = store.path_for(header.study_instance_uid, header.sop_instance_uid, digest.sha256)
+    relative = str(final.relative_to(store.root))
+    for attempt in range(_CREATE_RACE_RETRIES):
+        try:
+            outcome, replaced_path = _record(
+                factory,
+                store,
+                header,
+                tmp,
+                final,
+                digest,
+                transfer_syntax_uid=transfer_syntax_uid,
+                calling_ae_title=calling_ae_title,
+                duplicate_policy=duplicate_policy,
+            )
+            break
+        except IntegrityError:
+            # Another association created the same study or series first; its row is now
+            # committed, so the next attempt finds and locks it. The file was not moved yet.
+            if not tmp.exists() or attempt == _CREATE_RACE_RETRIES - 1:
+                raise
+        except BaseException:
+            if not tmp.exists() and _committed_path(factory, header.sop_instance_uid) != relative:
+                final.unlink(missing_ok=True)  # moved into place, but never recorded
+            raise
+    if replaced_path is not None and replaced_path != relative:
+        store.absolute(replaced_path).unlink(missing_ok=True)
+        log.warning("duplicate SOP instance with different content replaced the stored copy")
+    return outcome
 
-    final = store.path_for(header.study_instance_uid, header.sop_instance_uid)
-    relative = store.commit(tmp, final)
-    try:
-        _insert(
-            factory,
-            header,
-            relative,
-            digest,
-            transfer_syntax_uid=transfer_syntax_uid,
-            calling_ae_title=calling_ae_title,
-        )
-    except IntegrityError:
-        # A concurrent association stored the same instance first: compare with its copy.
-        again = existing_digest(factory, header.sop_instance_uid)
-        if again == digest.sha256:
-            return IngestOutcome.IDEMPOTENT
-        raise
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
-    return IngestOutcome.STORED
+
+_CREATE_RACE_RETRIES = 3
 
 
-def _handle_conflict(
+def _record(
     factory: sessionmaker[Session],
     store: InstanceStore,
     header: InstanceHeader,
     tmp: Path,
+    final: Path,
     digest: StoredDigest,
-    policy: DuplicatePolicy,
-) -> IngestOutcome:
-    if policy is DuplicatePolicy.REJECT:
-        tmp.unlink(missing_ok=True)
-        log.warning("duplicate SOP instance with different content refused (policy reject)")
-        return IngestOutcome.CONFLICT_REJECTED
-    if policy is DuplicatePolicy.KEEP_FIRST:
-        kept = store.keep_conflict(tmp, header.sop_instance_uid, digest.sha256)
-        log.warning(
-            "duplicate SOP instance with different content kept aside as %s (policy keep_first)",
-            kept.name,
-        )
-        _touch_study(factory, header.study_instance_uid)
-        return IngestOutcome.CONFLICT_KEPT
-    # REPLACE: new file under its own name, row updated, old file removed after the commit.
-    final = store.path_for(header.study_instance_uid, header.sop_instance_uid)
-    final = final.with_name(f"{final.stem}.{digest.sha256[:16]}.dcm")
-    relative = store.commit(tmp, final)
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+    duplicate_policy: DuplicatePolicy,
+) -> tuple[IngestOutcome, str | None]:
+    """One attempt, in one transaction; returns the outcome and a replaced file to delete."""
+    relative = str(final.relative_to(store.root))
     with factory() as session, session.begin():
-        instance = session.scalars(
+        # Lock the study first: writers of one study are serialised (SQLite: BEGIN IMMEDIATE).
+        study = _get_or_create_study(session, header)
+        existing = session.scalars(
             select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
-        ).one()
-        old_path = instance.storage_path
-        instance.storage_path = relative
-        instance.sha256 = digest.sha256
-        instance.size_bytes = digest.size_bytes
-        instance.received_at = utcnow()
-        instance.eligibility = _initial_eligibility(header.sop_class_uid)[0]
-        _mark_received(instance.study)
-    if old_path != relative:
-        store.absolute(old_path).unlink(missing_ok=True)
-    log.warning("duplicate SOP instance with different content replaced the stored copy")
-    return IngestOutcome.REPLACED
+        ).first()
+        if existing is not None and existing.sha256 == digest.sha256:
+            _mark_received(existing.study, reopen=False)
+            tmp.unlink(missing_ok=True)
+            return IngestOutcome.IDEMPOTENT, None
+        if existing is not None and duplicate_policy is DuplicatePolicy.REJECT:
+            tmp.unlink(missing_ok=True)
+            log.warning("duplicate SOP instance with different content refused (reject)")
+            return IngestOutcome.CONFLICT_REJECTED, None
+        if existing is not None and duplicate_policy is DuplicatePolicy.KEEP_FIRST:
+            kept = store.keep_conflict(tmp, header.sop_instance_uid, digest.sha256)
+            _mark_received(existing.study, reopen=False)
+            log.warning(
+                "duplicate SOP instance with different content kept aside as %s (keep_first)",
+                kept.name,
+            )
+            return IngestOutcome.CONFLICT_KEPT, None
+        store.commit(tmp, final)
+        if existing is not None:  # policy replace: the new copy becomes the analysed one
+            replaced = existing.storage_path
+            existing.storage_path = relative
+            existing.sha256 = digest.sha256
+            existing.size_bytes = digest.size_bytes
+            existing.transfer_syntax_uid = transfer_syntax_uid
+            existing.received_at = utcnow()
+            existing.eligibility, existing.eligibility_reason = _initial_eligibility(
+                header.sop_class_uid
+            )
+            _mark_received(existing.study)
+            return IngestOutcome.REPLACED, replaced
+        series = _get_or_create_series(session, study, header)
+        eligibility, reason = _initial_eligibility(header.sop_class_uid)
+        session.add(
+            Instance(
+                study_id=study.id,
+                series_id=series.id,
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                instance_number=header.instance_number,
+                storage_path=relative,
+                sha256=digest.sha256,
+                size_bytes=digest.size_bytes,
+                calling_ae_title=calling_ae_title[:16],
+                eligibility=eligibility,
+                eligibility_reason=reason,
+            )
+        )
+        _mark_received(study)
+    return IngestOutcome.STORED, None
+
+
+def _committed_path(factory: sessionmaker[Session], sop_instance_uid: str) -> str | None:
+    with factory() as session:
+        return session.scalar(
+            select(Instance.storage_path).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
 
 
 def _initial_eligibility(sop_class_uid: str) -> tuple[Eligibility, str | None]:
@@ -241,63 +328,21 @@ def _initial_eligibility(sop_class_uid: str) -> tuple[Eligibility, str | None]:
     return Eligibility.OUT_OF_SCOPE, "not a CR or DX radiograph storage SOP class"
 
 
-def _mark_received(study: Study) -> None:
-    """Arrival of an instance: reset the quiet period, reopen a completed study."""
-    study.last_received_at = utcnow()
-    if study.status == StudyStatus.COMPLETE:
+def _mark_received(study: Study, *, reopen: bool = True) -> None:
+    """Arrival of an instance: restart the quiet period; new content reopens a completed study.
+
+    An identical resend (``reopen=False``) extends a study still receiving but does not reopen
+    one already analysed.
+    """
+    if study.status == StudyStatus.RECEIVING or reopen:
+        study.last_received_at = utcnow()
+    if reopen and study.status == StudyStatus.COMPLETE:
         study.status = StudyStatus.REOPENED
-
-
-def _touch_study(factory: sessionmaker[Session], study_uid: str) -> None:
-    with factory() as session, session.begin():
-        study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
-        if study is not None and study.status == StudyStatus.RECEIVING:
-            study.last_received_at = utcnow()
-
-
-def _insert(
-    factory: sessionmaker[Session],
-    header: InstanceHeader,
-    relative_path: str,
-    digest: StoredDigest,
-    *,
-    transfer_syntax_uid: str,
-    calling_ae_title: str,
-) -> None:
-    for attempt in range(3):
-        try:
-            with factory() as session, session.begin():
-                study = _get_or_create_study(session, header)
-                series = _get_or_create_series(session, study, header)
-                eligibility, reason = _initial_eligibility(header.sop_class_uid)
-                session.add(
-                    Instance(
-                        study_id=study.id,
-                        series_id=series.id,
-                        sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        transfer_syntax_uid=transfer_syntax_uid,
-                        instance_number=header.instance_number,
-                        storage_path=relative_path,
-                        sha256=digest.sha256,
-                        size_bytes=digest.size_bytes,
-                        calling_ae_title=calling_ae_title[:16],
-                        eligibility=eligibility,
-                        eligibility_reason=reason,
-                    )
-                )
-                _mark_received(study)
-            return
-        except IntegrityError as exc:
-            # Study or series created concurrently by another association: retry once it is
-            # visible; a duplicate instance is the caller's business.
-            if "instances" in str(exc.orig) or attempt == 2:
-                raise
 
 
 def _get_or_create_study(session: Session, header: InstanceHeader) -> Study:
     study = session.scalars(
-        select(Study).where(Study.study_instance_uid == header.study_instance_uid)
+        select(Study).where(Study.study_instance_uid == header.study_instance_uid).with_for_update()
     ).first()
     if study is None:
         study = Study(

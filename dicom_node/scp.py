@@ -148,28 +148,28 @@ def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
     sop_class = str(request.AffectedSOPClassUID)
     sop_instance = str(request.AffectedSOPInstanceUID)
     encoded = request.DataSet.getbuffer()  # type: ignore[union-attr]
+    try:
+        header = parse_header(encoded, transfer_syntax)
+    except HeaderError as exc:
+        status = (
+            StoreStatus.MISSING_IDENTIFIERS
+            if exc.missing_identifiers
+            else StoreStatus.CANNOT_UNDERSTAND
+        )
+        raise _RefusalError(status, str(exc)) from exc
+    if header.sop_class_uid != sop_class:
+        raise _RefusalError(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "data set SOP Class UID differs from the request's",
+        )
+    if header.sop_instance_uid != sop_instance:
+        raise _RefusalError(
+            StoreStatus.INSTANCE_UID_MISMATCH,
+            "data set SOP Instance UID differs from the request's",
+        )
     meta = file_meta_for(sop_class, sop_instance, transfer_syntax)
     tmp, digest = ctx.store.write_temporary(meta, encoded)
     try:
-        try:
-            header = parse_header(tmp)
-        except HeaderError as exc:
-            status = (
-                StoreStatus.MISSING_IDENTIFIERS
-                if exc.missing_identifiers
-                else StoreStatus.CANNOT_UNDERSTAND
-            )
-            raise _RefusalError(status, str(exc)) from exc
-        if header.sop_class_uid != sop_class:
-            raise _RefusalError(
-                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "data set SOP Class UID differs from the request's",
-            )
-        if header.sop_instance_uid != sop_instance:
-            raise _RefusalError(
-                StoreStatus.INSTANCE_UID_MISMATCH,
-                "data set SOP Instance UID differs from the request's",
-            )
         outcome = record_instance(
             ctx.sessions,
             ctx.store,

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,15 @@ class InstanceStore:
             removed += 1
         return removed
 
-    def path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
-        """The final location of an instance."""
-        return self.instances_dir / safe_name(study_uid) / f"{safe_name(sop_instance_uid)}.dcm"
+    def path_for(self, study_uid: str, sop_instance_uid: str, sha256: str | None = None) -> Path:
+        """The final location of an instance: its UIDs (validated or hashed) and its digest.
+
+        The digest in the name means two different copies of one instance never share a path
+        (received instances always carry it).
+        """
+        digest = f".{sha256[:16]}" if sha256 else ""
+        name = f"{safe_name(sop_instance_uid)}{digest}.dcm"
+        return self.instances_dir / safe_name(study_uid) / name
 
     def absolute(self, relative_path: str) -> Path:
         """Resolve a stored relative path, refusing anything that leaves the storage root."""
@@ -88,9 +95,8 @@ class InstanceStore:
         meta = DicomBytesIO()
         write_file_meta_info(meta, file_meta, enforce_standard=True)
         head = PREAMBLE + meta.getvalue()
-        sha = hashlib.sha256(head)
-        sha.update(encoded_dataset)
-        digest = StoredDigest(sha.hexdigest(), len(head) + len(encoded_dataset))
+        # Hashing and writing both release the GIL: hash on another thread meanwhile.
+        hashing = _HASHER.submit(_sha256, head, encoded_dataset)
         tmp = self.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
         try:
             with open(tmp, "xb") as handle:
@@ -99,6 +105,7 @@ class InstanceStore:
                 handle.flush()
                 if self.fsync:
                     os.fsync(handle.fileno())
+            digest = StoredDigest(hashing.result(), len(head) + len(encoded_dataset))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(exc.errno, f"cannot write instance: {exc.strerror}") from exc
@@ -126,6 +133,16 @@ class InstanceStore:
         if self.fsync:
             _fsync_dir(final.parent)
         return final
+
+
+#: A small pool that hashes received data sets while they are being written.
+_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256")
+
+
+def _sha256(head: bytes, body: bytes | memoryview) -> str:
+    sha = hashlib.sha256(head)
+    sha.update(body)
+    return sha.hexdigest()
 
 
 def file_digest(path: Path) -> tuple[str, int]:

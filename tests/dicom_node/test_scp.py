@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -17,7 +16,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from sqlalchemy import func, select
 
 from db.models import Eligibility, Instance, Series, Study
@@ -398,27 +399,39 @@ def test_conflicting_duplicate_follows_policy(start_node: NodeFactory, policy: s
         assert files_under(node.store.conflicts_dir) == []
 
 
-def test_abort_mid_transfer_leaves_nothing_behind(start_node: NodeFactory) -> None:
-    # A small maximum PDU on our side makes the sender cut the data set into many PDUs.
-    node = start_node(node={"maximum_pdu_size": 4096})
-    big = small_dx()
-    big.Rows = big.Columns = 3000
-    big.BitsAllocated = big.BitsStored = 16
-    big.HighBit = 15
-    big.PixelData = b"\x01\x02" * (3000 * 3000)
+def test_abort_mid_transfer_leaves_nothing_behind(node: Service) -> None:
+    """Half of a C-STORE's P-DATA PDUs, then A-ABORT: nothing of it may remain."""
+    ds = small_dx()
+    ds.Rows = ds.Columns = 1024
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelData = b"\x01\x02" * (1024 * 1024)
     ae = AE(ae_title="TESTSCU")
-    ae.maximum_pdu_size = 4096  # many small PDUs: the transfer takes a while
     ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
     assert assoc.is_established
-    outcome: list[object] = []
-    sender = threading.Thread(target=lambda: outcome.append(assoc.send_c_store(big)))
-    sender.start()
-    time.sleep(0.1)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = DX_PRESENTATION_STORAGE
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = BytesIO(encode(ds, is_implicit_vr=False, is_little_endian=True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = list(message.encode_msg(assoc.accepted_contexts[0].context_id, 16384))
+    assert len(pdus) > 100
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    socket = assoc.dul.socket
+    assert socket is not None
+    for primitive in pdus[: len(pdus) // 2]:
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        socket.send(pdu.encode())
+    assoc._reactor_checkpoint.set()
     assoc.abort()
-    sender.join(60)
-    time.sleep(0.5)
-    assert not (outcome and outcome[0] and int(outcome[0].Status) == 0)  # really aborted
+    time.sleep(1.0)
     assert count(node, Instance) == 0
     assert files_under(node.store.root) == []
 
