@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,12 +12,15 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import audit
+from api.audit import Actor, Code, EventId, EventType
 from api.deps import AppContext
 from api.metrics import make_registry
 from api.model_slot import ModelSlot
 from api.routes import admin, auth, predict, studies, system
 from api.security import signing_key
 from config.settings import Settings
+from db.review import AuditAction
 from dicom_node.storage import InstanceStore
 
 if TYPE_CHECKING:
@@ -31,6 +35,18 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def _record_activity(sessions: sessionmaker[Session], event_type: Code) -> None:
+    """Audit the API's start or stop (PS3.15 A.5.3.1 Application Activity)."""
+    with sessions() as session, session.begin():
+        audit.record(
+            session,
+            Actor("application:fracture-gateway-api"),
+            EventId.APPLICATION_ACTIVITY,
+            AuditAction.EXECUTE,
+            event_type=event_type,
+        )
+
+
 def create_app(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -43,7 +59,15 @@ def create_app(
     ``predictor`` may hand over a model the service loaded already; otherwise the configured
     package is loaded on the first ``/api/predict``.
     """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _record_activity(sessions, EventType.APPLICATION_START)
+        yield
+        _record_activity(sessions, EventType.APPLICATION_STOP)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="fracture-gateway",
         version="0.1.0",
         summary="Review API and worklist for the fracture-detection DICOM node",

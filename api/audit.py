@@ -44,6 +44,7 @@ class EventType:
     """Audit Event Type codes, PS3.16 CID 401 (application), 402 (authentication), 404 (alerts)."""
 
     APPLICATION_START = Code("110120", "Application Start")
+    APPLICATION_STOP = Code("110121", "Application Stop")
     LOGIN = Code("110122", "Login")
     SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
     SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")

@@ -174,13 +174,14 @@ def store_upload(
     body = Dataset(ds)
     body.file_meta = Dataset()  # type: ignore[assignment]
     write_dataset(buffer, body)
-    meta = file_meta_for(sop_class, sop_instance, str(transfer_syntax))
-    tmp, digest = store.write_temporary(meta, buffer.getvalue())
+    encoded = buffer.getvalue()
     try:
-        try:
-            header = parse_header(tmp)
-        except HeaderError as exc:
-            raise UploadRejected(f"the DICOM header is not acceptable: {exc}") from exc
+        header = parse_header(encoded, str(transfer_syntax))
+    except HeaderError as exc:
+        raise UploadRejected(f"the DICOM header is not acceptable: {exc}") from exc
+    meta = file_meta_for(sop_class, sop_instance, str(transfer_syntax))
+    tmp, digest = store.write_temporary(meta, encoded)
+    try:
         record_instance(
             sessions,
             store,
@@ -190,7 +191,6 @@ def store_upload(
             transfer_syntax_uid=str(transfer_syntax),
             calling_ae_title=UPLOAD_AE_TITLE,
             duplicate_policy=settings.node.duplicate_policy,
-            reject_out_of_scope=settings.node.reject_out_of_scope,
         )
     finally:
         tmp.unlink(missing_ok=True)

@@ -65,7 +65,7 @@ def test_auth_review_and_audit_on_postgres(pg_world: World) -> None:
         codes = [
             e.event_id_code for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))
         ]
-    assert codes[:2] == ["110113", "110114"]  # user added, then login
+    assert codes[:3] == ["110113", "110100", "110114"]  # user added, API started, login
     assert {"110112", "110110", "110113"} <= set(codes)
     with pg_world.engine.connect() as connection:  # the trigger refuses changes
         with pytest.raises(DatabaseError, match="append-only"):

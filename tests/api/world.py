@@ -7,6 +7,7 @@ pydicom into a temporary storage folder, heat maps saved with ``gateway.heatmaps
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -205,7 +206,8 @@ def seed_study(
                 body_part=body_part,
                 burned_in=burned_in,
             )
-            path = world.store.path_for(study_uid, sop_uid)
+            digest = secrets.token_hex(32)  # the name's digest part; the content is not checked
+            path = world.store.path_for(study_uid, sop_uid, digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             instance = Instance(
@@ -216,7 +218,7 @@ def seed_study(
                 transfer_syntax_uid=ExplicitVRLittleEndian,
                 instance_number=number + 1,
                 storage_path=str(path.relative_to(world.store.root)),
-                sha256="0" * 64,
+                sha256=digest,
                 size_bytes=path.stat().st_size,
                 calling_ae_title="TESTSCU",
                 received_at=received,
