@@ -13,6 +13,7 @@ counted. Writes the median (and spread) to ``docs/PERFORMANCE.md`` under ``## Re
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import shlex
@@ -108,15 +109,59 @@ def write_study(
 
 
 def wait_for_results(orthanc: Any, study_uid: str, expected: int, timeout_s: float) -> float:
-    """Poll Orthanc until the study holds ``expected`` instances; returns the monotonic time."""
+    """Poll Orthanc until the study holds ``expected`` instances; returns the time (epoch s)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = orthanc.client.post("/tools/lookup", content=study_uid).json()
         studies = [item["ID"] for item in found if item.get("Type") == "Study"]
         if studies and len(orthanc.get(f"/studies/{studies[0]}/instances")) >= expected:
-            return time.monotonic()
+            return time.time()
         time.sleep(0.02)
     raise TimeoutError(f"results of a study not in the PACS after {timeout_s} s")
+
+
+PHASES = (
+    ("grouping", "quiet period over to job queued (timer polling)"),
+    ("queue", "job queued to job started"),
+    ("pipeline", "classify, analyse (decode, model, Grad-CAM), build and store SR + SCs"),
+    ("delivery", "job done to the PACS listing every result (outbox, C-STORE, PACS storage)"),
+)
+
+
+def phases(sessions: Any, study_uid: str, sent: float, arrived: float, quiet: float) -> list[float]:
+    """Seconds spent in each of :data:`PHASES` for one study, from the gateway's database."""
+    from sqlalchemy import func, select
+
+    from db.models import Job, Study
+    from db.results import OutboxEntry, ResultObject
+
+    deadline = time.monotonic() + 30
+    while True:  # the worker records "sent" just after the PACS has answered
+        with sessions() as session:
+            study = session.scalars(
+                select(Study).where(Study.study_instance_uid == study_uid)
+            ).one()
+            job = session.scalars(select(Job).where(Job.study_id == study.id)).one()
+            unsent, last_sent = session.execute(
+                select(
+                    func.count() - func.count(OutboxEntry.sent_at), func.max(OutboxEntry.sent_at)
+                )
+                .join(ResultObject)
+                .where(ResultObject.study_id == study.id)
+            ).one()
+        if unsent == 0 and last_sent is not None and job.finished_at is not None:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the gateway did not record the deliveries")
+        time.sleep(0.02)
+    marks = [
+        sent + quiet,
+        job.created_at.timestamp(),
+        job.started_at.timestamp(),
+        job.finished_at.timestamp(),
+        arrived,
+    ]
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def machine() -> str:
@@ -157,6 +202,7 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--note", default="", help="a line on the conditions, for the record")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO_ROOT))  # the Orthanc helper lives with the tests
@@ -171,6 +217,7 @@ def main() -> None:
 
     pixels = synthetic_pixels(args.shared)
     latencies: list[float] = []
+    breakdown: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
         folder = Path(tmp)
         with run_orthanc(folder / "orthanc") as orthanc:
@@ -201,7 +248,7 @@ def main() -> None:
                     def on_response(result: SendResult, times: list[float] = responses) -> None:
                         if not result.ok:
                             raise RuntimeError(f"C-STORE failed: {result.status} {result.error}")
-                        times.append(time.monotonic())
+                        times.append(time.time())
 
                     send_files(
                         files,
@@ -215,10 +262,18 @@ def main() -> None:
                         orthanc, study_uid, IMAGES_PER_STUDY + 1, args.timeout
                     )
                     latency = arrived - responses[-1] - args.quiet_period
+                    parts = phases(
+                        service.sessions, study_uid, responses[-1], arrived, args.quiet_period
+                    )
                     label = "warm-up" if index == 0 else f"study {index}"
-                    print(f"{label}: {latency:.2f} s", flush=True)
+                    detail = ", ".join(
+                        f"{name} {value:.2f}"
+                        for (name, _), value in zip(PHASES, parts, strict=True)
+                    )
+                    print(f"{label}: {latency:.2f} s ({detail})", flush=True)
                     if index > 0:
                         latencies.append(latency)
+                        breakdown.append(parts)
                     for path in files:
                         path.unlink()
             finally:
@@ -227,9 +282,13 @@ def main() -> None:
     median = statistics.median(latencies)
     q = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [median] * 9
     model = f"{model_path.name}"
+    shown = [a for a in sys.argv[1:] if a != "--note" and a != args.note]
     command = "python " + " ".join(
-        shlex.quote(a)
-        for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO_ROOT)), *sys.argv[1:]]
+        shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO_ROOT)), *shown]
+    )
+    phase_rows = "".join(
+        f"| {name} | {description} | {statistics.median(column):.2f} s |\n"
+        for (name, description), column in zip(PHASES, zip(*breakdown, strict=True), strict=True)
     )
     text = (
         f"{SECTION}\n\n"
@@ -242,10 +301,14 @@ def main() -> None:
         f"|---|---|---|---|---|---|\n"
         f"| {len(latencies)} | {median:.2f} s | {q[0]:.2f} s | {q[-1]:.2f} s | "
         f"{min(latencies):.2f} s | {max(latencies):.2f} s |\n\n"
+        f"Where the time goes (median of each phase; for each study the phases add up to its "
+        f"latency):\n\n"
+        f"| phase | what | median |\n|---|---|---|\n{phase_rows}\n"
         f"- Command: `{command}`\n"
         f"- Model package: `{model}`\n"
         f"- Machine: {machine()}; Python {platform.python_version()}\n"
         f"- Measured: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        + (f"- Conditions: {args.note}\n" if args.note else "")
     )
     write_section(args.output, text)
     print(text)
