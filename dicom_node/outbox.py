@@ -213,7 +213,7 @@ def record_outcome(
     error: str | None = None,
     now: datetime | None = None,
 ) -> OutboxState:
-    """Write the result of one attempt; returns the row's new state.
+    """Write the result of one attempt of a ``sending`` row; returns the row's new state.
 
     A retry becomes a dead letter once the row has used ``max_attempts`` attempts or has been
     queued for ``max_age_s`` seconds.
@@ -223,6 +223,9 @@ def record_outcome(
         row = session.get(OutboxEntry, outbox_id, with_for_update=True)
         if row is None:
             raise LookupError(f"outbox row {outbox_id} does not exist")
+        if row.state != OutboxState.SENDING:
+            # Retaken after a lapsed lease and settled by another sender: theirs stands.
+            return OutboxState(row.state)
         row.last_status = status
         row.last_error = error[:MAX_ERROR_LENGTH] if error else None
         row.lease_expires_at = None

@@ -234,3 +234,17 @@ def test_unique_delivery_per_object_and_destination(db: ResultsDb) -> None:
 
 def test_sqlite_migration_matches_the_models(db: ResultsDb) -> None:
     assert schema_differences(db.engine, {"result_objects", "outbox"}) == []
+
+
+def test_outcome_for_a_row_settled_by_another_sender_is_ignored(db: ResultsDb) -> None:
+    add_results(db, 1, ["pacs"])
+    now = utcnow()
+    (slow,) = claim_due(db.sessions, limit=1, lease_s=1, now=now)
+    (fast,) = claim_due(db.sessions, limit=1, lease_s=60, now=now + timedelta(seconds=2))
+    record_outcome(db.sessions, fast.outbox_id, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
+    state = record_outcome(
+        db.sessions, slow.outbox_id, DeliveryOutcome.RETRY, SETTINGS, error="timeout"
+    )
+    assert state is OutboxState.SENT
+    (view,) = list_outbox(db.sessions)
+    assert (view.state, view.last_error) == (OutboxState.SENT, None)
