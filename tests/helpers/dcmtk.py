@@ -8,6 +8,7 @@ second copy of the same SOP instance shows up as a second file.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -33,6 +34,9 @@ class StoreSCPMode(StrEnum):
     #: Abort the association after receiving a C-STORE request, before answering.
     ABORT_AFTER = "abort-after"
 
+
+#: How often to try to start a program whose port was taken by someone else meanwhile.
+START_ATTEMPTS = 5
 
 _MODE_ARGS = {
     StoreSCPMode.NORMAL: [],
@@ -77,28 +81,40 @@ def run_storescp(
     ae_title: str = "STORESCP",
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[StoreSCP]:
-    """Start ``storescp`` on loopback (a free port unless given) and stop it on exit."""
+    """Start ``storescp`` on loopback (a free port unless given) and stop it on exit.
+
+    A port another process took in the meantime is retried: with a new free port when none was
+    given, else the same port after a short pause (a port just released).
+    """
     program = require_program("storescp")
-    port = port or free_port()
     output_dir.mkdir(parents=True, exist_ok=True)
-    log_path = output_dir.parent / f"storescp-{port}-{mode.value}.log"
-    args = [
-        program,
-        "--aetitle",
-        ae_title,
-        "--output-directory",
-        str(output_dir),
-        "+uf",
-        "-v",
-        *_MODE_ARGS[mode],
-        *extra_args,
-        str(port),
-    ]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    for attempt in range(START_ATTEMPTS):
+        chosen = port or free_port()
+        log_path = output_dir.parent / f"storescp-{chosen}-{mode.value}.log"
+        args = [
+            program,
+            "--aetitle",
+            ae_title,
+            "--output-directory",
+            str(output_dir),
+            "+uf",
+            "-v",
+            *_MODE_ARGS[mode],
+            *extra_args,
+            str(chosen),
+        ]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(chosen, process=process)
+            break
+        except RuntimeError:  # exited at once: the port is taken
+            stop_process(process)
+            if attempt == START_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5)
     try:
-        wait_for_port(port, process=process)
-        yield StoreSCP(port, ae_title, output_dir, log_path, process)
+        yield StoreSCP(chosen, ae_title, output_dir, log_path, process)
     finally:
         stop_process(process)
 

@@ -23,6 +23,8 @@ import pytest
 from tests.helpers.tools import free_port, require_program, stop_process, wait_for_port
 
 ORTHANC_PROGRAM = "/usr/sbin/Orthanc"
+#: How often to try to start Orthanc when a port was taken by someone else meanwhile.
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -117,24 +119,29 @@ def run_orthanc(folder: Path, *, ae_title: str = "ORTHANC") -> Iterator[Orthanc]
     """Start Orthanc with its own configuration in ``folder``; stop it on exit."""
     program = require_program(ORTHANC_PROGRAM)
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
-    while dicom_port == http_port:
-        dicom_port = free_port()
     config_path = folder / "orthanc.json"
-    config_path.write_text(
-        json.dumps(
-            orthanc_config(folder, http_port=http_port, dicom_port=dicom_port, ae_title=ae_title),
-            indent=2,
+    for attempt in range(START_ATTEMPTS):
+        http_port, dicom_port = free_port(), free_port()
+        while dicom_port == http_port:
+            dicom_port = free_port()
+        config = orthanc_config(
+            folder, http_port=http_port, dicom_port=dicom_port, ae_title=ae_title
         )
-    )
-    with open(folder / "orthanc.log", "ab") as log:
-        process = subprocess.Popen(
-            [program, "--verbose", str(config_path)], stdout=log, stderr=subprocess.STDOUT
-        )
+        config_path.write_text(json.dumps(config, indent=2))
+        with open(folder / "orthanc.log", "ab") as log:
+            process = subprocess.Popen(
+                [program, "--verbose", str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for_port(http_port, process=process, timeout_s=60)
+            wait_for_port(dicom_port, process=process, timeout_s=60)
+            break
+        except RuntimeError:  # exited at once: a port was taken meanwhile, try others
+            stop_process(process)
+            if attempt == START_ATTEMPTS - 1:
+                raise
     client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120.0)
     try:
-        wait_for_port(http_port, process=process, timeout_s=60)
-        wait_for_port(dicom_port, process=process, timeout_s=60)
         _wait_ready(client)
         yield Orthanc(http_port, dicom_port, ae_title, folder, process, client)
     finally:
