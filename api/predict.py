@@ -157,8 +157,7 @@ def store_upload(
     The data set is written with file meta built as for a C-STORE (PS3.10 7.1) in its own
     transfer syntax; the header checks, duplicate policy and study grouping are the node's.
     """
-    from dicom_node.ingest import HeaderError, parse_header, record_instance
-    from dicom_node.scp import file_meta_for
+    from dicom_node.ingest import IngestRefusedError, ingest_encoded
 
     try:
         transfer_syntax = ds.file_meta.TransferSyntaxUID
@@ -174,24 +173,17 @@ def store_upload(
     body = Dataset(ds)
     body.file_meta = Dataset()  # type: ignore[assignment]
     write_dataset(buffer, body)
-    encoded = buffer.getvalue()
     try:
-        header = parse_header(encoded, str(transfer_syntax))
-    except HeaderError as exc:
-        raise UploadRejected(f"the DICOM header is not acceptable: {exc}") from exc
-    meta = file_meta_for(sop_class, sop_instance, str(transfer_syntax))
-    tmp, digest = store.write_temporary(meta, encoded)
-    try:
-        record_instance(
+        _, header = ingest_encoded(
             sessions,
             store,
-            header,
-            tmp,
-            digest,
-            transfer_syntax_uid=str(transfer_syntax),
+            buffer.getvalue(),
+            transfer_syntax=str(transfer_syntax),
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
             calling_ae_title=UPLOAD_AE_TITLE,
             duplicate_policy=settings.node.duplicate_policy,
         )
-    finally:
-        tmp.unlink(missing_ok=True)
+    except IngestRefusedError as exc:
+        raise UploadRejected(f"the DICOM data set is not acceptable: {exc.reason}") from exc
     return header.study_instance_uid

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -26,10 +26,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import DuplicatePolicy
 from db.base import utcnow
 from db.models import Eligibility, Instance, Series, Study, StudyStatus
-from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
+from dicom_node.conformance import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    RADIOGRAPH_SOP_CLASSES,
+    StoreStatus,
+)
 from dicom_node.storage import InstanceStore, StoredDigest, is_valid_uid
 
 log = logging.getLogger(__name__)
+
 
 _HEADER_KEYWORDS = (
     "SOPClassUID",
@@ -375,10 +381,94 @@ def _get_or_create_series(session: Session, study: Study, header: InstanceHeader
     return series
 
 
+class IngestRefusedError(Exception):
+    """The data set is refused; ``status`` is the C-STORE status that says why."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def file_meta_for(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+) -> FileMetaDataset:
+    """File meta for a received instance (PS3.10 7.1); deterministic, so resends hash equal."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def ingest_encoded(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    encoded: bytes | memoryview,
+    *,
+    transfer_syntax: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling_ae_title: str,
+    duplicate_policy: DuplicatePolicy,
+) -> tuple[IngestOutcome, InstanceHeader]:
+    """The whole ingest of one encoded data set, as a C-STORE carries it.
+
+    Checks the header against the request's identifiers, writes the bytes as received with our
+    file meta (fsynced), moves them into place and records them. Raises
+    :class:`IngestRefusedError` with the status to answer when the data set is refused; storage
+    and database errors propagate (the caller maps them to "out of resources").
+    """
+    try:
+        header = parse_header(encoded, transfer_syntax)
+    except HeaderError as exc:
+        status = (
+            StoreStatus.MISSING_IDENTIFIERS
+            if exc.missing_identifiers
+            else StoreStatus.CANNOT_UNDERSTAND
+        )
+        raise IngestRefusedError(status, str(exc)) from exc
+    if header.sop_class_uid != sop_class_uid:
+        raise IngestRefusedError(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "data set SOP Class UID differs from the request's",
+        )
+    if header.sop_instance_uid != sop_instance_uid:
+        raise IngestRefusedError(
+            StoreStatus.INSTANCE_UID_MISMATCH,
+            "data set SOP Instance UID differs from the request's",
+        )
+    meta = file_meta_for(sop_class_uid, sop_instance_uid, transfer_syntax)
+    tmp, digest = store.write_temporary(meta, encoded)
+    try:
+        outcome = record_instance(
+            factory,
+            store,
+            header,
+            tmp,
+            digest,
+            transfer_syntax_uid=transfer_syntax,
+            calling_ae_title=calling_ae_title,
+            duplicate_policy=duplicate_policy,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    if outcome is IngestOutcome.CONFLICT_REJECTED:
+        raise IngestRefusedError(
+            StoreStatus.DUPLICATE_CONFLICT, "same SOP Instance UID with different content"
+        )
+    return outcome, header
+
+
 __all__ = [
     "HeaderError",
     "IngestOutcome",
+    "IngestRefusedError",
     "InstanceHeader",
+    "file_meta_for",
+    "ingest_encoded",
     "parse_header",
     "record_instance",
 ]

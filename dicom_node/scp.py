@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any, cast
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -34,14 +32,10 @@ from dicom_node.conformance import (
     VERIFICATION_SOP_CLASS,
     StoreStatus,
 )
-from dicom_node.ingest import HeaderError, IngestOutcome, parse_header, record_instance
+from dicom_node.ingest import IngestOutcome, IngestRefusedError, ingest_encoded
 from dicom_node.storage import InstanceStore, StorageError
 
 log = logging.getLogger(__name__)
-
-#: Our Implementation Class UID (PS3.7 D.3.3.2) and version name, written in every file meta.
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1477.1.1")
-IMPLEMENTATION_VERSION_NAME = "FRACTUREGW_010"
 
 #: A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised (PS3.8 9.3.4).
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -84,19 +78,6 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
     return contexts
 
 
-def file_meta_for(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
-) -> FileMetaDataset:
-    """File meta for a received instance (PS3.10 7.1); deterministic, so resends hash equal."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
-
-
 def handle_requested(event: Event, settings: Settings) -> None:
     """Reject associations from calling AE titles (and hosts) we do not know."""
     primitive = event.assoc.requestor.primitive
@@ -114,7 +95,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
     try:
         outcome = _store(event, ctx)
-    except _RefusalError as refusal:
+    except IngestRefusedError as refusal:
         ctx.counters.count(ctx.counters.failures, refusal.status.name)
         log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
         return int(refusal.status)
@@ -132,59 +113,22 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
         log.error("C-STORE failed unexpectedly: %s", type(exc).__name__)
         return int(StoreStatus.PROCESSING_FAILURE)
     ctx.counters.count(ctx.counters.by_outcome, outcome.value)
-    if outcome is IngestOutcome.CONFLICT_REJECTED:
-        return int(StoreStatus.DUPLICATE_CONFLICT)
     return int(StoreStatus.SUCCESS)
-
-
-class _RefusalError(Exception):
-    def __init__(self, status: StoreStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
     request = cast(C_STORE, event.request)
-    transfer_syntax = str(event.context.transfer_syntax)
-    sop_class = str(request.AffectedSOPClassUID)
-    sop_instance = str(request.AffectedSOPInstanceUID)
-    encoded = request.DataSet.getbuffer()  # type: ignore[union-attr]
-    try:
-        header = parse_header(encoded, transfer_syntax)
-    except HeaderError as exc:
-        status = (
-            StoreStatus.MISSING_IDENTIFIERS
-            if exc.missing_identifiers
-            else StoreStatus.CANNOT_UNDERSTAND
-        )
-        raise _RefusalError(status, str(exc)) from exc
-    if header.sop_class_uid != sop_class:
-        raise _RefusalError(
-            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            "data set SOP Class UID differs from the request's",
-        )
-    if header.sop_instance_uid != sop_instance:
-        raise _RefusalError(
-            StoreStatus.INSTANCE_UID_MISMATCH,
-            "data set SOP Instance UID differs from the request's",
-        )
-    meta = file_meta_for(sop_class, sop_instance, transfer_syntax)
-    tmp, digest = ctx.store.write_temporary(meta, encoded)
-    try:
-        outcome = record_instance(
-            ctx.sessions,
-            ctx.store,
-            header,
-            tmp,
-            digest,
-            transfer_syntax_uid=transfer_syntax,
-            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-            duplicate_policy=ctx.settings.node.duplicate_policy,
-        )
-    finally:
-        tmp.unlink(missing_ok=True)
-    if ctx.on_stored is not None and outcome is not IngestOutcome.CONFLICT_REJECTED:
+    outcome, header = ingest_encoded(
+        ctx.sessions,
+        ctx.store,
+        request.DataSet.getbuffer(),  # type: ignore[union-attr]
+        transfer_syntax=str(event.context.transfer_syntax),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        duplicate_policy=ctx.settings.node.duplicate_policy,
+    )
+    if ctx.on_stored is not None:
         ctx.on_stored(header.study_instance_uid)
     return outcome
 

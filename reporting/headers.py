@@ -14,14 +14,10 @@ from highdicom import ContributingEquipment, SOPClass
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
+# One Implementation Class UID and Version Name for everything this project writes.
+from dicom_node.conformance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.findings import ResultInputError
-from reporting.uids import derive_uid
-
-#: Implementation Class UID and Version Name (SH, at most 16 characters) of this project.
-IMPLEMENTATION_CLASS_UID = UID(derive_uid("fracture-gateway/implementation"))
-IMPLEMENTATION_VERSION_NAME = "FRACTURE_GW_1"
 
 #: Attributes the object builders read from their reference dataset at construction time.
 #: Their values are blanked in :func:`neutral_header` so that no patient data passes through
