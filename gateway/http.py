@@ -42,7 +42,7 @@ def start_api(settings: Settings, service: Service) -> ApiServer:
     """Build the app for this service and serve it on the configured host and port."""
     from api.app import create_app
 
-    app = create_app(settings, service.sessions, store=service.store)
+    app = create_app(settings, service.sessions, store=service.store, predictor=service.predictor)
     config = uvicorn.Config(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", access_log=False
     )

@@ -68,6 +68,8 @@ class Service:
     scp: ThreadedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
     executor: InProcessExecutor | None = field(init=False, default=None)
+    #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
+    predictor: Any = field(init=False, default=None)
     extra: list[Any] = field(init=False, default_factory=list)
     _stopped: threading.Event = field(init=False, default_factory=threading.Event)
 
@@ -102,6 +104,9 @@ class Service:
             self.extra.append(outbox)
             pipeline = build_pipeline(
                 self.settings, self.sessions, self.store, on_results_queued=outbox.wake
+            )
+            self.predictor = next(
+                (s.predictor for s in pipeline.steps if hasattr(s, "predictor")), None
             )
             executor = InProcessExecutor(self.sessions, pipeline, self.settings.jobs)
             executor.start()
