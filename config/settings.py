@@ -90,9 +90,6 @@ class NodeSettings(BaseModel):
     accept_any_calling_ae: bool = False
     reject_out_of_scope: bool = False
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
-    receiver_processes: int = Field(
-        0, ge=0, le=64, description="extra processes accepting associations; 0 = CPU count"
-    )
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
 
@@ -134,8 +131,6 @@ class JobSettings(BaseModel):
     backoff_max_s: float = Field(600.0, ge=0.0)
     lease_s: float = Field(900.0, gt=0.0, description="a running job older than this is retaken")
     poll_interval_s: float = Field(0.5, gt=0.0)
-    executor: str = Field("inprocess", pattern="^(inprocess|celery)$")
-    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
 
 
 class Destination(BaseModel):
@@ -209,7 +204,6 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(default_factory=default_home)
-    shared: Path | None = None
     node: NodeSettings = Field(default_factory=NodeSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -301,7 +295,6 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with secrets and credentials in URLs masked."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = _mask_url(settings.database_url)
-    data["jobs"]["broker_url"] = _mask_url(settings.jobs.broker_url.get_secret_value())
     if settings.api.secret_key is not None:
         data["api"]["secret_key"] = MASK
     return data
