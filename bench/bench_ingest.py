@@ -100,7 +100,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_case(label: str, paths: list[Path], port: int, aet: str, counts: list[int]) -> dict[int, float]:
+def run_case(
+    label: str, paths: list[Path], port: int, aet: str, counts: list[int]
+) -> dict[int, float]:
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     rates = {}
     for n in counts:

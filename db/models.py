@@ -10,7 +10,6 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
-    Enum as SAEnum,
     Boolean,
     Float,
     ForeignKey,
@@ -19,6 +18,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+)
+from sqlalchemy import (
+    Enum as SAEnum,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
