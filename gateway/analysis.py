@@ -75,9 +75,7 @@ class AnalyseStep:
         for instance in instances:
             try:
                 ds = dcmread(self.store.absolute(instance.storage_path))
-                image = to_model_input(
-                    ds, self.card.input_size, crop=self.card.preprocessing.crop
-                )
+                image = to_model_input(ds, self.card.input_size, crop=self.card.preprocessing.crop)
             except NotAnalysable as exc:
                 refused[instance.id] = f"{exc.reason}: {exc.message}"[:256]
                 continue
