@@ -96,9 +96,10 @@ def resize_plane(plane: NDArray[np.float32], rows: int, columns: int) -> NDArray
 
 
 def grey_to_rgb(display: NDArray[np.float32]) -> RGBImage:
-    """A grey plane in ``[0, 1]`` as ``uint8`` RGB."""
-    grey = np.clip(np.rint(display * 255.0), 0, 255).astype(np.uint8)
-    return np.repeat(grey[:, :, np.newaxis], 3, axis=2)
+    """A grey plane in ``[0, 1]`` as ``uint8`` RGB (rounded, saturated)."""
+    grey = cv2.convertScaleAbs(np.ascontiguousarray(display, dtype=np.float32), alpha=255.0)
+    rgb: RGBImage = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    return rgb
 
 
 def heat_colours(heat: NDArray[np.float32]) -> RGBImage:
@@ -121,14 +122,22 @@ def heat_alpha(
 
 
 def blend_heatmap(display: NDArray[np.float32], heat: NDArray[np.float32]) -> RGBImage:
-    """The grey radiograph with the heat map blended in colour where the heat is notable."""
+    """The grey radiograph with the heat map blended in colour where the heat is notable.
+
+    Only pixels above the heat floor are blended (elsewhere the opacity is 0), so the cost
+    follows the size of the highlighted region, not of the image.
+    """
     if display.shape != heat.shape:
         raise ValueError(f"display {display.shape} and heat map {heat.shape} differ in shape")
-    grey = grey_to_rgb(display).astype(np.float32)
-    colour = heat_colours(heat).astype(np.float32)
-    alpha = heat_alpha(heat)[:, :, np.newaxis]
-    blended = grey * (1.0 - alpha) + colour * alpha
-    out: RGBImage = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = grey_to_rgb(display)
+    hot = heat > HEAT_FLOOR
+    if not hot.any():
+        return out
+    values = heat[hot].astype(np.float32)
+    alpha = heat_alpha(values)[:, np.newaxis]
+    colour = heat_colours(values.reshape(-1, 1)).reshape(-1, 3).astype(np.float32)
+    blended = out[hot].astype(np.float32) * (1.0 - alpha) + colour * alpha
+    out[hot] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
 
 
