@@ -98,7 +98,7 @@ def resize_plane(plane: NDArray[np.float32], rows: int, columns: int) -> NDArray
 def grey_to_rgb(display: NDArray[np.float32]) -> RGBImage:
     """A grey plane in ``[0, 1]`` as ``uint8`` RGB (rounded, saturated)."""
     grey = cv2.convertScaleAbs(np.ascontiguousarray(display, dtype=np.float32), alpha=255.0)
-    rgb: RGBImage = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    rgb: RGBImage = np.asarray(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), dtype=np.uint8)
     return rgb
 
 
