@@ -15,6 +15,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from training.names import Architecture
+
 #: Name of the layer whose activations Grad-CAM uses, in every architecture built here.
 GRADCAM_LAYER = "gradcam_features"
 #: Name of the model's output layer.
@@ -24,17 +26,6 @@ OUTPUT_LAYER = "prediction"
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-class Architecture(enum.StrEnum):
-    """The architectures ``train --arch`` accepts."""
-
-    SMALL = "small"
-    EFFICIENTNETB0 = "efficientnetb0"
-    RESNET50 = "resnet50"
-    DENSENET121 = "densenet121"
-    VGG16 = "vgg16"
-    MOBILENETV3 = "mobilenetv3"
 
 
 class Scaling(enum.Enum):

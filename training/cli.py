@@ -10,8 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from training.architectures import Architecture
-from training.fit import TrainConfig
+from training.names import Architecture
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ def train(
     from training.datasets import Split
     from training.evaluate import evaluate as run_evaluation
     from training.export import add_card_metrics, export_package, load_trained
+    from training.fit import TrainConfig
     from training.pipeline import SPLIT_FILE, train_stage
 
     _logging()

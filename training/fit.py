@@ -22,8 +22,9 @@ import tensorflow as tf
 from keras import layers
 from numpy.typing import NDArray
 
-from training.architectures import Architecture, build_model
+from training.architectures import build_model
 from training.metrics import auroc
+from training.names import Architecture
 
 log = logging.getLogger(__name__)
 
