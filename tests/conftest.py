@@ -6,12 +6,17 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.helpers.node import NodeFactory, make_settings
 from tests.helpers.tools import in_ci
+
+if TYPE_CHECKING:
+    from gateway.service import Service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -76,3 +81,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with engine.connect() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start DICOM nodes (SCP only, no workers unless asked) with settings overrides."""
+    from gateway.service import Service
+
+    started: list[Service] = []
+
+    def start(*, worker: bool = False, **overrides: Any) -> Service:
+        service = Service(make_settings(tmp_path / f"home{len(started)}", **overrides))
+        service.start(dicom=True, worker=worker)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def node(start_node: NodeFactory) -> Service:
+    """One running node with the defaults of :func:`tests.helpers.node.make_settings`."""
+    return start_node()

@@ -8,7 +8,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from db.models import Instance, Study
-from tests.dicom_node.conftest import NodeFactory
+from tests.helpers.node import NodeFactory
 from tests.helpers.orthanc import (
     Orthanc,
     orthanc,  # noqa: F401 - fixture

@@ -31,8 +31,8 @@ from dicom_node.conformance import (
 from dicom_node.send import send_files
 from gateway.service import Service
 from inference.pixels import DECODABLE_TRANSFER_SYNTAXES
-from tests.dicom_node.conftest import NodeFactory
 from tests.helpers.inventory import one_file_per_transfer_syntax
+from tests.helpers.node import NodeFactory
 from tests.helpers.tools import require_program
 
 CALLED = "FRACTUREGW"
