@@ -17,7 +17,8 @@ from pydicom.filewriter import write_file_meta_info
 
 # One Implementation Class UID and Version Name for everything this project writes.
 from dicom_node.conformance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from reporting.findings import ResultInputError
+from reporting.codes import PROCESSING_EQUIPMENT
+from reporting.findings import AlgorithmInfo, ResultInputError
 
 #: Attributes the object builders read from their reference dataset at construction time.
 #: Their values are blanked in :func:`neutral_header` so that no patient data passes through
@@ -87,6 +88,23 @@ def mark_implementation(target: Dataset) -> None:
     target.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     # Writing the meta information recomputes its File Meta Information Group Length.
     write_file_meta_info(DicomBytesIO(), target.file_meta, enforce_standard=True)
+
+
+def contributing_equipment(
+    source: Dataset, algorithm: AlgorithmInfo, description: str
+) -> list[ContributingEquipment]:
+    """Contributing Equipment (PS3.3 C.12.1.1.5): the source's acquisition device, if known,
+    then the algorithm as processing equipment."""
+    return [
+        *acquisition_equipment(source),
+        ContributingEquipment(
+            manufacturer=algorithm.manufacturer,
+            purpose_of_reference=PROCESSING_EQUIPMENT,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            contribution_description=description,
+        ),
+    ]
 
 
 def acquisition_equipment(source: Dataset) -> list[ContributingEquipment]:

@@ -9,16 +9,15 @@ from __future__ import annotations
 import copy
 from typing import Final
 
-from highdicom import ContributingEquipment
 from highdicom.sc import SCImage
 from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from reporting.codes import PROCESSING_EQUIPMENT, SOURCE_FOR_PROCESSING
+from reporting.codes import SOURCE_FOR_PROCESSING
 from reporting.findings import ImageFinding, ResultInputError, StudyFindings
 from reporting.headers import (
-    acquisition_equipment,
+    contributing_equipment,
     copy_patient_and_study,
     copy_specific_character_set,
     mark_implementation,
@@ -140,16 +139,9 @@ def build_gradcam_sc(
         series_description=SC_SERIES_DESCRIPTION,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        contributing_equipment=[
-            *acquisition_equipment(source),
-            ContributingEquipment(
-                manufacturer=algorithm.manufacturer,
-                purpose_of_reference=PROCESSING_EQUIPMENT,
-                manufacturer_model_name=algorithm.name,
-                software_versions=algorithm.version,
-                contribution_description="Fracture detection model that computed the heat map",
-            ),
-        ],
+        contributing_equipment=contributing_equipment(
+            source, algorithm, "Fracture detection model that computed the heat map"
+        ),
     )
     copy_specific_character_set(source, sc)
     copy_patient_and_study(source, sc)

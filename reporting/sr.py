@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from highdicom import ContributingEquipment
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -40,7 +39,6 @@ from reporting.codes import (
     LOCAL_SCHEME_NAME,
     LOCAL_SCHEME_RESPONSIBLE,
     PLAIN_RADIOGRAPHY,
-    PROCESSING_EQUIPMENT,
     THRESHOLD_VALUE,
     UNITLESS,
     body_part_code,
@@ -48,7 +46,7 @@ from reporting.codes import (
 )
 from reporting.findings import ResultInputError, StudyFindings
 from reporting.headers import (
-    acquisition_equipment,
+    contributing_equipment,
     copy_patient_and_study,
     copy_specific_character_set,
     mark_implementation,
@@ -269,16 +267,9 @@ def build_sr(
                 responsible_organization=LOCAL_SCHEME_RESPONSIBLE,
             )
         ],
-        contributing_equipment=[
-            *acquisition_equipment(first_source),
-            ContributingEquipment(
-                manufacturer=algorithm.manufacturer,
-                purpose_of_reference=PROCESSING_EQUIPMENT,
-                manufacturer_model_name=algorithm.name,
-                software_versions=algorithm.version,
-                contribution_description="Fracture detection model that produced the findings",
-            ),
-        ],
+        contributing_equipment=contributing_equipment(
+            first_source, algorithm, "Fracture detection model that produced the findings"
+        ),
     )
     copy_specific_character_set(first_source, sr)
     copy_patient_and_study(first_source, sr)
