@@ -19,25 +19,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy import (
-    Enum as SAEnum,
-)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from db.base import Base, UtcDateTime, utcnow
+from db.base import Base, UtcDateTime, enum_column, utcnow
 
 UID = String(64)
-
-
-def _enum(enum_class: type[StrEnum]) -> SAEnum:
-    """A VARCHAR(16) column holding the enum's values, read back as enum members."""
-    return SAEnum(
-        enum_class,
-        native_enum=False,
-        create_constraint=False,
-        length=16,
-        values_callable=lambda members: [m.value for m in members],
-    )
 
 
 class StudyStatus(StrEnum):
@@ -75,7 +61,9 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.RECEIVING)
+    status: Mapped[StudyStatus] = mapped_column(
+        enum_column(StudyStatus), default=StudyStatus.RECEIVING
+    )
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -118,7 +106,7 @@ class Instance(Base):
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     eligibility: Mapped[Eligibility] = mapped_column(
-        _enum(Eligibility), default=Eligibility.PENDING
+        enum_column(Eligibility), default=Eligibility.PENDING
     )
     eligibility_reason: Mapped[str | None] = mapped_column(String(256))
 
@@ -133,7 +121,7 @@ class Job(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="analyse_study")
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.PENDING)
+    state: Mapped[JobState] = mapped_column(enum_column(JobState), default=JobState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     next_run_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from db.base import Base, UtcDateTime, utcnow
+from db.base import Base, UtcDateTime, enum_column, utcnow
 from db.models import UID
 
 
@@ -42,7 +42,7 @@ class ResultObject(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[ResultObjectKind] = mapped_column(String(8))
+    kind: Mapped[ResultObjectKind] = mapped_column(enum_column(ResultObjectKind, 8))
     sop_class_uid: Mapped[str] = mapped_column(UID)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID)
@@ -67,7 +67,9 @@ class OutboxEntry(Base):
         ForeignKey("result_objects.id", ondelete="CASCADE"), index=True
     )
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[OutboxState] = mapped_column(String(16), default=OutboxState.PENDING)
+    state: Mapped[OutboxState] = mapped_column(
+        enum_column(OutboxState), default=OutboxState.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     #: While ``sending``: when the sender's claim lapses and another sender may retake the row.

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
-from db.base import Base, UtcDateTime, utcnow
+from db.base import Base, UtcDateTime, enum_column, utcnow
 
 
 class Role(StrEnum):
@@ -75,7 +75,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
-    role: Mapped[Role] = mapped_column(String(16))
+    role: Mapped[Role] = mapped_column(enum_column(Role))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -91,7 +91,7 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     #: The first characters of the token, shown in listings to tell tokens apart.
     prefix: Mapped[str] = mapped_column(String(16))
-    role: Mapped[Role] = mapped_column(String(16))
+    role: Mapped[Role] = mapped_column(enum_column(Role))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -106,8 +106,8 @@ class Review(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    verdict: Mapped[Verdict] = mapped_column(String(16))
-    label: Mapped[FractureLabel] = mapped_column(String(16))
+    verdict: Mapped[Verdict] = mapped_column(enum_column(Verdict))
+    label: Mapped[FractureLabel] = mapped_column(enum_column(FractureLabel))
     #: The image the location is on (or the image reviewed), if any.
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id", ondelete="SET NULL"), index=True
@@ -144,7 +144,7 @@ class AuditEvent(Base):
     event_id_meaning: Mapped[str] = mapped_column(String(64))
     event_type_code: Mapped[str | None] = mapped_column(String(16))
     event_type_meaning: Mapped[str | None] = mapped_column(String(64))
-    action: Mapped[AuditAction] = mapped_column(String(1))
+    action: Mapped[AuditAction] = mapped_column(enum_column(AuditAction, 1))
     outcome: Mapped[int] = mapped_column(Integer)
     #: Who: ``user:<name>``, ``token:<name>``, ``cli:<os user>`` or ``anonymous``.
     actor: Mapped[str] = mapped_column(String(96), index=True)
