@@ -259,8 +259,10 @@ class Settings(BaseSettings):
     def calling_ae_allowed(self, ae_title: str, host: str) -> bool:
         """Whether an association from ``ae_title`` at ``host`` may be accepted.
 
-        Safe by default: an empty list of known sources accepts anyone only while the node
-        listens on loopback; elsewhere ``accept_any_calling_ae`` must say so explicitly.
+        With known sources configured, only they are accepted. Without, the node is safe by
+        default: it accepts callers on this machine (a loopback peer address, or any caller
+        while it listens on loopback only), and callers from elsewhere only when
+        ``accept_any_calling_ae`` says so explicitly.
         """
         ae_title = ae_title.strip()
         if self.node.known_sources:
@@ -268,7 +270,14 @@ class Settings(BaseSettings):
                 src.ae_title == ae_title and (src.host is None or src.host == host)
                 for src in self.node.known_sources
             )
-        return self.node.accept_any_calling_ae or self.node.is_loopback
+        return self.node.accept_any_calling_ae or self.node.is_loopback or _is_loopback(host)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def config_file_path() -> Path | None:

@@ -98,6 +98,7 @@ def test_invalid_settings_are_refused_with_the_bad_value(
 def test_safe_by_default_on_a_non_loopback_address() -> None:
     public = Settings(node={"bind_address": "0.0.0.0"})
     assert not public.calling_ae_allowed("ANYONE", "10.0.0.9")
+    assert public.calling_ae_allowed("LOCALTOOL", "127.0.0.1")  # a process on this machine
     assert Settings(node={"bind_address": "127.0.0.1"}).calling_ae_allowed("ANYONE", "127.0.0.1")
     opened = Settings(node={"bind_address": "0.0.0.0", "accept_any_calling_ae": True})
     assert opened.calling_ae_allowed("ANYONE", "10.0.0.9")
