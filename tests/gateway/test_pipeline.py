@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,9 @@ def with_identifiers(source: Path, target: Path, study_uid: str) -> Path:
 
 
 def test_classify_then_analyse_a_mixed_study(
-    service: Service, shared_dir: Path, tmp_path: Path
+    service: Service, shared_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     wg04 = shared_dir / "dicom/robyoung-dicom-test-files/data/WG04"
     study = generate_uid()
     files = [
@@ -114,3 +116,10 @@ def test_classify_then_analyse_a_mixed_study(
         (empty,) = [s for s in studies if not s.n_images]
         assert empty.probability is None
         assert empty.positive is None
+
+    # The pipeline logged its work, but no patient's name or ID.
+    patients = {str(dcmread(f, stop_before_pixels=True).PatientName) for f in files}
+    patients |= {str(dcmread(f, stop_before_pixels=True).PatientID) for f in files}
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "images analysed" in logged
+    assert not [p for p in patients if p and p in logged]
