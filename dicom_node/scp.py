@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import select
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -133,38 +131,6 @@ def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
     return outcome
 
 
-#: How long the receive loop waits in ``select`` for data before it looks for other work.
-_RECEIVE_WAIT_S = 0.002
-
-
-class WaitingSocket(AssociationSocket):
-    """An association socket whose readiness check waits briefly for data.
-
-    pynetdicom's reactor polls the socket with a zero timeout and sleeps 1 ms when nothing is
-    there, which adds up to a millisecond per PDU while a large data set streams in. Waiting in
-    ``select`` instead wakes the reactor the moment data arrives and costs no CPU while idle.
-    """
-
-    @property
-    def ready(self) -> bool:
-        if self.socket is None or self._is_connected is False:
-            return False
-        try:
-            readable, _, _ = select.select([self.socket], [], [], _RECEIVE_WAIT_S)
-        except (OSError, TimeoutError, ValueError):
-            self.event_queue.put("Evt17")  # transport connection closed
-            return False
-        return bool(readable)
-
-
-def handle_connection_open(event: Event) -> None:
-    """Make the new association's reactor wait for data instead of sleeping between polls."""
-    dul = event.assoc.dul
-    if isinstance(dul.socket, AssociationSocket) and not isinstance(dul.socket, ssl.SSLSocket):
-        dul.socket.__class__ = WaitingSocket
-        dul._run_loop_delay = 0.0
-
-
 class ReusePortServer(ThreadedAssociationServer):
     """An association server that lets several processes listen on one port (SO_REUSEPORT)."""
 
@@ -195,7 +161,6 @@ def start_scp(
     """Start listening in background threads; returns the server (``.shutdown()`` to stop)."""
     ae = build_ae(settings)
     handlers: list[Any] = [
-        (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REQUESTED, handle_requested, [settings]),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]

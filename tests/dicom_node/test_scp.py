@@ -455,19 +455,3 @@ def test_study_and_series_rows_group_instances(node: Service) -> None:
         assert study.study_instance_uid == study_uid
         assert study.patient_id == "SMALL-1"
         assert len(study.instances) == 3
-
-
-def test_receive_loop_waits_for_data_instead_of_polling(node: Service) -> None:
-    """The reactor tweak relies on pynetdicom internals; fail loudly if they change."""
-    from dicom_node.scp import WaitingSocket
-
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
-    assert assoc.is_established
-    assert node.scp is not None
-    (acceptor,) = [a for a in node.scp.active_associations if a.is_acceptor]
-    assert type(acceptor.dul.socket) is WaitingSocket
-    assert acceptor.dul._run_loop_delay == 0.0
-    assert int(assoc.send_c_store(small_dx()).Status) == 0
-    assoc.release()
