@@ -5,7 +5,7 @@ bottleneck) to any SCP, and reports images/s and MB/s. ``--compare`` starts our 
 (``fracture-gateway serve``, durable: fsync and database row before Success) and dcmtk
 ``storescp`` (TCP_NODELAY=1, same maximum PDU) itself, runs both in one go and prints the ratio.
 
-    python bench/bench_ingest.py --compare --images 60
+    python bench/bench_ingest.py --compare --images 60 --rounds 3
     python bench/bench_ingest.py --host 127.0.0.1 --port 11112 --aet FRACTUREGW --images 60
 
 Run by hand; results go to docs/PERFORMANCE.md with the command and the machine.
@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--aet", default="FRACTUREGW")
     parser.add_argument("--compare", action="store_true", help="run our node and storescp")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -178,27 +180,35 @@ def main() -> None:
                 rates[n] = len(paths) / seconds
                 print(f"{n} assoc: {rates[n]:.1f} images/s", flush=True)
             return
-        # Each SCP gets its own round; each association count is sent once (fresh UIDs are
-        # not needed: the gateway answers an identical resend idempotently, and each round
-        # starts a fresh node so every image is stored and recorded for real).
-        results: dict[str, dict[int, float]] = {}
-        for label, starter, aet in (
+        # Rounds alternate the two receivers, each time a fresh one (so every image is really
+        # stored and, for the gateway, recorded); medians damp the machine's load swings.
+        cases = (
             ("dcmtk storescp", start_storescp, "ANY-SCP"),
             ("fracture-gateway (durable)", start_gateway, "FRACTUREGW"),
-        ):
+        )
+        rates: dict[tuple[str, int], list[float]] = {}
+        for round_number in range(args.rounds):
             for n in args.associations:
-                port = free_port()
-                case = work / f"{label.split()[0]}-{n}"
-                case.mkdir()
-                proc = starter(case, port)
-                try:
-                    results.setdefault(label, {}).update(run_case(label, paths, port, aet, [n]))
-                finally:
-                    proc.terminate()
-                    proc.wait(60)
-        ours, theirs = results["fracture-gateway (durable)"], results["dcmtk storescp"]
+                for label, starter, aet in cases:
+                    port = free_port()
+                    case = work / f"{label.split()[0]}-{n}-{round_number}"
+                    case.mkdir()
+                    proc = starter(case, port)
+                    try:
+                        rate = run_case(label, paths, port, aet, [n])[n]
+                        rates.setdefault((label, n), []).append(rate)
+                    finally:
+                        proc.terminate()
+                        proc.wait(60)
+        print("\nmedians over", args.rounds, "rounds:")
         for n in args.associations:
-            print(f"ratio at {n} assoc: {ours[n] / theirs[n]:.2f}x", flush=True)
+            ours = statistics.median(rates[("fracture-gateway (durable)", n)])
+            theirs = statistics.median(rates[("dcmtk storescp", n)])
+            print(
+                f"{n} assoc: storescp {theirs:.1f} images/s, fracture-gateway {ours:.1f} "
+                f"images/s, ratio {ours / theirs:.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
