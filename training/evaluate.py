@@ -42,6 +42,10 @@ class Box:
     x1: float
     y1: float
 
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
     def contains(self, x: float, y: float) -> bool:
         return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
 
@@ -136,6 +140,7 @@ def confusion_metrics(c: Confusion) -> dict[str, Any]:
 def localisation(scored: Sequence[ScoredImage], threshold: float, yolo_dir: Path) -> dict[str, Any]:
     """Share of true positives (with boxes) whose heat-map peak lies inside a fracture box."""
     hits = total = 0
+    box_fraction = 0.0
     for image in scored:
         if not (image.positive and image.probability >= threshold):
             continue
@@ -145,10 +150,13 @@ def localisation(scored: Sequence[ScoredImage], threshold: float, yolo_dir: Path
             continue
         total += 1
         hits += any(box.contains(*image.peak) for box in boxes)
+        box_fraction += min(1.0, sum(box.area for box in boxes) / (width * height))
     return {
         "true_positives_with_boxes": total,
         "peak_in_box": hits,
         "share": _clean(hits / total if total else float("nan")),
+        # What a peak placed uniformly at random would reach: the boxes' mean area fraction.
+        "chance_share": _clean(box_fraction / total if total else float("nan")),
     }
 
 
@@ -259,7 +267,8 @@ def write_report(metrics: dict[str, Any], card: ModelCard, title: str, path: Pat
             "",
             f"Of {loc['true_positives_with_boxes']} true positives (high-sensitivity point) "
             f"with annotated boxes, {loc['peak_in_box']} have the heat-map peak inside a "
-            f"box: share {_fmt(loc['share'])}.",
+            f"box: share {_fmt(loc['share'])} (a peak placed at random would land in a box "
+            f"{_fmt(loc['chance_share'])} of the time).",
         ]
     if metrics.get("skipped"):
         lines += ["", f"Skipped (unreadable): {', '.join(metrics['skipped'])}"]
