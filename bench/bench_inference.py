@@ -9,7 +9,7 @@ images per second for
 
 at batch sizes 1 and 16. Prints a Markdown table.
 
-    .venv/bin/python bench/bench_inference.py --package models/fracture-cnn
+    .venv/bin/python bench/bench_inference.py --package models/fracture-small
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def rate(work: Callable[[], int], seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--package", type=Path, default=REPO_ROOT / "models" / "fracture-cnn")
+    parser.add_argument("--package", type=Path, default=REPO_ROOT / "models" / "fracture-small")
     parser.add_argument(
         "--shared",
         type=Path,
