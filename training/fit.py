@@ -3,11 +3,13 @@
 A run folder holds ``last.keras`` (model and optimizer, every epoch), ``best.keras`` (best
 validation AUROC so far), ``state.json`` (epochs done, best AUROC, training seconds used) and
 ``history.csv``. Re-running the same command resumes from ``last.keras``; a run that has
-finished (early stop, all epochs, or time budget spent) is not trained again.
+finished (early stop, all epochs, or time budget spent) is not trained again, unless it is
+given more epochs or a larger time budget than it has used.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -32,6 +34,14 @@ LAST_MODEL = "last.keras"
 BEST_MODEL = "best.keras"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
+
+
+class StopReason(enum.StrEnum):
+    """Why a run stopped."""
+
+    EARLY_STOPPING = "early stopping on validation AUROC"
+    TIME_BUDGET = "time budget spent"
+    ALL_EPOCHS = "all epochs done"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,17 @@ class RunState:
         tmp = folder / f"{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
         tmp.replace(folder / STATE_FILE)
+
+
+def may_continue(state: RunState, config: TrainConfig) -> bool:
+    """Whether a finished run has been given room to go on (more epochs or a larger budget)."""
+    if state.epochs_done >= config.epochs or state.stop_reason == StopReason.EARLY_STOPPING:
+        return False
+    if state.stop_reason == StopReason.TIME_BUDGET:
+        budget = config.time_budget_minutes
+        last_epoch = state.history[-1]["seconds"] if state.history else 0.0
+        return budget is None or state.train_seconds + last_epoch <= budget * 60
+    return True
 
 
 def configure_threads(threads: int) -> None:
@@ -211,12 +232,12 @@ class _RunMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             flush=True,
         )
         if epoch + 1 - state.best_epoch >= self.config.early_stopping_patience:
-            state.finished, state.stop_reason = True, "early stopping on validation AUROC"
+            state.finished, state.stop_reason = True, StopReason.EARLY_STOPPING
         budget = self.config.time_budget_minutes
         if budget is not None and state.train_seconds + seconds > budget * 60:
-            state.finished, state.stop_reason = True, "time budget spent"
+            state.finished, state.stop_reason = True, StopReason.TIME_BUDGET
         if epoch + 1 >= self.config.epochs:
-            state.finished, state.stop_reason = True, "all epochs done"
+            state.finished, state.stop_reason = True, StopReason.ALL_EPOCHS
         state.save(self.folder)
         if state.finished:
             self.model.stop_training = True
@@ -238,8 +259,11 @@ def train_model(
     configure_threads(config.threads)
     state = RunState.load(folder)
     if state.finished and (folder / BEST_MODEL).is_file():
-        log.info("run in %s already finished (%s)", folder, state.stop_reason)
-        return state
+        if not may_continue(state, config):
+            log.info("run in %s already finished (%s)", folder, state.stop_reason)
+            return state
+        log.info("continuing run in %s (%s before)", folder, state.stop_reason)
+        state.finished, state.stop_reason = False, ""
     n_classes = len(class_names)
     keras.utils.set_random_seed(config.seed + state.epochs_done)
     if (folder / LAST_MODEL).is_file() and state.epochs_done > 0:
@@ -283,6 +307,6 @@ def train_model(
         verbose=1 if sys.stdout.isatty() else 2,
     )
     if not state.finished:
-        state.finished, state.stop_reason = True, "all epochs done"
+        state.finished, state.stop_reason = True, StopReason.ALL_EPOCHS
         state.save(folder)
     return state
