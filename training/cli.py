@@ -50,10 +50,16 @@ def train(
     time_budget_minutes: Annotated[float | None, typer.Option(min=0.0)] = None,
     positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
     export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
-    package_out: Annotated[Path | None, typer.Option(help="Package folder [OUT/package].")] = None,
-    name: str = "fracture-cnn",
+    package_out: Annotated[
+        Path | None, typer.Option(help="Package folder (default: OUT/package).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Package name (default: the model's, e.g. fracture-small).")
+    ] = None,
     version: str = "1.0.0",
-    cache_dir: Annotated[Path | None, typer.Option(help="Pixel cache [OUT/../cache].")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
+    ] = None,
 ) -> None:
     """Train a fracture classifier; by default also export its package and evaluate it on test."""
     from training.datasets import Split
@@ -111,7 +117,7 @@ def train(
         prepared.dataset.positive_index,
         evaluation,
         data_root=data,
-        title=f"{name} {version} on the held-out test split",
+        title=f"{card.name} {card.version} on the held-out test split",
     )
     shutil.copyfile(out / SPLIT_FILE, evaluation / SPLIT_FILE)
     add_card_metrics(package_dir, "test", _summary(metrics))
@@ -139,7 +145,7 @@ def evaluate(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Folder for the report, metrics.json, PNGs.")],
     split: Annotated[str, typer.Option(help="test, val, train, or all.")] = "test",
-    seed: Annotated[int | None, typer.Option(help="Split seed [the card's].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: the card's).")] = None,
 ) -> None:
     """Evaluate a model package on a data folder's split (default: the held-out test split)."""
     from inference.model_package import read_card
@@ -177,7 +183,9 @@ def export_command(
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     seed: Annotated[int, typer.Option(help="The split seed used in training.")] = 42,
     crop: bool = True,
-    name: str = "fracture-cnn",
+    name: Annotated[
+        str | None, typer.Option(help="Package name (default: the model's, e.g. fracture-small).")
+    ] = None,
     version: str = "1.0.0",
     positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
     cache_dir: Annotated[Path, typer.Option(help="Pixel cache folder.")] = Path("runs/cache"),

@@ -26,8 +26,7 @@ from training.fit import BEST_MODEL, positive_scores
 from training.metrics import auroc
 from training.pipeline import PreparedData, PreparedSplit
 
-#: Default name and version of an exported package.
-DEFAULT_NAME = "fracture-cnn"
+#: Default version of an exported package (the name defaults to the model's).
 DEFAULT_VERSION = "1.0.0"
 
 
@@ -70,7 +69,7 @@ def export_package(
     out: Path,
     *,
     crop: bool,
-    name: str = DEFAULT_NAME,
+    name: str | None = None,
     version: str = DEFAULT_VERSION,
     training: dict[str, Any] | None = None,
 ) -> ModelCard:
@@ -85,7 +84,7 @@ def export_package(
     size = model_input_size(model)
     output = OutputKind.SIGMOID if tuple(model.output_shape) == (None, 1) else OutputKind.SOFTMAX
     card = ModelCard(
-        name=name,
+        name=name or model.name.replace("_", "-"),
         version=version,
         model_file="",
         sha256="0" * 64,
