@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from config.settings import Settings
+from inference.model_package import load_package
 from inference.picture import read_picture
 from inference.pixels import to_model_input
+from inference.predictor import Predictor
 from inference.preprocess import prepare
 from tests.inference.dicom_factory import PictureVariant, wrap_picture_as_dicom
 
@@ -78,3 +81,29 @@ def test_wrapped_variants_store_what_they_say(greys: list[tuple[str, np.ndarray]
     np.testing.assert_array_equal(b.pixel_array, grey8.astype(np.uint16) * 16)
     assert (c.PhotometricInterpretation, c.BitsStored) == ("MONOCHROME1", 8)
     np.testing.assert_array_equal(c.pixel_array, 255 - grey8)
+
+
+@pytest.fixture(scope="module")
+def bundled_predictor() -> Predictor:
+    """The model the service runs by default (the bundled package)."""
+    return Predictor(load_package(Settings().inference.model_path))
+
+
+@pytest.mark.parametrize("variant", list(PictureVariant))
+def test_both_paths_give_the_same_probability_with_the_bundled_model(
+    greys: list[tuple[str, np.ndarray]], variant: PictureVariant, bundled_predictor: Predictor
+) -> None:
+    """The probabilities the service computes from DICOM match the training path's (< 0.02)."""
+    card = bundled_predictor.card
+    size, crop = card.input_size, card.preprocessing.crop
+    picture_inputs, dicom_inputs = [], []
+    for _name, grey in greys:
+        grey8 = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+        picture_inputs.append(prepare(grey, size, crop=crop))
+        dicom_inputs.append(to_model_input(wrap_picture_as_dicom(grey8, variant), size, crop=crop))
+    from_pictures = bundled_predictor.predict(picture_inputs)
+    from_dicom = bundled_predictor.predict(dicom_inputs)
+    differences = [
+        abs(a.probability - b.probability) for a, b in zip(from_pictures, from_dicom, strict=True)
+    ]
+    assert max(differences) < 0.02, differences
