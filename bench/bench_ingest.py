@@ -3,7 +3,8 @@
 Sends with dcmtk ``storescu`` (one process per association, so the sender is never the
 bottleneck) to any SCP, and reports images/s and MB/s. ``--compare`` starts our node
 (``fracture-gateway serve``, durable: fsync and database row before Success) and dcmtk
-``storescp`` (TCP_NODELAY=1, same maximum PDU) itself, runs both in one go and prints the ratio.
+``storescp`` (bit-preserving, TCP_NODELAY=1, same maximum PDU) itself, runs both in one
+go and prints the ratio.
 
     python bench/bench_ingest.py --compare --images 60 --rounds 3
     python bench/bench_ingest.py --host 127.0.0.1 --port 11112 --aet FRACTUREGW --images 60
@@ -143,7 +144,9 @@ def start_storescp(work: Path, port: int) -> subprocess.Popen[bytes]:
     if storescp is None:
         raise SystemExit("storescp (dcmtk) is needed")
     proc = subprocess.Popen(
-        [storescp, "--max-pdu", str(MAX_PDU), "--output-directory", str(out), str(port)],
+        # +B (bit-preserving): write the received bytes as they are, storescp's fastest mode and
+        # the same work our node does (without the fsync and the database row).
+        [storescp, "+B", "--max-pdu", str(MAX_PDU), "--output-directory", str(out), str(port)],
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     wait_port(port)
@@ -159,7 +162,10 @@ def main() -> None:
     parser.add_argument("--aet", default="FRACTUREGW")
     parser.add_argument("--compare", action="store_true", help="run our node and storescp")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare)")
+    parser.add_argument("--receivers", type=int, default=0, help="extra gateway processes")
     args = parser.parse_args()
+    global RECEIVERS
+    RECEIVERS = args.receivers
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         work = Path(tmp)
