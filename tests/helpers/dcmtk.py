@@ -107,6 +107,7 @@ def run_storescp(
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(chosen, process=process)
+            _wait_answering(chosen, ae_title)
             break
         except RuntimeError:  # exited at once: the port is taken
             stop_process(process)
@@ -117,6 +118,29 @@ def run_storescp(
         yield StoreSCP(chosen, ae_title, output_dir, log_path, process)
     finally:
         stop_process(process)
+
+
+def _wait_answering(port: int, ae_title: str, timeout_s: float = 20.0) -> None:
+    """Wait until storescp answers an association (accepts or rejects it).
+
+    The port probe above is a bare TCP connection; storescp serves one connection at a time, so
+    only a real A-ASSOCIATE answer shows it is ready for the next peer.
+    """
+    from pynetdicom import AE
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ae = AE(ae_title="READYCHECK")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.network_timeout = 5
+        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+        if assoc.is_established:
+            assoc.release()
+            return
+        if assoc.is_rejected:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"storescp on port {port} never answered an association")
 
 
 StoreSCPFactory = Callable[..., StoreSCP]
