@@ -75,7 +75,7 @@ def create_app(
     app.state.context = AppContext(
         settings=settings,
         sessions=sessions,
-        store=store or InstanceStore(settings.storage_folder, fsync=settings.storage.fsync),
+        store=store or InstanceStore(settings.storage_folder),
         signing_key=signing_key(settings.api),
         model=ModelSlot(
             settings.inference.model_path,

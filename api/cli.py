@@ -208,7 +208,7 @@ def export_reviews_command(
     from dicom_node.storage import InstanceStore
 
     settings = _settings()
-    store = InstanceStore(settings.storage_folder, fsync=settings.storage.fsync)
+    store = InstanceStore(settings.storage_folder)
     with _database(settings) as db:
         summary = export_reviews(
             db.sessions, store, out, key=export_key(settings.home), actor=cli_actor()

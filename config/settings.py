@@ -105,7 +105,6 @@ class StorageSettings(BaseModel):
     """Where received instances and created result objects are kept."""
 
     folder: Path | None = None
-    fsync: bool = True
 
 
 class DatabaseSettings(BaseModel):

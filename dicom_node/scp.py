@@ -10,9 +10,7 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from threading import Lock
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pynetdicom import AE, evt
@@ -30,26 +28,13 @@ from dicom_node.conformance import (
     VERIFICATION_SOP_CLASS,
     StoreStatus,
 )
-from dicom_node.ingest import IngestOutcome, IngestRefusedError, ingest_encoded
+from dicom_node.ingest import IngestRefusedError, ingest_encoded
 from dicom_node.storage import InstanceStore, StorageError
 
 log = logging.getLogger(__name__)
 
 #: A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised (PS3.8 9.3.4).
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-
-
-@dataclass
-class IngestCounters:
-    """Thread-safe counts of what the SCP did, for logs and metrics."""
-
-    by_outcome: dict[str, int] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    _lock: Lock = field(default_factory=Lock)
-
-    def count(self, table: dict[str, int], key: str) -> None:
-        with self._lock:
-            table[key] = table.get(key, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -59,8 +44,6 @@ class StoreContext:
     settings: Settings
     store: InstanceStore
     sessions: sessionmaker[Session]
-    counters: IngestCounters
-    on_stored: Callable[[str], None] | None = None
 
 
 def storage_contexts(settings: Settings) -> list[PresentationContext]:
@@ -91,44 +74,33 @@ def handle_requested(event: Event, settings: Settings) -> None:
 
 def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
+    request = cast(C_STORE, event.request)
     try:
-        outcome = _store(event, ctx)
+        outcome, _ = ingest_encoded(
+            ctx.sessions,
+            ctx.store,
+            request.DataSet.getbuffer(),  # type: ignore[union-attr]
+            transfer_syntax=str(event.context.transfer_syntax),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+            duplicate_policy=ctx.settings.node.duplicate_policy,
+        )
     except IngestRefusedError as refusal:
-        ctx.counters.count(ctx.counters.failures, refusal.status.name)
         log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
         return int(refusal.status)
     except StorageError as exc:
-        ctx.counters.count(ctx.counters.failures, "storage")
         level = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "I/O error"
         log.error("C-STORE failed, %s: %s", level, exc.strerror)
         return int(StoreStatus.OUT_OF_RESOURCES)
     except OperationalError as exc:
-        ctx.counters.count(ctx.counters.failures, "database")
         log.error("C-STORE failed, database unavailable: %s", type(exc.orig).__name__)
         return int(StoreStatus.OUT_OF_RESOURCES)
     except Exception as exc:  # the one place an unexpected error becomes a status
-        ctx.counters.count(ctx.counters.failures, "unexpected")
         log.error("C-STORE failed unexpectedly: %s", type(exc).__name__)
         return int(StoreStatus.PROCESSING_FAILURE)
-    ctx.counters.count(ctx.counters.by_outcome, outcome.value)
+    log.debug("C-STORE answered Success: %s", outcome.value)
     return int(StoreStatus.SUCCESS)
-
-
-def _store(event: Event, ctx: StoreContext) -> IngestOutcome:
-    request = cast(C_STORE, event.request)
-    outcome, header = ingest_encoded(
-        ctx.sessions,
-        ctx.store,
-        request.DataSet.getbuffer(),  # type: ignore[union-attr]
-        transfer_syntax=str(event.context.transfer_syntax),
-        sop_class_uid=str(request.AffectedSOPClassUID),
-        sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-        duplicate_policy=ctx.settings.node.duplicate_policy,
-    )
-    if ctx.on_stored is not None:
-        ctx.on_stored(header.study_instance_uid)
-    return outcome
 
 
 class ReusePortServer(ThreadedAssociationServer):

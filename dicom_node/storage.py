@@ -97,22 +97,32 @@ class InstanceStore:
         head = PREAMBLE + meta.getvalue()
         # Hashing and writing both release the GIL: hash on another thread meanwhile.
         hashing = _HASHER.submit(_sha256, head, encoded_dataset)
+        tmp = self._write_temporary_file(head, encoded_dataset)
+        return tmp, StoredDigest(hashing.result(), len(head) + len(encoded_dataset))
+
+    def write_file(self, final: Path, data: bytes) -> str:
+        """Write ``data`` durably at ``final`` (temp file, fsync, rename, folder fsync).
+
+        Returns the path relative to the storage root.
+        """
+        return self.commit(self._write_temporary_file(data), final)
+
+    def _write_temporary_file(self, *chunks: bytes | memoryview) -> Path:
         tmp = self.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
         try:
             with open(tmp, "xb") as handle:
-                handle.write(head)
-                handle.write(encoded_dataset)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 if self.fsync:
                     os.fsync(handle.fileno())
-            digest = StoredDigest(hashing.result(), len(head) + len(encoded_dataset))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise StorageError(exc.errno, f"cannot write instance: {exc.strerror}") from exc
+            raise StorageError(exc.errno, f"cannot write to storage: {exc.strerror}") from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tmp, digest
+        return tmp
 
     def commit(self, tmp: Path, final: Path) -> str:
         """Rename ``tmp`` to ``final`` atomically and durably; return the path relative to root."""

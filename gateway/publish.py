@@ -11,8 +11,6 @@ are recorded, and recorded before they are queued, so the outbox never points at
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -28,7 +26,7 @@ from db.jobs import ClaimedJob
 from db.models import ImagePrediction, Instance, Study, StudyPrediction
 from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
-from dicom_node.storage import TMP_SUFFIX, InstanceStore, StorageError, safe_name
+from dicom_node.storage import InstanceStore, safe_name
 from gateway.heatmaps import heatmap_on_original_grid
 from gateway.worker import PermanentJobError
 from inference.model_package import ModelCard, OperatingPointName
@@ -107,19 +105,8 @@ def result_path(store: InstanceStore, study_uid: str, sop_instance_uid: str) -> 
 
 
 def write_result(store: InstanceStore, study_uid: str, sop_instance_uid: str, data: bytes) -> str:
-    """Write a result file durably (temporary file, fsync, rename); return its relative path."""
-    final = result_path(store, study_uid, sop_instance_uid)
-    tmp = store.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            if store.fsync:
-                os.fsync(handle.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(exc.errno, f"cannot write result object: {exc.strerror}") from exc
-    return store.commit(tmp, final)
+    """Write a result file durably; return its path relative to the storage root."""
+    return store.write_file(result_path(store, study_uid, sop_instance_uid), data)
 
 
 @dataclass(frozen=True)

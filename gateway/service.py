@@ -21,7 +21,7 @@ from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from dicom_node.grouping import GroupingTimer
 from dicom_node.outbox import OutboxWorker
-from dicom_node.scp import IngestCounters, StoreContext, start_scp
+from dicom_node.scp import StoreContext, start_scp
 from dicom_node.storage import InstanceStore
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
 from gateway.worker import InProcessExecutor
@@ -64,7 +64,6 @@ class Service:
     engine: Engine = field(init=False)
     sessions: sessionmaker[Session] = field(init=False)
     store: InstanceStore = field(init=False)
-    counters: IngestCounters = field(init=False, default_factory=IngestCounters)
     scp: ThreadedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
     executor: InProcessExecutor | None = field(init=False, default=None)
@@ -78,7 +77,7 @@ class Service:
         self.engine = make_engine(self.settings.database_url, echo=self.settings.database.echo)
         upgrade(self.engine)
         self.sessions = make_session_factory(self.engine)
-        self.store = InstanceStore(self.settings.storage_folder, fsync=self.settings.storage.fsync)
+        self.store = InstanceStore(self.settings.storage_folder)
         removed = self.store.remove_stale_temporaries()
         if removed:
             log.warning("removed %d temporary files left by an interrupted run", removed)
@@ -121,7 +120,7 @@ class Service:
         )
         self.grouping.start()
         if dicom:
-            ctx = StoreContext(self.settings, self.store, self.sessions, self.counters)
+            ctx = StoreContext(self.settings, self.store, self.sessions)
             self.scp = start_scp(self.settings, ctx)
             log.info(
                 "DICOM node %s listening on %s:%d",
