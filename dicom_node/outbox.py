@@ -39,6 +39,7 @@ from config.settings import Destination, OutboxSettings
 from db.base import utcnow
 from db.jobs import backoff_delay
 from db.results import OutboxEntry, OutboxState, ResultObject
+from dicom_node.peer import request_association
 from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -269,14 +270,6 @@ class _Prepared:
     transfer_syntax: str
 
 
-def _why_not_established(assoc: Association) -> str:
-    if assoc.is_rejected:
-        return "association rejected by the destination"
-    if assoc.is_aborted:
-        return "association aborted by the destination"
-    return "destination not reachable (connection refused or timed out)"
-
-
 def _transfer_syntax(path: Path) -> str:
     ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -328,13 +321,14 @@ def send_to_destination(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's bytes, never re-encode
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        request = request_association(ae, destination.host, destination.port, destination.ae_title)
+        assoc = request.assoc
+        if not request.established and assoc.rejected_contexts and not assoc.accepted_contexts:
             # The peer answered but accepts none of the contexts: a resend cannot change that.
             results.extend(_send_one(assoc, p, accepted=set()) for p in prepared)
             return results
-        if not assoc.is_established:
-            reason = _why_not_established(assoc)
+        if not request.established:
+            reason = request.failure("destination")
             results.extend(
                 AttemptResult(p.delivery, DeliveryOutcome.RETRY, error=reason) for p in prepared
             )

@@ -14,9 +14,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
-from pynetdicom.association import Association
 
 from dicom_node.conformance import VERIFICATION_SOP_CLASS
+from dicom_node.peer import request_association
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,10 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str, *, timeout: floa
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=called_ae)
-    if not assoc.is_established:
-        raise AssociationFailedError(_why_not_established(assoc))
+    request = request_association(ae, host, port, called_ae)
+    if not request.established:
+        raise AssociationFailedError(request.failure())
+    assoc = request.assoc
     try:
         status = assoc.send_c_echo()
         if not status:
@@ -147,12 +148,13 @@ def _send_batch(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's bytes, never re-encode
     try:
-        assoc = ae.associate(host, port, ae_title=called_ae)
-        if not assoc.is_established:
-            reason = _why_not_established(assoc)
+        request = request_association(ae, host, port, called_ae)
+        if not request.established:
+            reason = request.failure()
             for path, _ in batch:
                 report(SendResult(path, None, reason))
             return
+        assoc = request.assoc
         try:
             for index, (path, _) in enumerate(batch):
                 if not assoc.is_established:
@@ -173,11 +175,3 @@ def _send_batch(
                 assoc.release()
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
-
-
-def _why_not_established(assoc: Association) -> str:
-    if assoc.is_rejected:
-        return "association rejected by the peer"
-    if assoc.is_aborted:
-        return "association aborted by the peer"
-    return "peer not reachable or no acceptable presentation context"

@@ -115,7 +115,7 @@ def test_refused_association_is_retried_then_dead_lettered(
     assert worker.run_once() == 2
     views = list_outbox(db.sessions)
     assert {(v.state, v.attempts) for v in views} == {(OutboxState.PENDING, 1)}
-    assert all("rejected" in (v.last_error or "") for v in views)
+    assert all("rejected" in (v.last_error or "") for v in views), [v.last_error for v in views]
     drain(worker, db)
     views = list_outbox(db.sessions)
     assert {(v.state, v.attempts) for v in views} == {(OutboxState.DEAD_LETTER, FAST.max_attempts)}

@@ -28,6 +28,7 @@ from dicom_node.conformance import (
     DX_PRESENTATION_STORAGE,
     StoreStatus,
 )
+from dicom_node.peer import request_association
 from dicom_node.send import send_files
 from gateway.service import Service
 from inference.pixels import DECODABLE_TRANSFER_SYNTAXES
@@ -192,10 +193,10 @@ def test_unknown_calling_ae_is_rejected(start_node: NodeFactory, shared_dir: Pat
     node = start_node(node={"known_sources": [{"ae_title": "PACS1"}]})
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(CR_IMAGE_STORAGE)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
-    assert assoc.is_rejected
-    assert assoc.acceptor.primitive is not None
-    assert assoc.acceptor.primitive.diagnostic == 0x03  # calling AE title not recognised
+    request = request_association(ae, "127.0.0.1", node.dicom_port, CALLED)
+    assert request.rejection is not None
+    assert (request.rejection.result, request.rejection.source) == (1, 1)  # permanent, user
+    assert request.rejection.diagnostic == 0x03  # calling AE title not recognised
 
     storescu = require_program("storescu")
     dx = shared_dir / "dicom/highdicom/data/test_files/dx_image.dcm"
@@ -221,8 +222,9 @@ def test_known_source_pinned_to_another_host_is_rejected(start_node: NodeFactory
     node = start_node(node={"known_sources": [{"ae_title": "PACS1", "host": "10.1.2.3"}]})
     ae = AE(ae_title="PACS1")
     ae.add_requested_context(CR_IMAGE_STORAGE)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
-    assert assoc.is_rejected
+    request = request_association(ae, "127.0.0.1", node.dicom_port, CALLED)
+    assert request.rejection is not None
+    assert request.rejection.diagnostic == 0x03
 
 
 def test_node_on_all_addresses_accepts_only_local_callers_by_default(
@@ -245,8 +247,9 @@ def test_node_on_all_addresses_accepts_only_local_callers_by_default(
 def test_wrong_called_ae_title_is_rejected(node: Service) -> None:
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(CR_IMAGE_STORAGE)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="SOMEONEELSE")
-    assert assoc.is_rejected
+    request = request_association(ae, "127.0.0.1", node.dicom_port, "SOMEONEELSE")
+    assert request.rejection is not None
+    assert request.rejection.diagnostic == 0x07  # called AE title not recognised
 
 
 def test_unsupported_transfer_syntax_is_refused_at_negotiation(node: Service) -> None:

@@ -128,16 +128,18 @@ def _wait_answering(port: int, ae_title: str, timeout_s: float = 20.0) -> None:
     """
     from pynetdicom import AE
 
+    from dicom_node.peer import request_association
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ae = AE(ae_title="READYCHECK")
         ae.add_requested_context("1.2.840.10008.1.1")
         ae.acse_timeout = ae.network_timeout = 5
-        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-        if assoc.is_established:
-            assoc.release()
+        request = request_association(ae, "127.0.0.1", port, ae_title)
+        if request.established:
+            request.assoc.release()
             return
-        if assoc.is_rejected:
+        if request.rejected:
             return
         time.sleep(0.1)
     raise TimeoutError(f"storescp on port {port} never answered an association")
