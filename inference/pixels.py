@@ -17,7 +17,10 @@ Colour images (RGB, YBR decoded to RGB) become grey with the BT.601 weights of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import cv2
 import numpy as np
@@ -43,6 +46,7 @@ __all__ = [
     "DECODABLE_TRANSFER_SYNTAXES",
     "NotAnalysable",
     "VoiLutFunction",
+    "WindowSample",
     "apply_modality",
     "apply_presentation",
     "apply_voi",
@@ -51,6 +55,8 @@ __all__ = [
     "colour_to_grey",
     "display_grey",
     "grey_from_pixels",
+    "grey_lookup",
+    "grey_stepwise",
     "mask_unused_bits",
     "needs_inversion",
     "padding_mask",
@@ -64,6 +70,8 @@ BoolArray = NDArray[np.bool_]
 DEFAULT_WINDOW_PERCENTILES = (0.5, 99.5)
 #: The default window's percentiles are computed on at most this many pixels (a regular subsample).
 _PERCENTILE_SAMPLE = 1_000_000
+#: Deeper integer pixels are converted step by step instead of through a look-up table.
+_LOOKUP_MAX_BITS = 16
 
 
 class VoiLutFunction(StrEnum):
@@ -214,12 +222,39 @@ def _apply_voi_lut_item(values: FloatArray, item: Dataset, ds: Dataset) -> Float
     return out
 
 
-def _default_window(values: FloatArray, ds: Dataset, exclude: BoolArray | None) -> FloatArray:
+@dataclass(frozen=True, slots=True)
+class WindowSample:
+    """The values the default window's statistics come from: the non-padding pixels.
+
+    Computed only when the default window is used: ``strided()`` gives every
+    :func:`_percentile_step`-th of them in raster order, ``extremes()`` the minimum and maximum
+    of all of them (needed only when the two percentiles coincide).
+    """
+
+    size: int
+    strided: Callable[[], FloatArray]
+    extremes: Callable[[], tuple[float, float]]
+
+    @classmethod
+    def of(cls, kept: FloatArray) -> WindowSample:
+        """The sample of ``kept``, the non-padding values in raster order."""
+        return cls(
+            kept.size,
+            lambda: kept[:: _percentile_step(kept.size)],
+            lambda: (float(kept.min()), float(kept.max())),
+        )
+
+
+def _percentile_step(size: int) -> int:
+    return max(1, size // _PERCENTILE_SAMPLE)
+
+
+def _default_window(values: FloatArray, ds: Dataset, sample: WindowSample) -> FloatArray:
     """The window used when the dataset has none, to ``[0, 1]``.
 
     Up to 8 bits stored the data are display values already (secondary captures, digitised
     film, the training pictures), so the full stored range is shown, as the picture path does.
-    Deeper data get a robust window from the 0.5 and 99.5 percentiles of the non-padding pixels.
+    Deeper data get a robust window from the 0.5 and 99.5 percentiles of ``sample``.
     """
     _, bits_stored, signed = _bits(ds)
     if bits_stored <= 8:
@@ -228,25 +263,30 @@ def _default_window(values: FloatArray, ds: Dataset, exclude: BoolArray | None) 
         ends = apply_modality(np.array([low_stored, high_stored], dtype=np.int64), ds)
         low, high = float(ends.min()), float(ends.max())
     else:
-        sample = values[~exclude] if exclude is not None else values.ravel()
         if sample.size == 0:
             return np.zeros_like(values)
-        step = max(1, sample.size // _PERCENTILE_SAMPLE)
-        low, high = (float(p) for p in np.percentile(sample[::step], DEFAULT_WINDOW_PERCENTILES))
+        low, high = (float(p) for p in np.percentile(sample.strided(), DEFAULT_WINDOW_PERCENTILES))
         if high <= low:
-            low, high = float(sample.min()), float(sample.max())
+            low, high = sample.extremes()
     if high <= low:
         return np.zeros_like(values)
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def apply_voi(values: FloatArray, ds: Dataset, *, exclude: BoolArray | None = None) -> FloatArray:
+def apply_voi(
+    values: FloatArray,
+    ds: Dataset,
+    *,
+    exclude: BoolArray | None = None,
+    sample: WindowSample | None = None,
+) -> FloatArray:
     """VOI transformation of modality values to ``[0, 1]`` (PS3.3 C.11.2).
 
     The first item of the VOI LUT Sequence if there is one, else the first Window Center /
     Width with its VOI LUT Function (LINEAR when absent or unknown), else the default window
     (:func:`_default_window`). A window with an invalid width counts as absent. ``exclude``
-    marks pixels (padding) left out of the default window's statistics.
+    marks pixels (padding) left out of the default window's statistics; ``sample``, when
+    given, holds the values those statistics come from instead (see :func:`grey_lookup`).
     """
     sequence = ds.get("VOILUTSequence")
     if sequence:
@@ -266,7 +306,10 @@ def apply_voi(values: FloatArray, ds: Dataset, *, exclude: BoolArray | None = No
                 return apply_window(values, center, width, function)
             except ValueError:
                 pass  # an invalid width: fall back to the default window, as if absent
-    return _default_window(values, ds, exclude)
+    if sample is None:
+        kept = values[~exclude] if exclude is not None else values.ravel()
+        sample = WindowSample.of(kept)
+    return _default_window(values, ds, sample)
 
 
 def needs_inversion(ds: Dataset, photometric: str | None = None) -> bool:
@@ -304,6 +347,10 @@ def grey_from_pixels(
 ) -> FloatImage:
     """The whole grey chain: decoded pixels -> float32 ``[0, 1]``, bone bright, padding black.
 
+    Integer pixels of up to 16 bits stored (every radiograph in practice) go through
+    :func:`grey_lookup`, which gives the same values as the step-by-step chain at a fraction of
+    its cost; anything else runs the steps on the whole array.
+
     Parameters
     ----------
     arr:
@@ -317,6 +364,14 @@ def grey_from_pixels(
     photometric = photometric or str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in MONOCHROME:
         return colour_to_grey(arr, ds, photometric).astype(np.float32)
+    arr = np.asarray(arr)
+    if np.issubdtype(arr.dtype, np.integer) and _bits(ds)[1] <= _LOOKUP_MAX_BITS:
+        return grey_lookup(cast(NDArray[np.integer], arr), ds)
+    return grey_stepwise(arr, ds)
+
+
+def grey_stepwise(arr: NDArray[np.generic], ds: Dataset) -> FloatImage:
+    """The grey chain of a MONOCHROME image, each step applied to the whole array in turn."""
     stored = mask_unused_bits(arr, ds)
     padding = padding_mask(stored, ds)
     values = apply_modality(stored, ds)
@@ -324,6 +379,62 @@ def grey_from_pixels(
     if padding is not None:
         grey[padding] = 0.0
     return np.clip(grey, 0.0, 1.0).astype(np.float32)
+
+
+def grey_lookup(arr: NDArray[np.integer], ds: Dataset) -> FloatImage:
+    """The grey chain of a MONOCHROME integer image as one table look-up per pixel.
+
+    Every step of :func:`grey_stepwise` maps each stored value on its own (bit masking, padding,
+    Modality LUT, VOI LUT or window, inversion), so the chain is evaluated once for each of the
+    ``2**BitsStored`` possible stored values and the pixels index that table. The one input
+    that depends on the whole image, the default window's percentiles, is computed from the
+    image's own non-padding values in the same order as the stepwise chain takes them, so the
+    result is the same to the last bit.
+    """
+    _, bits_stored, signed = _bits(ds)
+    index = _stored_index(arr, bits_stored, signed)
+    low = -(1 << (bits_stored - 1)) if signed else 0
+    domain = np.arange(low, low + (1 << bits_stored), dtype=np.int64)
+    values = apply_modality(domain, ds)
+    padding = padding_mask(domain, ds)
+    padded_pixels = padding[index] if padding is not None else None
+    if padded_pixels is not None and not bool(padded_pixels.any()):
+        padding = padded_pixels = None  # the value range is declared, but no pixel uses it
+    kept = index[~padded_pixels] if padded_pixels is not None else index.ravel()
+    table = apply_presentation(apply_voi(values, ds, sample=_lookup_sample(values, kept)), ds)
+    if padding is not None:
+        table[padding] = 0.0
+    table32 = np.clip(table, 0.0, 1.0).astype(np.float32)
+    grey: FloatImage = table32[index]
+    return grey
+
+
+def _stored_index(arr: NDArray[np.integer], bits_stored: int, signed: bool) -> NDArray[np.uint32]:
+    """Each pixel's stored value minus the smallest possible one: its row in the look-up table.
+
+    The low ``bits_stored`` bits of the raw pixel, with the sign bit flipped for signed pixels
+    (two's complement ``v - (-2**(n-1))`` is ``v`` with its sign bit flipped), computed on the
+    unsigned view of the data, so nothing is widened beyond 32 bits.
+    """
+    raw = arr.view(arr.dtype.str.replace("i", "u")) if arr.dtype.kind == "i" else arr
+    index: NDArray[np.uint32] = np.bitwise_and(raw, (1 << bits_stored) - 1, dtype=np.uint32)
+    if signed:
+        index ^= np.uint32(1 << (bits_stored - 1))
+    return index
+
+
+def _lookup_sample(values: FloatArray, kept: NDArray[np.uint32]) -> WindowSample:
+    """The default window's sample for :func:`grey_lookup`: the stepwise chain's values, exactly.
+
+    ``values`` is the table of modality values, ``kept`` the table rows of the non-padding
+    pixels in raster order.
+    """
+
+    def extremes() -> tuple[float, float]:
+        used = np.flatnonzero(np.bincount(kept, minlength=values.size))
+        return float(values[used].min()), float(values[used].max())
+
+    return WindowSample(kept.size, lambda: values[kept[:: _percentile_step(kept.size)]], extremes)
 
 
 def to_model_input(
