@@ -67,6 +67,10 @@ def send(paths: list[Path], host: str, port: int, aet: str, associations: int) -
     if storescu is None:
         raise SystemExit("storescu (dcmtk) is needed")
     shares = [paths[i::associations] for i in range(associations)]
+    # Start every run with no dirty pages: data written before (the generated images, the
+    # previous receiver's files) would otherwise be flushed during this run, and on ext4
+    # (data=ordered) a receiver's fsync waits for that flush, one that never fsyncs does not.
+    os.sync()
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
