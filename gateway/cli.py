@@ -45,8 +45,10 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom logs every PDU at INFO, including header values; keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs every PDU at INFO, including header values, and highdicom logs the source
+    # images' SOP Instance UIDs at INFO for every SR and SC it builds: keep both to warnings.
+    for noisy in ("pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()

@@ -81,3 +81,18 @@ def test_no_patient_data_in_scp_logs(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "refused" in text  # the refusal was logged...
     assert "CANARY" not in text  # ...without the patient's name or ID
+
+
+def test_service_logging_keeps_library_header_chatter_out() -> None:
+    """pynetdicom (PDU contents) and highdicom (source UIDs) log at INFO; serve keeps warnings."""
+    from gateway.cli import _configure_logging
+
+    saved = {name: logging.getLogger(name).level for name in ("pynetdicom", "highdicom")}
+    try:
+        _configure_logging("INFO")
+        for name in saved:
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+            assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
