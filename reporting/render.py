@@ -124,20 +124,34 @@ def heat_alpha(
 def blend_heatmap(display: NDArray[np.float32], heat: NDArray[np.float32]) -> RGBImage:
     """The grey radiograph with the heat map blended in colour where the heat is notable.
 
-    Only pixels above the heat floor are blended (elsewhere the opacity is 0), so the cost
-    follows the size of the highlighted region, not of the image.
+    Only pixels above the heat floor are blended (elsewhere the opacity is 0). The arithmetic
+    runs on whole rows and columns of the smallest rectangle holding every such pixel, so the
+    cost follows the size of the highlighted region, not of the image, without gathering and
+    scattering single pixels (which cost about 0.4 s for a 2048-pixel picture that is mostly
+    highlighted).
     """
     if display.shape != heat.shape:
         raise ValueError(f"display {display.shape} and heat map {heat.shape} differ in shape")
     out = grey_to_rgb(display)
     hot = heat > HEAT_FLOOR
-    if not hot.any():
+    rows = np.flatnonzero(hot.any(axis=1))
+    if rows.size == 0:
         return out
-    values = heat[hot].astype(np.float32)
-    alpha = heat_alpha(values)[:, np.newaxis]
-    colour = heat_colours(values.reshape(-1, 1)).reshape(-1, 3).astype(np.float32)
-    blended = out[hot].astype(np.float32) * (1.0 - alpha) + colour * alpha
-    out[hot] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    columns = np.flatnonzero(hot.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+    values = np.asarray(heat[box], dtype=np.float32)
+    alpha = heat_alpha(values)
+    alpha[~hot[box]] = 0.0  # exactly the grey where not hot (NaN heat included)
+    alpha = alpha[:, :, np.newaxis]
+    # grey * (1 - alpha) + colour * alpha, evaluated in place on float32 copies.
+    blended = out[box].astype(np.float32)
+    blended *= 1.0 - alpha
+    colour = heat_colours(values).astype(np.float32)
+    colour *= alpha
+    blended += colour
+    np.rint(blended, out=blended)
+    np.clip(blended, 0, 255, out=blended)
+    out[box] = blended.astype(np.uint8)
     return out
 
 

@@ -23,6 +23,7 @@ from reporting.render import (
     fit_long_side,
     grey_to_rgb,
     heat_alpha,
+    heat_colours,
     render_png,
 )
 
@@ -77,6 +78,38 @@ def test_blending_leaves_cool_pixels_grey_and_inputs_untouched(
     assert np.array_equal(blended[cool], grey_to_rgb(display)[cool])
     assert np.array_equal(display, display_before)
     assert np.array_equal(heat, heat_before)
+
+
+def blend_pixel_by_pixel(
+    display: NDArray[np.float32], heat: NDArray[np.float32]
+) -> NDArray[np.uint8]:
+    """The blend written as the per-pixel formula over the hot pixels only (the reference)."""
+    out = grey_to_rgb(display)
+    hot = heat > HEAT_FLOOR
+    if not hot.any():
+        return out
+    values = heat[hot].astype(np.float32)
+    alpha = heat_alpha(values)[:, np.newaxis]
+    colour = heat_colours(values.reshape(-1, 1)).reshape(-1, 3).astype(np.float32)
+    blended = out[hot].astype(np.float32) * (1.0 - alpha) + colour * alpha
+    out[hot] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
+
+
+@given(planes(9, 11), planes(9, 11))
+def test_blend_equals_the_per_pixel_formula(
+    display: NDArray[np.float32], heat: NDArray[np.float32]
+) -> None:
+    assert np.array_equal(blend_heatmap(display, heat), blend_pixel_by_pixel(display, heat))
+
+
+def test_blend_of_a_large_picture_with_a_scattered_hot_region() -> None:
+    rng = np.random.default_rng(3)
+    display = rng.random((700, 500), dtype=np.float32)
+    heat = np.zeros((700, 500), dtype=np.float32)
+    heat[100:400, 50:300] = rng.random((300, 250), dtype=np.float32)  # hot and cool mixed
+    heat[650, 480] = 0.9  # one hot pixel far away widens the rectangle
+    assert np.array_equal(blend_heatmap(display, heat), blend_pixel_by_pixel(display, heat))
 
 
 def test_hot_pixels_are_coloured() -> None:
