@@ -190,6 +190,30 @@ def write_section(path: Path, text: str) -> None:
     )
 
 
+def time_pipeline_steps() -> dict[str, list[float]]:
+    """Wrap the model step and the building of SR and SCs with timers (``--step-timings``)."""
+    import gateway.analysis
+    import gateway.publish
+
+    times: dict[str, list[float]] = {"model step": [], "build + store results": []}
+    wrapped = (
+        (gateway.analysis.AnalyseStep, "__call__", "model step"),
+        (gateway.publish.PublishStep, "_build_and_store", "build + store results"),
+    )
+    for cls, name, label in wrapped:
+        original = getattr(cls, name)
+
+        def timed(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                times[_label].append(time.perf_counter() - start)
+
+        setattr(cls, name, timed)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
@@ -203,7 +227,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--note", default="", help="a line on the conditions, for the record")
+    parser.add_argument(
+        "--step-timings",
+        action="store_true",
+        help="also print, per study, the time of the model step and of building the results",
+    )
     args = parser.parse_args()
+    step_times: dict[str, list[float]] = {}
+    if args.step_timings:
+        step_times = time_pipeline_steps()
 
     sys.path.insert(0, str(REPO_ROOT))  # the Orthanc helper lives with the tests
     from config.settings import Destination, InferenceSettings, Settings
@@ -270,7 +302,12 @@ def main() -> None:
                         f"{name} {value:.2f}"
                         for (name, _), value in zip(PHASES, parts, strict=True)
                     )
-                    print(f"{label}: {latency:.2f} s ({detail})", flush=True)
+                    steps = "".join(
+                        f", {name} {sum(values):.2f}" for name, values in step_times.items()
+                    )
+                    print(f"{label}: {latency:.2f} s ({detail}{steps})", flush=True)
+                    for values in step_times.values():
+                        values.clear()
                     if index > 0:
                         latencies.append(latency)
                         breakdown.append(parts)
