@@ -76,8 +76,9 @@ def request_association(ae: AE, host: str, port: int, called_ae: str) -> Associa
 
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     if not assoc.is_established:
-        # The ACSE thread sets is_rejected/is_aborted before associate() returns; the DUL
-        # thread that decodes PDUs may still be finishing, so wait for it to stop.
+        # In the race above the RJ was decoded before the socket closed, so it is already seen.
+        # If the ACSE gave up on its own (its timeout) while an RJ was arriving, the DUL thread
+        # may still be decoding it: let it stop (it is being killed) before reading ``seen``.
         dul = assoc.dul
         if dul.is_alive():
             dul.join(timeout=1.0)

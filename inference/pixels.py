@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import cast
 
 import cv2
@@ -226,12 +227,12 @@ def _apply_voi_lut_item(values: FloatArray, item: Dataset, ds: Dataset) -> Float
 class WindowSample:
     """The values the default window's statistics come from: the non-padding pixels.
 
-    Computed only when the default window is used: ``strided()`` gives every
-    :func:`_percentile_step`-th of them in raster order, ``extremes()`` the minimum and maximum
-    of all of them (needed only when the two percentiles coincide).
+    Evaluated only when the default window is used: ``count()`` is how many there are,
+    ``strided()`` every :func:`_percentile_step`-th of them in raster order, ``extremes()`` the
+    minimum and maximum of all of them (needed only when the two percentiles coincide).
     """
 
-    size: int
+    count: Callable[[], int]
     strided: Callable[[], FloatArray]
     extremes: Callable[[], tuple[float, float]]
 
@@ -239,7 +240,7 @@ class WindowSample:
     def of(cls, kept: FloatArray) -> WindowSample:
         """The sample of ``kept``, the non-padding values in raster order."""
         return cls(
-            kept.size,
+            lambda: kept.size,
             lambda: kept[:: _percentile_step(kept.size)],
             lambda: (float(kept.min()), float(kept.max())),
         )
@@ -263,7 +264,7 @@ def _default_window(values: FloatArray, ds: Dataset, sample: WindowSample) -> Fl
         ends = apply_modality(np.array([low_stored, high_stored], dtype=np.int64), ds)
         low, high = float(ends.min()), float(ends.max())
     else:
-        if sample.size == 0:
+        if sample.count() == 0:
             return np.zeros_like(values)
         low, high = (float(p) for p in np.percentile(sample.strided(), DEFAULT_WINDOW_PERCENTILES))
         if high <= low:
@@ -397,11 +398,8 @@ def grey_lookup(arr: NDArray[np.integer], ds: Dataset) -> FloatImage:
     domain = np.arange(low, low + (1 << bits_stored), dtype=np.int64)
     values = apply_modality(domain, ds)
     padding = padding_mask(domain, ds)
-    padded_pixels = padding[index] if padding is not None else None
-    if padded_pixels is not None and not bool(padded_pixels.any()):
-        padding = padded_pixels = None  # the value range is declared, but no pixel uses it
-    kept = index[~padded_pixels] if padded_pixels is not None else index.ravel()
-    table = apply_presentation(apply_voi(values, ds, sample=_lookup_sample(values, kept)), ds)
+    sample = _lookup_sample(values, index, padding)
+    table = apply_presentation(apply_voi(values, ds, sample=sample), ds)
     if padding is not None:
         table[padding] = 0.0
     table32 = np.clip(table, 0.0, 1.0).astype(np.float32)
@@ -423,18 +421,29 @@ def _stored_index(arr: NDArray[np.integer], bits_stored: int, signed: bool) -> N
     return index
 
 
-def _lookup_sample(values: FloatArray, kept: NDArray[np.uint32]) -> WindowSample:
+def _lookup_sample(
+    values: FloatArray, index: NDArray[np.uint32], padding: BoolArray | None
+) -> WindowSample:
     """The default window's sample for :func:`grey_lookup`: the stepwise chain's values, exactly.
 
-    ``values`` is the table of modality values, ``kept`` the table rows of the non-padding
-    pixels in raster order.
+    ``values`` is the table of modality values, ``index`` each pixel's table row and ``padding``
+    the rows that are padding. Nothing is gathered unless the default window is used.
     """
 
+    @cache
+    def kept() -> NDArray[np.uint32]:
+        """Table rows of the non-padding pixels, in raster order."""
+        return index[~padding[index]] if padding is not None else index.ravel()
+
+    def strided() -> FloatArray:
+        rows = kept()
+        return values[rows[:: _percentile_step(rows.size)]]
+
     def extremes() -> tuple[float, float]:
-        used = np.flatnonzero(np.bincount(kept, minlength=values.size))
+        used = np.flatnonzero(np.bincount(kept(), minlength=values.size))
         return float(values[used].min()), float(values[used].max())
 
-    return WindowSample(kept.size, lambda: values[kept[:: _percentile_step(kept.size)]], extremes)
+    return WindowSample(lambda: kept().size, strided, extremes)
 
 
 def to_model_input(

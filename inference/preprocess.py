@@ -232,7 +232,7 @@ def prepare(grey: FloatImage, size: int, *, crop: bool = True) -> PreparedImage:
         raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
     if grey.shape[0] < 1 or grey.shape[1] < 1:
         raise ValueError(f"empty image, shape {grey.shape}")
-    grey = _clipped_unit(grey.astype(np.float32, copy=False))
+    grey = np.clip(grey.astype(np.float32, copy=False), 0.0, 1.0)
     height, width = grey.shape
     box = anatomy_crop(grey) if crop else CropBox(0, 0, width, height)
     region = grey[box.y0 : box.y1, box.x0 : box.x1]
@@ -247,10 +247,3 @@ def prepare(grey: FloatImage, size: int, *, crop: bool = True) -> PreparedImage:
         size=size,
     )
     return PreparedImage(tensor=square[:, :, np.newaxis], transform=transform)
-
-
-def _clipped_unit(grey: FloatImage) -> FloatImage:
-    """``grey`` clipped to ``[0, 1]``; ``grey`` itself when it is already inside (no copy)."""
-    if float(grey.min()) < 0.0 or float(grey.max()) > 1.0:
-        return np.clip(grey, 0.0, 1.0)
-    return grey

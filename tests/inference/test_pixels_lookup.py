@@ -40,11 +40,29 @@ def test_every_shared_radiograph_gives_the_stepwise_grey(shared_dir: Path) -> No
     assert compared >= 30
 
 
-def test_grey_from_pixels_uses_the_table_for_integer_pixels() -> None:
-    """Same values, and the table path really is taken (it never widens to int64)."""
+def test_grey_from_pixels_chooses_the_table_for_integer_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Integer pixels go through the table, float pixels through the steps; same values."""
+    import inference.pixels as pixels_module
+
     pixels = np.array([[0, 100, 4095, 2048]], dtype=np.uint16)
     ds = make_image(pixels, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
-    np.testing.assert_array_equal(grey_from_pixels(pixels, ds), grey_stepwise(pixels, ds))
+    expected = grey_stepwise(pixels, ds)
+    calls: list[str] = []
+    for name in ("grey_lookup", "grey_stepwise"):
+        original = getattr(pixels_module, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(pixels_module, name, spy)
+    np.testing.assert_array_equal(grey_from_pixels(pixels, ds), expected)
+    assert calls == ["grey_lookup"]
+    calls.clear()
+    grey_from_pixels(pixels.astype(np.float32), ds)
+    assert calls == ["grey_stepwise"]
 
 
 @st.composite
