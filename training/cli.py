@@ -48,6 +48,12 @@ def train(
     class_weights: bool = True,
     crop: Annotated[bool, typer.Option(help="Anatomy crop before resizing.")] = True,
     time_budget_minutes: Annotated[float | None, typer.Option(min=0.0)] = None,
+    freeze_blocks: Annotated[
+        int,
+        typer.Option(
+            min=0, help="EfficientNet-Lite: keep the stem and this many first blocks frozen."
+        ),
+    ] = 0,
     positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
     export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
     package_out: Annotated[
@@ -81,6 +87,7 @@ def train(
         augment=augment,
         class_weights=class_weights,
         time_budget_minutes=time_budget_minutes,
+        freeze_blocks=freeze_blocks,
     )
     prepared, state = train_stage(data, config, out, cache_dir=cache_dir, positive=positive_class)
     typer.echo(f"training finished: {state.stop_reason}; best val AUROC {state.best_auroc:.4f}")
@@ -99,6 +106,9 @@ def train(
         "train_minutes": round(state.train_seconds / 60, 1),
         "augment": augment,
         "class_weights": class_weights,
+        "freeze_blocks": freeze_blocks,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
     }
     card = export_package(
         load_trained(out),

@@ -19,7 +19,7 @@ from inference.model_package import (
     Preprocessing,
     write_package,
 )
-from training.architectures import GRADCAM_LAYER
+from training.architectures import GRADCAM_LAYER, LOCALISATION_LAYER
 from training.calibration import fit_platt, operating_points
 from training.datasets import Split, describe
 from training.fit import BEST_MODEL, positive_scores
@@ -82,7 +82,9 @@ def export_package(
     probabilities = calibration.apply(scores)
     points = operating_points(labels, probabilities)
     size = model_input_size(model)
-    output = OutputKind.SIGMOID if tuple(model.output_shape) == (None, 1) else OutputKind.SOFTMAX
+    prediction_shape = tuple(model.outputs[0].shape)
+    output = OutputKind.SIGMOID if prediction_shape == (None, 1) else OutputKind.SOFTMAX
+    localising = len(model.outputs) == 2
     card = ModelCard(
         name=name or model.name.replace("_", "-"),
         version=version,
@@ -110,6 +112,7 @@ def export_package(
         },
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         framework=framework_versions(),
+        localisation_layer=LOCALISATION_LAYER if localising else None,
     )
     return write_package(out, model, card)
 

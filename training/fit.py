@@ -61,6 +61,10 @@ class TrainConfig:
     time_budget_minutes: float | None = None
     early_stopping_patience: int = 12
     threads: int = 2
+    #: EfficientNet-Lite: the stem and this many leading MBConv blocks keep their ImageNet
+    #: weights (frozen, batch norm in inference mode). Their backward pass dominates the cost
+    #: on a CPU: freezing the first three stages (5 blocks) trains 3x faster (PERFORMANCE.md).
+    freeze_blocks: int = 0
 
 
 @dataclass(slots=True)
@@ -106,6 +110,22 @@ def configure_threads(threads: int) -> None:
         log.debug("TensorFlow threads already configured")
 
 
+def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
+    """Freeze the stem and the first ``blocks`` MBConv blocks of an EfficientNet-Lite model.
+
+    Returns the number of layers frozen; raises ``ValueError`` for a model without them.
+    """
+    prefixes = ("stem_", *(f"block{i}_" for i in range(blocks)))
+    frozen = 0
+    for layer in model.layers:
+        if layer.name.startswith(prefixes):
+            layer.trainable = False
+            frozen += 1
+    if not frozen:
+        raise ValueError(f"model {model.name!r} has no EfficientNet-Lite stem or blocks to freeze")
+    return frozen
+
+
 def balanced_class_weights(labels: NDArray[np.int64], n_classes: int) -> dict[int, float]:
     """``n / (k * n_c)`` per class: each class contributes equally to the loss."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -126,6 +146,87 @@ def augmenter(seed: int) -> keras.Sequential:
         ],
         name="augment",
     )
+
+
+#: Weight of the localisation loss (mean binary cross-entropy over the map's cells) beside the
+#: classification loss: positive cells are few, so the mean is small and needs the weight.
+LOCALISATION_LOSS_WEIGHT = 4.0
+
+
+def paired_augmenters(seed: int) -> tuple[keras.Sequential, keras.Sequential]:
+    """The same augmentation split in two: geometric (image and box mask together) and
+    photometric (image only), so the mask follows every flip, turn, zoom and shift."""
+    geometric = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+            layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
+        ],
+        name="augment_geometric",
+    )
+    photometric = keras.Sequential(
+        [
+            layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
+            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 5),
+        ],
+        name="augment_photometric",
+    )
+    return geometric, photometric
+
+
+def make_localisation_dataset(
+    images: NDArray[np.uint8],
+    targets: NDArray[np.int64],
+    masks: NDArray[np.uint8],
+    mask_weights: NDArray[np.float32],
+    *,
+    map_size: int,
+    batch_size: int,
+    shuffle_seed: int | None,
+    augment_seed: int | None,
+    weights: NDArray[np.float32] | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``(image, (label, map), (weights))`` for a ``[prediction, localisation]`` model.
+
+    The box mask is augmented with its image, then reduced to the localisation map's grid by
+    max pooling (a cell is positive when any of its pixels lies in a box).
+    """
+    size = images.shape[1]
+    if size % map_size:
+        raise ValueError(f"input size {size} is not a multiple of the map size {map_size}")
+    factor = size // map_size
+    pixels = tf.constant(np.ascontiguousarray(images))
+    box_masks = tf.constant(np.ascontiguousarray(masks))
+    labels = tf.constant(targets)
+    class_weights = tf.constant(
+        np.ones(len(targets), np.float32) if weights is None else weights.astype(np.float32)
+    )
+    loc_weights = tf.constant(mask_weights.astype(np.float32))
+    augment = None if augment_seed is None else paired_augmenters(augment_seed)
+    indices = tf.data.Dataset.range(len(targets))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(len(targets), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def load(idx: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        x = tf.cast(tf.gather(pixels, idx), tf.float32)[..., tf.newaxis] / 255.0
+        m = tf.cast(tf.gather(box_masks, idx), tf.float32)[..., tf.newaxis]
+        if augment is not None:
+            geometric, photometric = augment
+            both = geometric(tf.concat([x, m], axis=-1), training=True)
+            x, m = both[..., :1], both[..., 1:]
+            x = tf.clip_by_value(photometric(x, training=True), 0.0, 1.0)
+        cells = tf.nn.max_pool2d(m, ksize=factor, strides=factor, padding="VALID")
+        cells = tf.cast(cells > 0.5, tf.float32)
+        w = tf.gather(class_weights, idx)
+        # In the order of the model's outputs: [prediction, localisation].
+        y = (tf.gather(labels, idx), cells)
+        # The map's loss is per cell (B x h x w): its weight broadcasts over the cells.
+        sw = (w, (w * tf.gather(loc_weights, idx))[:, tf.newaxis, tf.newaxis])
+        return x, y, sw
+
+    batches = indices.batch(batch_size)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def make_dataset(
@@ -158,13 +259,22 @@ def make_dataset(
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def positive_scores(outputs: NDArray[np.float32], positive_index: int) -> NDArray[np.float32]:
-    """The positive class's score from a sigmoid (N x 1) or softmax (N x K) output."""
-    if outputs.ndim == 1:
-        return outputs
-    if outputs.shape[1] == 1:
-        return outputs[:, 0]
-    return outputs[:, positive_index]
+def positive_scores(outputs: Any, positive_index: int) -> NDArray[np.float32]:
+    """The positive class's score from a sigmoid (N x 1) or softmax (N x K) output.
+
+    A model with a localisation output returns ``[prediction, localisation]`` (or a dict):
+    the prediction is used.
+    """
+    if isinstance(outputs, dict):
+        outputs = outputs["prediction"]
+    elif isinstance(outputs, list | tuple):
+        outputs = outputs[0]
+    array: NDArray[np.float32] = np.asarray(outputs, dtype=np.float32)
+    if array.ndim == 1:
+        return array
+    column = 0 if array.shape[1] == 1 else positive_index
+    scores: NDArray[np.float32] = array[:, column]
+    return scores
 
 
 def model_targets(
@@ -253,8 +363,15 @@ def train_model(
     class_names: tuple[str, ...],
     positive_index: int,
     folder: Path,
+    train_masks: NDArray[np.uint8] | None = None,
+    train_has_boxes: NDArray[np.bool_] | None = None,
 ) -> RunState:
-    """Train (or resume) into ``folder``; returns the run state. ``best.keras`` is the result."""
+    """Train (or resume) into ``folder``; returns the run state. ``best.keras`` is the result.
+
+    A model with a localisation output is trained on the box masks beside the labels: every
+    negative picture's map should be empty, every positive picture's map should mark its
+    boxes; positive pictures without boxes do not count in the localisation loss.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     configure_threads(config.threads)
     state = RunState.load(folder)
@@ -272,25 +389,54 @@ def train_model(
     else:
         state = RunState()
         model = build_model(config.arch, config.image_size, n_classes, weights=config.weights)
+        if config.freeze_blocks:
+            freeze_leading_blocks(model, config.freeze_blocks)
         loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
-        model.compile(
-            optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=1e-4),
-            loss=loss,
-            metrics=["accuracy"],
-        )
+        optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=1e-4)
+        if len(model.outputs) == 2:
+            model.compile(
+                optimizer=optimizer,
+                loss={"prediction": loss, "localisation": "binary_crossentropy"},
+                loss_weights={"prediction": 1.0, "localisation": LOCALISATION_LOSS_WEIGHT},
+                metrics={"prediction": ["accuracy"]},
+            )
+        else:
+            model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     targets = model_targets(train_labels, n_classes, positive_index)
     sample_weights = None
     if config.class_weights:
         per_class = balanced_class_weights(train_labels, n_classes)
         sample_weights = np.array([per_class[int(c)] for c in train_labels], dtype=np.float32)
-    train_data = make_dataset(
-        train_images,
-        targets,
-        batch_size=config.batch_size,
-        shuffle_seed=config.seed + state.epochs_done,
-        augment=augmenter(config.seed) if config.augment else None,
-        weights=sample_weights,
-    )
+    if len(model.outputs) == 2:
+        map_size = int(model.outputs[1].shape[1])
+        if train_masks is None:
+            log.warning("no fracture boxes in the data: the localisation head is not trained")
+            train_masks = np.zeros(train_images.shape, dtype=np.uint8)
+            train_has_boxes = np.zeros(len(train_labels), dtype=bool)
+        assert train_has_boxes is not None
+        positive = train_labels == positive_index
+        # Negatives teach an empty map; positives teach their boxes, when they have any.
+        mask_weights = np.where(~positive | train_has_boxes, 1.0, 0.0).astype(np.float32)
+        train_data = make_localisation_dataset(
+            train_images,
+            targets,
+            train_masks,
+            mask_weights,
+            map_size=map_size,
+            batch_size=config.batch_size,
+            shuffle_seed=config.seed + state.epochs_done,
+            augment_seed=config.seed if config.augment else None,
+            weights=sample_weights,
+        )
+    else:
+        train_data = make_dataset(
+            train_images,
+            targets,
+            batch_size=config.batch_size,
+            shuffle_seed=config.seed + state.epochs_done,
+            augment=augmenter(config.seed) if config.augment else None,
+            weights=sample_weights,
+        )
     val_float = (np.asarray(val_images, dtype=np.float32) / 255.0)[..., np.newaxis]
     val_positive = (val_labels == positive_index).astype(np.int64)
     monitor = _RunMonitor(folder, state, val_float, val_positive, positive_index, config)

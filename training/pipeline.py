@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from training.boxes import YOLO_FOLDER, box_mask, read_yolo_boxes, yolo_path
 from training.cache import CachedImages, PictureProblem, build_cache
 from training.datasets import (
     Dataset,
@@ -35,6 +36,10 @@ class PreparedSplit:
     examples: tuple[Example, ...]
     images: NDArray[np.uint8]
     labels: NDArray[np.int64]
+    #: Fracture-box masks on the model grid (``N x size x size``, 1 inside a box), when the
+    #: data set has boxes; ``has_boxes`` says which pictures have a label file with boxes.
+    masks: NDArray[np.uint8] | None = None
+    has_boxes: NDArray[np.bool_] | None = None
 
     def positive(self, positive_index: int) -> NDArray[np.int64]:
         """0/1 labels, 1 for the positive class."""
@@ -84,8 +89,13 @@ def prepare_data(
             if len(rows)
             else np.zeros((0, image_size, image_size), dtype=np.uint8)
         )
+        masks, has_boxes = _masks(kept, rows, cached, dataset.root / YOLO_FOLDER)
         parts[split] = PreparedSplit(
-            tuple(kept), images, np.array([e.label for e in kept], dtype=np.int64)
+            tuple(kept),
+            images,
+            np.array([e.label for e in kept], dtype=np.int64),
+            masks,
+            has_boxes,
         )
     for problem in cached.problems:
         log.warning(
@@ -95,6 +105,26 @@ def prepare_data(
             "skipped" if problem.skipped else "kept",
         )
     return PreparedData(dataset, splits, parts, cached.problems)
+
+
+def _masks(
+    kept: list[Example], rows: NDArray[np.intp], cached: CachedImages, yolo_dir: Path
+) -> tuple[NDArray[np.uint8] | None, NDArray[np.bool_] | None]:
+    """Box masks for the kept examples, or ``(None, None)`` when the data set has no boxes."""
+    if not yolo_dir.is_dir():
+        return None, None
+    size = int(cached.images.shape[1])
+    masks = np.zeros((len(kept), size, size), dtype=np.uint8)
+    has_boxes = np.zeros(len(kept), dtype=bool)
+    for i, (example, row) in enumerate(zip(kept, rows, strict=True)):
+        transform = cached.transform(int(row))
+        boxes = read_yolo_boxes(
+            yolo_path(yolo_dir, example.path), transform.original_width, transform.original_height
+        )
+        if boxes:
+            masks[i] = box_mask(boxes, transform)
+            has_boxes[i] = bool(masks[i].any())
+    return masks, has_boxes
 
 
 def record_data(prepared: PreparedData, out: Path) -> None:
@@ -141,6 +171,8 @@ def train_stage(
         train_labels=train.labels,
         val_images=val.images,
         val_labels=val.labels,
+        train_masks=train.masks,
+        train_has_boxes=train.has_boxes,
         class_names=prepared.dataset.class_names,
         positive_index=prepared.dataset.positive_index,
         folder=out,
