@@ -16,6 +16,7 @@ class Reason(StrEnum):
     UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
     UNDECODABLE = "undecodable"
     INVALID_LUT = "invalid_lut"
+    OUT_OF_SCOPE = "out_of_scope"
 
 
 class NotAnalysable(ValueError):  # noqa: N818 - the name the project's contract uses

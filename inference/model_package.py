@@ -14,11 +14,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:  # the card is plain data: importing it must not load Keras (6 s)
+    import keras
 
 #: File name of the card inside a package folder.
 CARD_FILE = "model.json"
@@ -103,6 +105,11 @@ class ModelCard:
     created: str = ""
     framework: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: Name of the model's fracture-localisation output (a sigmoid map), when it has one; the
+    #: service then shows that map and derives regions from it instead of Grad-CAM.
+    localisation_layer: str | None = None
+    #: Body Part Examined terms the model covers (``inference.scope``); empty: not stated.
+    body_parts: tuple[str, ...] = ()
 
     @property
     def positive_index(self) -> int:
@@ -115,6 +122,7 @@ class ModelCard:
         """The card as JSON-able data (the inverse of :func:`card_from_json`)."""
         data = asdict(self)
         data["class_names"] = list(self.class_names)
+        data["body_parts"] = list(self.body_parts)
         data["output"] = self.output.value
         data["operating_points"] = {
             name.value: asdict(point) for name, point in self.operating_points.items()
@@ -246,7 +254,23 @@ def card_from_json(data: Any) -> ModelCard:
         created=str(data.get("created", "")),
         framework={str(k): str(v) for k, v in dict(data.get("framework", {})).items()},
         schema_version=version,
+        localisation_layer=_optional_name(data.get("localisation_layer"), "localisation_layer"),
+        body_parts=_body_parts(data.get("body_parts", [])),
     )
+
+
+def _body_parts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ModelPackageError(f"body_parts must be a list of Body Part Examined terms: {value!r}")
+    return tuple(v.upper() for v in value)
+
+
+def _optional_name(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ModelPackageError(f"{where} must be a layer name or null, got {value!r}")
+    return value
 
 
 def check_model(card: ModelCard, model: keras.Model) -> None:
@@ -257,14 +281,28 @@ def check_model(card: ModelCard, model: keras.Model) -> None:
             f"model input shape {tuple(model.input_shape)} differs from the card's {expected_input}"
         )
     outputs = 1 if card.output is OutputKind.SIGMOID else len(card.class_names)
-    if tuple(model.output_shape) != (None, outputs):
+    model_outputs = list(model.outputs)
+    prediction_shape = tuple(model_outputs[0].shape)
+    if prediction_shape != (None, outputs):
         raise ModelPackageError(
-            f"model output shape {tuple(model.output_shape)} differs from "
-            f"the card's (None, {outputs})"
+            f"model output shape {prediction_shape} differs from the card's (None, {outputs})"
+        )
+    expected_outputs = 1 if card.localisation_layer is None else 2
+    if len(model_outputs) != expected_outputs:
+        raise ModelPackageError(
+            f"the model has {len(model_outputs)} outputs, the card describes {expected_outputs}"
         )
     names = {layer.name for layer in model.layers}
     if card.gradcam_layer not in names:
         raise ModelPackageError(f"Grad-CAM layer {card.gradcam_layer!r} is not in the model")
+    if card.localisation_layer is not None:
+        shape = tuple(model_outputs[1].shape)
+        if len(shape) != 4 or shape[3] != 1 or shape[1] is None or shape[1] != shape[2]:
+            raise ModelPackageError(f"localisation output must be (None, h, h, 1), got {shape}")
+        if card.localisation_layer not in names:
+            raise ModelPackageError(
+                f"localisation layer {card.localisation_layer!r} is not in the model"
+            )
 
 
 def _card_path(path: Path) -> Path:
@@ -295,6 +333,8 @@ def load_package(path: Path) -> ModelPackage:
         raise ModelPackageError(
             f"sha256 of {card.model_file!r} is {actual}, the card says {card.sha256}"
         )
+    import keras
+
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except (ValueError, OSError, TypeError) as exc:

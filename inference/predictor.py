@@ -1,9 +1,11 @@
-"""Predictions with Grad-CAM from one forward pass, per image and per study.
+"""Predictions with a fracture map from one forward pass, per image and per study.
 
-A :class:`Predictor` is built once from a :class:`~inference.model_package.ModelPackage`: the
-gradient model (features + class score) is built at that moment, and every batch then runs one
-``tf.GradientTape`` pass that yields both the score and the Grad-CAM map. The package's model
-is never changed.
+A :class:`Predictor` is built once from a :class:`~inference.model_package.ModelPackage`. A
+model with a localisation output (trained on fracture boxes) gives its map in the same forward
+pass, and the suspected fracture regions are read from it (:mod:`inference.regions`). A model
+without one gets Grad-CAM: the gradient model (features + class score) is built at that moment,
+and every batch runs one ``tf.GradientTape`` pass that yields both the score and the map. The
+package's model is never changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from numpy.typing import NDArray
 from inference.gradcam import gradcam_maps, gradcam_model, map_peak, resize_map
 from inference.model_package import ModelCard, ModelPackage, OperatingPointName, OutputKind
 from inference.preprocess import GeometryTransform, PreparedImage
+from inference.regions import Region, find_regions
 
 FloatImage = NDArray[np.float32]
 
@@ -27,8 +30,11 @@ FloatImage = NDArray[np.float32]
 class ImagePrediction:
     """One image's result.
 
-    ``heatmap`` is the Grad-CAM map for the positive class on the model-input grid
-    (``size x size``, ``[0, 1]``); :meth:`heatmap_on_original` maps it onto the original image.
+    ``heatmap`` is the fracture map on the model-input grid (``size x size``, ``[0, 1]``): the
+    localisation output where the model has one (not rescaled: a quiet map stays quiet), else
+    the Grad-CAM map for the positive class (scaled to its peak);
+    :meth:`heatmap_on_original` maps it onto the original image. ``regions`` are the suspected
+    fractures (boxes in original pixels), empty for a negative image or a Grad-CAM model.
     """
 
     score: float
@@ -36,6 +42,7 @@ class ImagePrediction:
     labels: dict[OperatingPointName, bool]
     heatmap: FloatImage
     transform: GeometryTransform
+    regions: tuple[Region, ...] = ()
 
     def heatmap_on_original(self) -> FloatImage:
         """The heat map resampled onto the original pixel grid (0 outside the crop)."""
@@ -111,6 +118,18 @@ class Predictor:
     def __init__(self, package: ModelPackage, *, output_layer: str | None = None) -> None:
         self.card = package.card
         model = package.model
+        self._class_index = (
+            0 if self.card.output is OutputKind.SIGMOID else self.card.positive_index
+        )
+        size = self.card.input_size
+        signature = [tf.TensorSpec((None, size, size, 1), tf.float32)]
+        self._localising = self.card.localisation_layer is not None
+        if self._localising:
+            self._model = model
+            self._localise = tf.function(
+                self._forward_localisation, input_signature=signature, reduce_retracing=True
+            )
+            return
         output_name = output_layer or model.layers[-1].name
         outputs = gradcam_model(model, self.card.gradcam_layer, output_name)
         self._grad_model = outputs.model
@@ -120,19 +139,29 @@ class Predictor:
             if outputs.output_activation is None
             else keras.activations.get(outputs.output_activation)
         )
-        self._class_index = (
-            0 if self.card.output is OutputKind.SIGMOID else self.card.positive_index
-        )
-        size = self.card.input_size
-        self._step = tf.function(
-            self._forward,
-            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
-            reduce_retracing=True,
-        )
+        self._step = tf.function(self._forward, input_signature=signature, reduce_retracing=True)
 
     @property
     def input_size(self) -> int:
         return self.card.input_size
+
+    @property
+    def localising(self) -> bool:
+        """Whether the map comes from the model's localisation output (else Grad-CAM)."""
+        return self._localising
+
+    def _forward_localisation(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One pass: positive-class probability and the localisation map (N x h x w)."""
+        probabilities, maps = self._model(images, training=False)
+        return probabilities[:, self._class_index], maps[..., 0]
+
+    def _maps(self, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Raw scores and coarse maps (``N x h x w`` in ``[0, 1]``) of a batch."""
+        if self._localising:
+            scores, maps = self._localise(tf.constant(x))
+            return scores.numpy(), np.clip(maps.numpy(), 0.0, 1.0).astype(np.float32)
+        scores, features, gradients = self._step(tf.constant(x))
+        return scores.numpy(), gradcam_maps(features.numpy(), gradients.numpy())
 
     def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One pass: positive-class probability, feature activations and their gradients."""
@@ -170,19 +199,25 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             x = np.stack([np.clip(im.tensor, 0.0, 1.0) for im in batch]).astype(np.float32)
-            scores, features, gradients = self._step(tf.constant(x))
-            maps = gradcam_maps(features.numpy(), gradients.numpy())
-            calibrated = self.card.calibration.apply(scores.numpy())
-            for image, score, probability, cam in zip(
-                batch, scores.numpy(), calibrated, maps, strict=True
-            ):
+            scores, maps = self._maps(x)
+            calibrated = self.card.calibration.apply(scores)
+            for image, score, probability, cam in zip(batch, scores, calibrated, maps, strict=True):
+                labels = _labels(float(probability), self.card)
+                heatmap = resize_map(cam, size)
+                regions: tuple[Region, ...] = ()
+                if self._localising:
+                    positive_at = [name.value for name in OperatingPointName if labels[name]]
+                    regions = find_regions(
+                        heatmap, image.transform, float(probability), positive_at
+                    )
                 results.append(
                     ImagePrediction(
                         score=float(score),
                         probability=float(probability),
-                        labels=_labels(float(probability), self.card),
-                        heatmap=resize_map(cam, size),
+                        labels=labels,
+                        heatmap=heatmap,
                         transform=image.transform,
+                        regions=regions,
                     )
                 )
         return results
