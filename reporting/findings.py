@@ -78,6 +78,35 @@ class OperatingPoint:
             _check_probability(f"specificity of operating point {self.name!r}", self.specificity)
 
 
+@dataclass(frozen=True)
+class FindingRegion:
+    """A suspected fracture on the source image: a box in pixel coordinates.
+
+    ``x`` runs along columns and ``y`` along rows, with ``(0, 0)`` the top left corner of the
+    top left pixel (the SCOORD convention, PS3.3 C.18.6.1.2). ``operating_points`` names the
+    operating points at which the region is reported (it is positive at them).
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    probability: float
+    operating_points: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_probability("region probability", self.probability)
+        values = (self.x0, self.y0, self.x1, self.y1)
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise ResultInputError(f"region corners must be finite numbers, got {values!r}")
+        if not (0.0 <= self.x0 < self.x1 and 0.0 <= self.y0 < self.y1):
+            raise ResultInputError(f"region must satisfy 0 <= x0 < x1 and 0 <= y0 < y1: {values}")
+        if not self.operating_points:
+            raise ResultInputError("a region must name the operating points it is reported at")
+        for name in self.operating_points:
+            _check_text("region operating point", name)
+
+
 @dataclass(frozen=True, eq=False)
 class ImageFinding:
     """The model's result for one received radiograph.
@@ -95,6 +124,9 @@ class ImageFinding:
         Grad-CAM heat map, float32 in ``[0, 1]``, on the source's pixel grid (Rows x Columns).
     display:
         The radiograph as grey float32 in ``[0, 1]`` on the same grid, bone bright, windowed.
+    regions:
+        Suspected fractures (boxes on the source's pixel grid), strongest first; empty when
+        the model has no localisation output or the image is negative.
     """
 
     source: Dataset
@@ -102,6 +134,7 @@ class ImageFinding:
     positive: bool
     heatmap: NDArray[np.float32]
     display: NDArray[np.float32]
+    regions: tuple[FindingRegion, ...] = ()
 
     def __post_init__(self) -> None:
         _check_probability("image probability", self.probability)
@@ -110,6 +143,12 @@ class ImageFinding:
         if rows is None or columns is None:
             raise ResultInputError("source image has no Rows/Columns (0028,0010/0011)")
         expected = (int(rows), int(columns))
+        for region in self.regions:
+            if region.x1 > expected[1] or region.y1 > expected[0]:
+                raise ResultInputError(
+                    f"region ({region.x0}, {region.y0}, {region.x1}, {region.y1}) lies outside "
+                    f"the image (Columns x Rows {expected[1]} x {expected[0]})"
+                )
         for name, array in (("heatmap", self.heatmap), ("display", self.display)):
             if not isinstance(array, np.ndarray) or array.dtype != np.float32:
                 raise ResultInputError(f"{name} must be a float32 ndarray")

@@ -22,7 +22,10 @@ from reporting.headers import (
     copy_specific_character_set,
     mark_implementation,
 )
-from reporting.render import BannerText, Rendering, compose_gradcam
+from reporting.render import BannerText, RegionMark, Rendering, compose_gradcam
+
+#: The operating point whose regions are drawn solid (the others dashed).
+SOLID_POINT: Final = "high_specificity"
 
 #: Series Number (0020,0011) of the heat-map series; high so that it sorts after acquisitions.
 SC_SERIES_NUMBER: Final = 9901
@@ -49,14 +52,36 @@ def banner_text(finding: ImageFinding, study: StudyFindings) -> BannerText:
             f"Probability of fracture (this image): {finding.probability:.2f}",
             f"Study: {headline(study.study_positive)} (probability {study.study_probability:.2f})",
             f"Operating point: {point.name}, threshold {point.threshold:.2f}",
+            *(
+                ["Boxes: solid = high specificity, dashed = high sensitivity only"]
+                if finding.regions
+                else []
+            ),
             f"Model: {algorithm.name} {algorithm.version}",
         ),
     )
 
 
+def region_marks(finding: ImageFinding) -> list[RegionMark]:
+    """The image's suspected fractures as outlines: solid at high specificity, else dashed."""
+    return [
+        RegionMark(
+            x0=region.x0,
+            y0=region.y0,
+            x1=region.x1,
+            y1=region.y1,
+            label=f"{number}: {region.probability:.2f}",
+            solid=SOLID_POINT in region.operating_points,
+        )
+        for number, region in enumerate(finding.regions, start=1)
+    ]
+
+
 def render_gradcam(finding: ImageFinding, study: StudyFindings) -> Rendering:
     """The heat-map picture of one image, as stored in its Secondary Capture."""
-    return compose_gradcam(finding.display, finding.heatmap, banner_text(finding, study))
+    return compose_gradcam(
+        finding.display, finding.heatmap, banner_text(finding, study), region_marks(finding)
+    )
 
 
 def series_laterality(source: Dataset) -> str | None:

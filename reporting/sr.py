@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -19,15 +20,19 @@ from highdicom.sr import (
     Comprehensive3DSR,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurementGroup,
+    SourceImageForRegion,
     TrackingIdentifier,
 )
+from highdicom.sr.enum import GraphicTypeValues
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -39,12 +44,13 @@ from reporting.codes import (
     LOCAL_SCHEME_NAME,
     LOCAL_SCHEME_RESPONSIBLE,
     PLAIN_RADIOGRAPHY,
+    PRESENT,
     THRESHOLD_VALUE,
     UNITLESS,
     body_part_code,
     finding_value,
 )
-from reporting.findings import ResultInputError, StudyFindings
+from reporting.findings import FindingRegion, ImageFinding, ResultInputError, StudyFindings
 from reporting.headers import (
     contributing_equipment,
     copy_patient_and_study,
@@ -153,6 +159,62 @@ def _image_groups(findings: StudyFindings) -> list[MeasurementsAndQualitativeEva
     return groups
 
 
+def region_outline(region: FindingRegion) -> np.ndarray:
+    """The region's box as a closed POLYLINE (five ``(column, row)`` points, PS3.3 C.18.6.1.2)."""
+    x0, y0, x1, y1 = region.x0, region.y0, region.x1, region.y1
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def _region_groups(
+    findings: StudyFindings,
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1410 group per suspected fracture region: SCOORD box on the source image."""
+    groups = []
+    for number, image in enumerate(findings.images, start=1):
+        groups.extend(_image_region_groups(findings, image, number))
+    return groups
+
+
+def _image_region_groups(
+    findings: StudyFindings, image: ImageFinding, number: int
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    algorithm = findings.algorithm
+    source = image.source
+    groups = []
+    for index, region in enumerate(image.regions, start=1):
+        points = ", ".join(region.operating_points)
+        groups.append(
+            PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=tracking_uid(
+                        findings.study_instance_uid,
+                        algorithm.name,
+                        algorithm.version,
+                        f"{source.SOPInstanceUID}/region{index}",
+                    ),
+                    identifier=f"Image {number} suspected fracture {index} ({points})",
+                ),
+                referenced_region=ImageRegion(
+                    graphic_type=GraphicTypeValues.POLYLINE,
+                    graphic_data=region_outline(region),
+                    source_image=SourceImageForRegion.from_source_image(source),
+                ),
+                finding_type=FRACTURE,
+                algorithm_id=_algorithm_identification(findings),
+                finding_sites=_finding_sites([body_part_code(source)]),
+                measurements=[
+                    # Six decimals: a DS holds 16 characters, so a longer float would not
+                    # read back as the value written.
+                    Measurement(
+                        name=FRACTURE_PROBABILITY, value=round(region.probability, 6), unit=UNITLESS
+                    )
+                ],
+                qualitative_evaluations=[QualitativeEvaluation(name=FRACTURE, value=PRESENT)],
+            )
+        )
+    return groups
+
+
 def _study_group(findings: StudyFindings) -> MeasurementsAndQualitativeEvaluations:
     algorithm = findings.algorithm
     return MeasurementsAndQualitativeEvaluations(
@@ -239,7 +301,11 @@ def build_sr(
     report = MeasurementReport(
         observation_context=_observation_context(findings),
         procedure_reported=procedure_reported(first_source),
-        imaging_measurements=[*_image_groups(findings), _study_group(findings)],
+        imaging_measurements=[
+            *_image_groups(findings),
+            *_region_groups(findings),
+            _study_group(findings),
+        ],
     )
     evidence = [
         neutral_header(first_source),

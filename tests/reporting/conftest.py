@@ -21,7 +21,13 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from reporting import uids
-from reporting.findings import AlgorithmInfo, ImageFinding, OperatingPoint, StudyFindings
+from reporting.findings import (
+    AlgorithmInfo,
+    FindingRegion,
+    ImageFinding,
+    OperatingPoint,
+    StudyFindings,
+)
 from reporting.sc import build_gradcam_sc
 from reporting.sr import build_sr
 
@@ -118,6 +124,32 @@ def rehomed(source: Dataset, study: Dataset) -> Dataset:
     return copied
 
 
+def regions_around(
+    source: Dataset, centre: tuple[float, float], probability: float
+) -> tuple[FindingRegion, ...]:
+    """A positive image's suspected fractures: a box on the hot spot and a weaker one."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    cy, cx = centre[0] * rows, centre[1] * columns
+    half = 0.08 * min(rows, columns)
+    top = FindingRegion(
+        x0=cx - half,
+        y0=cy - half,
+        x1=cx + half,
+        y1=cy + half,
+        probability=probability,
+        operating_points=("high_sensitivity", "high_specificity"),
+    )
+    weaker = FindingRegion(
+        x0=0.05 * columns,
+        y0=0.05 * rows,
+        x1=0.15 * columns,
+        y1=0.12 * rows,
+        probability=probability * 0.6,
+        operating_points=("high_sensitivity",),
+    )
+    return (top, weaker)
+
+
 def make_findings(sources: list[Dataset], probabilities: list[float]) -> StudyFindings:
     centres = [(0.45, 0.55), (0.3, 0.35), (0.6, 0.7)]
     images = [
@@ -127,6 +159,11 @@ def make_findings(sources: list[Dataset], probabilities: list[float]) -> StudyFi
             positive=probability >= OPERATING_POINT.threshold,
             heatmap=gaussian_blob(source.Rows, source.Columns, centres[index % len(centres)]),
             display=display_from(source),
+            regions=(
+                regions_around(source, centres[index % len(centres)], probability)
+                if probability >= OPERATING_POINT.threshold
+                else ()
+            ),
         )
         for index, (source, probability) in enumerate(zip(sources, probabilities, strict=True))
     ]

@@ -6,6 +6,7 @@ import copy
 import re
 import subprocess
 
+import numpy as np
 import pydicom
 import pytest
 from highdicom.sr import Comprehensive3DSR, MeasurementReport, ValueTypeValues
@@ -259,3 +260,34 @@ def test_algorithm_parameters_list_the_operating_point_first(
         "validation_specificity=0.61",
     ]
     assert parameters[4:] == ["calibration=platt", "input_size=512"]
+
+
+def test_sr_has_a_region_group_with_a_box_on_the_source_per_suspected_fracture(
+    built_studies: dict[str, BuiltStudy],
+) -> None:
+    study = built_studies["rle_two_images"]
+    groups = report_of(study.sr).get_planar_roi_measurement_groups()
+    positive = [image for image in study.findings.images if image.regions]
+    assert len(positive) == 1
+    assert len(groups) == len(positive[0].regions) == 2
+    for group, region in zip(groups, positive[0].regions, strict=True):
+        roi = group.roi
+        assert roi is not None
+        assert roi.graphic_type.value == "POLYLINE"
+        corners = np.asarray(roi.value, dtype=np.float64).reshape(-1, 2)
+        assert corners[0].tolist() == pytest.approx([region.x0, region.y0], abs=0.01)
+        assert corners[2].tolist() == pytest.approx([region.x1, region.y1], abs=0.01)
+        assert corners[0].tolist() == pytest.approx(corners[-1].tolist())
+        source = roi.ContentSequence[0].ReferencedSOPSequence[0]
+        assert source.ReferencedSOPInstanceUID == positive[0].source.SOPInstanceUID
+        assert num_values(group[0], FRACTURE_PROBABILITY) == [
+            pytest.approx(region.probability, abs=1e-6)
+        ]
+        assert ", ".join(region.operating_points) in group.tracking_identifier
+
+
+def test_sr_of_a_negative_study_has_no_region_groups(
+    built_studies: dict[str, BuiltStudy],
+) -> None:
+    report = report_of(built_studies["rg2_uncompressed"].sr)
+    assert report.get_planar_roi_measurement_groups() == []
