@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,14 +22,23 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.schemas import Point, PredictOut
+from api.schemas import Point, PredictOut, RegionOut
 from config.settings import Settings
 from dicom_node.storage import InstanceStore
-from inference.errors import NotAnalysable
+from inference.errors import NotAnalysable, Reason
 from inference.picture import PictureError, read_picture
 from inference.pixels import display_grey, to_model_input
 from inference.preprocess import PreparedImage, prepare
-from reporting.render import blend_heatmap, fit_long_side, render_png, resize_plane
+from inference.scope import check_in_scope
+from reporting.render import (
+    RegionMark,
+    blend_heatmap,
+    draw_regions,
+    fit_long_side,
+    render_png,
+    resize_plane,
+)
+from reporting.sc import SOLID_POINT
 
 if TYPE_CHECKING:
     from inference.predictor import Predictor
@@ -65,16 +75,25 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def decode_upload(data: bytes, size: int, *, crop: bool) -> Upload:
-    """Turn the upload into a model input through the same pipeline as received images."""
+def decode_upload(
+    data: bytes, size: int, *, crop: bool, body_parts: Collection[str] = ()
+) -> Upload:
+    """Turn the upload into a model input through the same pipeline as received images.
+
+    A DICOM upload outside the model's scope (``body_parts``, see :mod:`inference.scope`) is
+    refused as not applicable, as a received image would be.
+    """
     if not data:
         raise UploadRejected("the upload is empty")
     if is_dicom(data):
         try:
             ds = dcmread(io.BytesIO(data))
+            check_in_scope(ds, body_parts)
             prepared = to_model_input(ds, size, crop=crop)
             grey = display_grey(ds, max_size=HEATMAP_SIZE)
         except NotAnalysable as exc:
+            if exc.reason == Reason.OUT_OF_SCOPE:
+                raise UploadRejected(exc.message) from exc  # names no patient data
             raise UploadRejected(f"the DICOM image cannot be analysed ({exc.reason})") from exc
         except (
             InvalidDicomError,
@@ -120,7 +139,21 @@ def predict_upload(
     heatmap_b64: str | None = None
     if with_heatmap:
         heat = resize_plane(result.heatmap_on_original(), *upload.grey.shape)
-        heatmap_b64 = base64.b64encode(render_png(blend_heatmap(upload.grey, heat))).decode()
+        picture = blend_heatmap(upload.grey, heat)
+        scale = (upload.grey.shape[1] / upload.width, upload.grey.shape[0] / upload.height)
+        marks = [
+            RegionMark(
+                r.x0,
+                r.y0,
+                r.x1,
+                r.y1,
+                f"{n}: {r.probability:.2f}",
+                SOLID_POINT in r.operating_points,
+            )
+            for n, r in enumerate(result.regions, start=1)
+        ]
+        picture = draw_regions(picture, marks, scale, unit=max(picture.shape[:2]) / 1000.0)
+        heatmap_b64 = base64.b64encode(render_png(picture)).decode()
     peak_x, peak_y = result.peak_on_original()
     peak = (
         Point(x=peak_x, y=peak_y)
@@ -139,6 +172,10 @@ def predict_upload(
         width=upload.width,
         height=upload.height,
         peak=peak,
+        regions=[
+            RegionOut(**{**r.to_json(), "operating_points": list(r.operating_points)})
+            for r in result.regions
+        ],
         truncated=upload.truncated,
         heatmap_png_base64=heatmap_b64,
         stored=False,

@@ -96,6 +96,17 @@ class Worklist(BaseModel):
     items: list[WorklistItem]
 
 
+class RegionOut(BaseModel):
+    """A suspected fracture: a box in the image's pixel coordinates (x along columns)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    probability: float
+    operating_points: list[str]
+
+
 class ImageResultOut(BaseModel):
     model_config = _ORM
 
@@ -105,6 +116,8 @@ class ImageResultOut(BaseModel):
     positive_high_specificity: bool
     peak_x: float | None
     peak_y: float | None
+    #: Suspected fracture regions, strongest first (null for a model without localisation).
+    regions: list[RegionOut] | None = None
     model_name: str
     model_version: str
     inference_ms: float | None
@@ -308,6 +321,8 @@ class PredictOut(BaseModel):
     width: int
     height: int
     peak: Point | None
+    #: Suspected fracture regions on the uploaded image, strongest first.
+    regions: list[RegionOut]
     truncated: bool
     heatmap_png_base64: str | None
     stored: bool

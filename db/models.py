@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Float,
     ForeignKey,
@@ -158,6 +160,9 @@ class ImagePrediction(Base):
     peak_x: Mapped[float | None] = mapped_column(Float)
     peak_y: Mapped[float | None] = mapped_column(Float)
     inference_ms: Mapped[float | None] = mapped_column(Float)
+    #: Suspected fracture regions (``inference.regions.Region.to_json`` each), strongest first;
+    #: ``None`` for a model without a localisation output.
+    regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 

@@ -27,6 +27,7 @@ from inference.model_package import ModelCard, OperatingPointName, load_package
 from inference.pixels import to_model_input
 from inference.predictor import Predictor, StudyPrediction
 from inference.preprocess import PreparedImage
+from inference.scope import check_in_scope
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class AnalyseStep:
         for instance in instances:
             try:
                 ds = dcmread(self.store.absolute(instance.storage_path))
+                check_in_scope(ds, self.card.body_parts)
                 image = to_model_input(ds, self.card.input_size, crop=self.card.preprocessing.crop)
             except NotAnalysable as exc:
                 refused[instance.id] = f"{exc.reason}: {exc.message}"[:256]
@@ -117,6 +119,11 @@ class AnalyseStep:
                         peak_x=peak_x,
                         peak_y=peak_y,
                         inference_ms=per_image_ms,
+                        regions=(
+                            [region.to_json() for region in pred.regions]
+                            if self.predictor.localising
+                            else None
+                        ),
                     )
                 )
             session.add(

@@ -31,8 +31,15 @@ from gateway.heatmaps import heatmap_on_original_grid
 from gateway.worker import PermanentJobError
 from inference.model_package import ModelCard, OperatingPointName
 from inference.pixels import display_grey
+from inference.regions import Region
 from reporting import uids
-from reporting.findings import AlgorithmInfo, ImageFinding, OperatingPoint, StudyFindings
+from reporting.findings import (
+    AlgorithmInfo,
+    FindingRegion,
+    ImageFinding,
+    OperatingPoint,
+    StudyFindings,
+)
 from reporting.sc import build_gradcam_sc
 from reporting.sr import build_sr
 
@@ -90,6 +97,29 @@ def image_positive(prediction: ImagePrediction, point_name: str) -> bool:
     if point_name == OperatingPointName.HIGH_SPECIFICITY:
         return prediction.positive_high_specificity
     return prediction.positive_high_sensitivity
+
+
+def finding_regions(prediction: ImagePrediction, source: Dataset) -> tuple[FindingRegion, ...]:
+    """The prediction's stored regions for reporting, clipped to the source's pixel grid."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    regions = []
+    for data in prediction.regions or []:
+        region = Region.from_json(data)
+        x0, x1 = min(max(region.x0, 0.0), columns), min(max(region.x1, 0.0), columns)
+        y0, y1 = min(max(region.y0, 0.0), rows), min(max(region.y1, 0.0), rows)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        regions.append(
+            FindingRegion(
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
+                probability=min(1.0, max(0.0, region.probability)),
+                operating_points=region.operating_points,
+            )
+        )
+    return tuple(regions)
 
 
 def encode_file(dataset: Dataset) -> bytes:
@@ -242,6 +272,7 @@ class PublishStep:
                     positive=image_positive(item.prediction, prediction.operating_point),
                     heatmap=heatmap_on_original_grid(self.store, item.prediction.heatmap_path),
                     display=display_grey(source),
+                    regions=finding_regions(item.prediction, source),
                 )
             )
         if prediction.probability is None:

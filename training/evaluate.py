@@ -22,6 +22,8 @@ from inference.model_package import ModelCard, OperatingPointName, load_package
 from inference.picture import PictureError, read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
+from inference.regions import Region
+from training.boxes import Box, read_yolo_boxes
 from training.datasets import Example
 from training.metrics import Confusion, auroc, bootstrap_auroc_ci, confusion_at
 from training.plots import plot_calibration, plot_confusion, plot_roc
@@ -31,23 +33,6 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 REPORT_FILE = "report.md"
-
-
-@dataclass(frozen=True, slots=True)
-class Box:
-    """An axis-aligned box in original pixel coordinates."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
-
-    def contains(self, x: float, y: float) -> bool:
-        return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,27 +46,8 @@ class ScoredImage:
     #: Heat-map peak in original pixel coordinates, and the original size ``(width, height)``.
     peak: tuple[float, float]
     original_size: tuple[int, int]
-
-
-def read_yolo_boxes(path: Path, width: int, height: int) -> list[Box]:
-    """Boxes of a YOLO label file (``class xc yc w h``, normalised) in pixel coordinates."""
-    if not path.is_file():
-        return []
-    boxes: list[Box] = []
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if len(fields) != 5:
-            continue
-        xc, yc, w, h = (float(v) for v in fields[1:])
-        boxes.append(
-            Box(
-                (xc - w / 2) * width,
-                (yc - h / 2) * height,
-                (xc + w / 2) * width,
-                (yc + h / 2) * height,
-            )
-        )
-    return boxes
+    #: Suspected fracture regions the service would report (localisation models only).
+    regions: tuple[Region, ...] = ()
 
 
 def score_examples(
@@ -113,6 +79,7 @@ def score_examples(
                     probability=result.probability,
                     peak=result.peak_on_original(),
                     original_size=(image.transform.original_width, image.transform.original_height),
+                    regions=result.regions,
                 )
             )
     return scored, skipped
@@ -137,27 +104,103 @@ def confusion_metrics(c: Confusion) -> dict[str, Any]:
     }
 
 
-def localisation(scored: Sequence[ScoredImage], threshold: float, yolo_dir: Path) -> dict[str, Any]:
-    """Share of true positives (with boxes) whose heat-map peak lies inside a fracture box."""
-    hits = total = 0
+#: A reported region finds an annotated box when their IoU reaches this, or when the region's
+#: centre lies inside the box.
+MATCH_IOU = 0.3
+
+
+def region_matches(region: Region, box: Box) -> bool:
+    """Whether a reported region finds an annotated box (IoU >= 0.3 or centre inside)."""
+    as_box = Box(region.x0, region.y0, region.x1, region.y1)
+    return as_box.iou(box) >= MATCH_IOU or box.contains(*region.centre)
+
+
+def _boxes_of(image: ScoredImage, yolo_dir: Path) -> list[Box]:
+    width, height = image.original_size
+    return read_yolo_boxes(yolo_dir / f"{image.example.path.stem}.txt", width, height)
+
+
+def box_detection(
+    scored: Sequence[ScoredImage], point: OperatingPointName, yolo_dir: Path
+) -> dict[str, Any]:
+    """Box recall and precision of the regions reported at one operating point.
+
+    ``recall_true_positives``: annotated boxes found, among the images positive at the point;
+    ``recall_all``: among every fractured image with boxes (missed images find none);
+    ``precision``: reported regions on fractured images that find a box; and the mean number
+    of regions on images without a fracture (false marks a reader would see).
+    """
+    found_tp = boxes_tp = found_all = boxes_all = 0
+    regions_pos = regions_matched = 0
+    regions_neg = negatives = 0
+    for image in scored:
+        shown = [r for r in image.regions if point.value in r.operating_points]
+        if not image.positive:
+            negatives += 1
+            regions_neg += len(shown)
+            continue
+        boxes = _boxes_of(image, yolo_dir)
+        if not boxes:
+            continue
+        found = sum(any(region_matches(r, box) for r in shown) for box in boxes)
+        boxes_all += len(boxes)
+        found_all += found
+        if shown:
+            boxes_tp += len(boxes)
+            found_tp += found
+        regions_pos += len(shown)
+        regions_matched += sum(any(region_matches(r, box) for box in boxes) for r in shown)
+    return {
+        "boxes_in_true_positives": boxes_tp,
+        "recall_true_positives": _clean(found_tp / boxes_tp if boxes_tp else float("nan")),
+        "boxes_all": boxes_all,
+        "recall_all": _clean(found_all / boxes_all if boxes_all else float("nan")),
+        "regions_on_fractured": regions_pos,
+        "precision": _clean(regions_matched / regions_pos if regions_pos else float("nan")),
+        "regions_per_negative_image": _clean(
+            regions_neg / negatives if negatives else float("nan")
+        ),
+    }
+
+
+def localisation(
+    scored: Sequence[ScoredImage], threshold: float, yolo_dir: Path, *, localising: bool = False
+) -> dict[str, Any]:
+    """Where the map points, on the true positives (high-sensitivity point) with boxes.
+
+    ``share``: the map's peak lies inside an annotated box; ``top_region_share``: the top
+    reported region finds a box (IoU >= 0.3 or centre inside); and, per operating point, the
+    box recall and precision of the reported regions (:func:`box_detection`), for a model
+    that reports regions (``localising``).
+    """
+    hits = total = top_hits = 0
     box_fraction = 0.0
     for image in scored:
         if not (image.positive and image.probability >= threshold):
             continue
         width, height = image.original_size
-        boxes = read_yolo_boxes(yolo_dir / f"{image.example.path.stem}.txt", width, height)
+        boxes = _boxes_of(image, yolo_dir)
         if not boxes:
             continue
         total += 1
         hits += any(box.contains(*image.peak) for box in boxes)
+        if image.regions:
+            top_hits += any(region_matches(image.regions[0], box) for box in boxes)
         box_fraction += min(1.0, sum(box.area for box in boxes) / (width * height))
-    return {
+    result: dict[str, Any] = {
         "true_positives_with_boxes": total,
         "peak_in_box": hits,
         "share": _clean(hits / total if total else float("nan")),
         # What a peak placed uniformly at random would reach: the boxes' mean area fraction.
         "chance_share": _clean(box_fraction / total if total else float("nan")),
     }
+    if localising:
+        result["top_region_in_box"] = top_hits
+        result["top_region_share"] = _clean(top_hits / total if total else float("nan"))
+        result["boxes"] = {
+            point.value: box_detection(scored, point, yolo_dir) for point in OperatingPointName
+        }
+    return result
 
 
 def compute_metrics(
@@ -263,13 +306,29 @@ def write_report(metrics: dict[str, Any], card: ModelCard, title: str, path: Pat
         loc = metrics["localisation"]
         lines += [
             "",
-            "## Grad-CAM localisation",
+            "## Localisation",
             "",
             f"Of {loc['true_positives_with_boxes']} true positives (high-sensitivity point) "
-            f"with annotated boxes, {loc['peak_in_box']} have the heat-map peak inside a "
+            f"with annotated boxes, {loc['peak_in_box']} have the map's peak inside a "
             f"box: share {_fmt(loc['share'])} (a peak placed at random would land in a box "
             f"{_fmt(loc['chance_share'])} of the time).",
         ]
+        if "boxes" in loc:
+            lines += [
+                f"The top reported region finds a box (IoU >= {MATCH_IOU} or centre inside) "
+                f"for {loc['top_region_in_box']}: share {_fmt(loc['top_region_share'])}.",
+                "",
+                "| point | box recall (true positives) | box recall (all fractured) | "
+                "region precision | regions per normal image |",
+                "|---|---|---|---|---|",
+            ]
+            for name, b in loc["boxes"].items():
+                lines.append(
+                    f"| {name} | {_fmt(b['recall_true_positives'])} "
+                    f"({b['boxes_in_true_positives']} boxes) | {_fmt(b['recall_all'])} "
+                    f"({b['boxes_all']} boxes) | {_fmt(b['precision'])} | "
+                    f"{_fmt(b['regions_per_negative_image'])} |"
+                )
     if metrics.get("skipped"):
         lines += ["", f"Skipped (unreadable): {', '.join(metrics['skipped'])}"]
     lines += ["", "![ROC](roc.png) ![calibration](calibration.png)", ""]
@@ -299,7 +358,9 @@ def evaluate(
     yolo = data_root / "yolo"
     if yolo.is_dir():
         threshold = card.operating_points[OperatingPointName.HIGH_SENSITIVITY].threshold
-        metrics["localisation"] = localisation(scored, threshold, yolo)
+        metrics["localisation"] = localisation(
+            scored, threshold, yolo, localising=card.localisation_layer is not None
+        )
     out.mkdir(parents=True, exist_ok=True)
     labels: NDArray[np.bool_] = np.array([s.positive for s in scored])
     probabilities = np.array([s.probability for s in scored])

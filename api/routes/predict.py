@@ -74,7 +74,9 @@ async def predict(
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
         card = predictor.card
         try:
-            upload = decode_upload(data, card.input_size, crop=card.preprocessing.crop)
+            upload = decode_upload(
+                data, card.input_size, crop=card.preprocessing.crop, body_parts=card.body_parts
+            )
         except UploadRejected as exc:
             raise _unprocessable(str(exc)) from exc
         if store and upload.dataset is None:
