@@ -1,4 +1,4 @@
-"""Metric functions on labels (0/1, 1 = positive) and scores, built on scikit-learn.
+"""Metric functions on labels (0/1, 1 = positive) and scores, built on scikit-learn and scipy.
 
 The functions add what the evaluation needs around the library calls: 1-D shape checks with
 the shapes in the message, NaN where a metric is undefined (one class only, no data) instead
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.stats import binomtest
 from sklearn.calibration import calibration_curve
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, roc_auc_score
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 #: The cells of a binary confusion matrix as (truth, prediction) pairs, in ``Confusion`` order.
@@ -198,3 +199,39 @@ def calibration_bins(
         mean[counts > 0] = filled_mean
         observed[counts > 0] = filled_observed
     return mean, observed, counts.astype(np.int64)
+
+
+def expected_calibration_error(
+    labels: ArrayLike, probabilities: ArrayLike, n_bins: int = 10
+) -> float:
+    """Mean |observed rate - mean probability| over equal-width bins, weighted by count.
+
+    The bins are those of :func:`calibration_bins`; empty bins do not count. NaN without data.
+    """
+    mean, observed, counts = calibration_bins(labels, probabilities, n_bins)
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    filled = counts > 0
+    return float(np.sum(counts[filled] * np.abs(observed[filled] - mean[filled])) / total)
+
+
+def brier_score(labels: ArrayLike, probabilities: ArrayLike) -> float:
+    """Mean squared difference between probability and outcome (lower is better); NaN if empty."""
+    truth = _as_binary(labels)
+    values = _scores_for(truth, probabilities)
+    if truth.size == 0:
+        return float("nan")
+    return float(brier_score_loss(truth, values, pos_label=True))
+
+
+def wilson_interval(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. a sensitivity); NaN, NaN for ``total == 0``."""
+    if total < 0 or not 0 <= successes <= total:
+        raise ValueError(f"need 0 <= successes <= total, got {successes} of {total}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    if total == 0:
+        return float("nan"), float("nan")
+    interval = binomtest(successes, total).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
