@@ -165,8 +165,6 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.float64]
         # One class only: the library warns and returns NaN for the other class's rate.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         fpr, tpr, thresholds = sklearn_roc_curve(truth, values, drop_intermediate=False)
-    # Older scikit-learn versions start at max(score) + 1 rather than inf.
-    thresholds[0] = np.inf
     return (
         np.nan_to_num(fpr, nan=0.0).astype(np.float64),
         np.nan_to_num(tpr, nan=0.0).astype(np.float64),
