@@ -1,11 +1,14 @@
-"""Platt scaling and operating points, fitted on validation data (pure numpy)."""
+"""Platt scaling (scikit-learn logistic regression) and operating points, from validation data."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 
 from inference.model_package import OperatingPoint, OperatingPointName, PlattCalibration
 from training.metrics import confusion_at
@@ -23,7 +26,8 @@ def fit_platt(
     """Fit ``p = sigmoid(a * logit(s) + b)`` by maximum likelihood (Newton's method).
 
     Uses Platt's smoothed targets (``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)``), which keep
-    the fit finite on separable data, and a small ridge on ``a`` and ``b`` for the same reason.
+    the fit finite on separable data, and a negligible ridge (1e-6) on ``a`` so that constant
+    scores still have a unique fit. ``iterations`` bounds the Newton steps.
     """
     truth = np.asarray(labels).astype(bool)
     s = np.clip(np.asarray(scores, dtype=np.float64), eps, 1.0 - eps)
@@ -34,22 +38,22 @@ def fit_platt(
         raise ValueError(
             f"Platt scaling needs both classes, got {n_pos} positive, {n_neg} negative"
         )
-    x = np.log(s / (1.0 - s))
-    t = np.where(truth, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    params = np.array([1.0, 0.0])
-    ridge = 1e-6
-    for _ in range(iterations):
-        z = design @ params
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))
-        gradient = design.T @ (p - t) + ridge * params
-        w = p * (1.0 - p)
-        hessian = design.T @ (design * w[:, None]) + ridge * np.eye(2)
-        step = np.linalg.solve(hessian, gradient)
-        params = params - step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    slope, intercept = float(params[0]), float(params[1])
+    logit = np.log(s / (1.0 - s))[:, None]
+    target = np.where(truth, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    # A soft target t is a positive copy of the example with weight t and a negative copy
+    # with weight 1 - t: the same likelihood, in the form LogisticRegression accepts.
+    model = LogisticRegression(C=1e6, solver="newton-cholesky", tol=1e-10, max_iter=iterations)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            model.fit(
+                np.concatenate([logit, logit]),
+                np.concatenate([np.ones(s.size), np.zeros(s.size)]),
+                sample_weight=np.concatenate([target, 1.0 - target]),
+            )
+    except ConvergenceWarning as warning:
+        raise ValueError(f"Platt scaling did not converge: {warning}") from None
+    slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
     if not (math.isfinite(slope) and math.isfinite(intercept)):
         raise ValueError(f"Platt scaling did not converge: slope {slope}, intercept {intercept}")
     return PlattCalibration(slope=slope, intercept=intercept, eps=eps)

@@ -35,6 +35,25 @@ def test_platt_stays_finite_on_separable_data() -> None:
     assert fitted.apply([0.1])[0] < fitted.apply([0.9])[0]
 
 
+def test_platt_turns_reversed_scores_around() -> None:
+    fitted = fit_platt([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9])
+    assert -5.0 < fitted.slope < 0.0
+    assert fitted.apply([0.1])[0] > fitted.apply([0.9])[0]
+
+
+def test_platt_stays_moderate_on_saturated_scores() -> None:
+    fitted = fit_platt([0, 1, 0, 1], [0.0, 1.0, 0.0, 1.0])
+    assert 0.0 < fitted.slope < 1.0
+    # Platt's targets: 3/4 for each positive, 1/4 for each negative.
+    assert fitted.apply([1.0])[0] == pytest.approx(0.75, abs=1e-3)
+
+
+def test_platt_of_constant_scores_is_the_smoothed_base_rate() -> None:
+    fitted = fit_platt([0, 1, 1], [0.7, 0.7, 0.7])
+    # Targets 3/4 for the two positives and 1/3 for the negative.
+    assert fitted.apply([0.7])[0] == pytest.approx((2 * 0.75 + 1 / 3) / 3)
+
+
 def test_platt_needs_both_classes() -> None:
     with pytest.raises(ValueError, match="both classes"):
         fit_platt([1, 1], [0.2, 0.4])
