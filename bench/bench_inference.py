@@ -3,13 +3,17 @@
 For uncompressed and JPEG 2000 radiographs (WG04 RG samples in the shared material), measures
 images per second for
 
-* ``full``: read the DICOM file, decode, grey chain, preprocess, predict with Grad-CAM;
-* ``predictor``: prediction with Grad-CAM on already prepared tensors;
-* ``bare``: ``model.predict_on_batch`` on the same prepared tensors (no Grad-CAM);
+* ``full``: read the DICOM file, decode, grey chain, preprocess, predict, the map (the
+  localisation output, or Grad-CAM for a model without one), the regions and the map's peak
+  on the original image: what the analysis step does per image;
+* ``predictor``: prediction with the map and regions on already prepared tensors;
+* ``bare``: ``model.predict_on_batch`` on the same prepared tensors;
 
-at batch sizes 1 and 16. Prints a Markdown table.
+at batch sizes 1 and 16, for each ``--package`` given, with the ratio full / bare. Prints a
+Markdown table.
 
-    .venv/bin/python bench/bench_inference.py --package models/fracture-small
+    .venv/bin/python bench/bench_inference.py --package models/fracture-lite0 \
+        --package models/fracture-small
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import pydicom
 import tensorflow as tf
 
-from inference.model_package import load_package
+from inference.model_package import ModelPackage, load_package
 from inference.pixels import to_model_input
 from inference.predictor import Predictor
 
@@ -52,7 +56,7 @@ def rate(work: Callable[[], int], seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--package", type=Path, default=REPO_ROOT / "models" / "fracture-small")
+    parser.add_argument("--package", type=Path, action="append", help="repeat to compare")
     parser.add_argument(
         "--shared",
         type=Path,
@@ -63,18 +67,24 @@ def main() -> None:
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    package = load_package(args.package)
-    predictor = Predictor(package)
-    size, crop = package.card.input_size, package.card.preprocessing.crop
     print(
-        f"model {package.card.name} {package.card.version}, input {size} px; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.threads} TF threads, TensorFlow {tf.__version__}\n"
     )
-    print("| input | path | batch | images/s |")
-    print("|---|---|---|---|")
+    print("| model | input | path | batch | images/s | full / bare |")
+    print("|---|---|---|---|---|---|")
+    for path in args.package or [REPO_ROOT / "models" / "fracture-lite0"]:
+        measure(load_package(path), args.shared, args.seconds)
+
+
+def measure(package: ModelPackage, shared: Path, seconds: float) -> None:
+    """One model's rows of the table."""
+    predictor = Predictor(package)
+    card = package.card
+    size, crop = card.input_size, card.preprocessing.crop
+    model = f"{card.name} {card.version} ({size} px)"
     for kind, names in INPUTS.items():
-        files = [args.shared / name for name in names]
+        files = [shared / name for name in names]
         prepared = [to_model_input(pydicom.dcmread(f), size, crop=crop) for f in files]
         for batch in (1, 16):
             chosen_files = [files[i % len(files)] for i in range(batch)]
@@ -83,7 +93,8 @@ def main() -> None:
 
             def full(paths: list[Path] = chosen_files, b: int = batch) -> int:
                 images = [to_model_input(pydicom.dcmread(p), size, crop=crop) for p in paths]
-                predictor.predict(images, batch_size=b)
+                for result in predictor.predict(images, batch_size=b):
+                    result.peak_on_original()
                 return len(images)
 
             def with_gradcam(images: list = chosen, b: int = batch) -> int:  # type: ignore[type-arg]
@@ -94,8 +105,14 @@ def main() -> None:
                 package.model.predict_on_batch(x)
                 return len(x)
 
+            rates = {}
             for name, work in (("full", full), ("predictor", with_gradcam), ("bare", bare)):
-                print(f"| {kind} | {name} | {batch} | {rate(work, args.seconds):.1f} |", flush=True)
+                rates[name] = rate(work, seconds)
+                ratio = f"{rates['full'] / rates['bare']:.2f}x" if name == "bare" else ""
+                print(
+                    f"| {model} | {kind} | {name} | {batch} | {rates[name]:.1f} | {ratio} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,15 @@ from inference.preprocess import prepare
 from inference.regions import Region
 from training.boxes import Box, read_yolo_boxes
 from training.datasets import Example
-from training.metrics import Confusion, auroc, bootstrap_auroc_ci, confusion_at
+from training.metrics import (
+    Confusion,
+    auroc,
+    bootstrap_auroc_ci,
+    brier_score,
+    confusion_at,
+    expected_calibration_error,
+    wilson_interval,
+)
 from training.plots import plot_calibration, plot_confusion, plot_roc
 
 log = logging.getLogger(__name__)
@@ -90,14 +98,21 @@ def _clean(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
+def _interval(successes: int, total: int) -> list[float | None]:
+    low, high = wilson_interval(successes, total)
+    return [_clean(low), _clean(high)]
+
+
 def confusion_metrics(c: Confusion) -> dict[str, Any]:
-    """The threshold-dependent metrics of one confusion matrix."""
+    """The threshold-dependent metrics of one confusion matrix, with 95 % Wilson intervals."""
     return {
         "accuracy": _clean(c.accuracy),
         "precision": _clean(c.precision),
         "sensitivity": _clean(c.sensitivity),
+        "sensitivity_ci": _interval(c.tp, c.tp + c.fn),
         "recall": _clean(c.sensitivity),
         "specificity": _clean(c.specificity),
+        "specificity_ci": _interval(c.tn, c.tn + c.fp),
         "f1": _clean(c.f1),
         "kappa": _clean(c.kappa),
         "confusion_matrix": c.as_matrix(),
@@ -240,6 +255,11 @@ def compute_metrics(
         "kappa": points[OperatingPointName.HIGH_SENSITIVITY.value]["kappa"],
         "operating_points": points,
         "at_probability_0_5": confusion_metrics(confusion_at(labels, probabilities, 0.5)),
+        "calibration": {
+            "ece": _clean(expected_calibration_error(labels, probabilities)),
+            "ece_bins": 10,
+            "brier": _clean(brier_score(labels, probabilities)),
+        },
         "body_parts": body,
     }
 
@@ -277,15 +297,26 @@ def write_report(metrics: dict[str, Any], card: ModelCard, title: str, path: Pat
         "",
         "## Operating points (thresholds fitted on the validation split)",
         "",
-        "| point | threshold | sensitivity | specificity | precision | accuracy | F1 | kappa |",
+        "| point | threshold | sensitivity (95% Wilson CI) | specificity (95% Wilson CI) "
+        "| precision | accuracy | F1 | kappa |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in metrics["operating_points"].items():
+        sl, sh = m["sensitivity_ci"]
+        pl, ph = m["specificity_ci"]
         lines.append(
-            f"| {name} | {m['threshold']:.4f} | {_fmt(m['sensitivity'])} | "
-            f"{_fmt(m['specificity'])} | {_fmt(m['precision'])} | {_fmt(m['accuracy'])} | "
-            f"{_fmt(m['f1'])} | {_fmt(m['kappa'])} |"
+            f"| {name} | {m['threshold']:.4f} | {_fmt(m['sensitivity'])} ({_fmt(sl)}-{_fmt(sh)}) "
+            f"| {_fmt(m['specificity'])} ({_fmt(pl)}-{_fmt(ph)}) | {_fmt(m['precision'])} | "
+            f"{_fmt(m['accuracy'])} | {_fmt(m['f1'])} | {_fmt(m['kappa'])} |"
         )
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines += [
+            "",
+            f"Calibration: expected calibration error {_fmt(calibration['ece'])} "
+            f"({calibration['ece_bins']} equal-width bins), Brier score "
+            f"{_fmt(calibration['brier'])}; reliability plot in `calibration.png`.",
+        ]
     lines += ["", "Confusion matrices `[[TN, FP], [FN, TP]]`: "]
     lines += [f"- {n}: {m['confusion_matrix']}" for n, m in metrics["operating_points"].items()]
     if metrics["body_parts"]:

@@ -169,3 +169,10 @@ def test_lite_evaluation_reports_box_recall_at_both_operating_points(lite_run: P
     assert set(localisation["boxes"]) == {p.value for p in OperatingPointName}
     for figures in localisation["boxes"].values():
         assert figures["boxes_all"] > 0  # every fractured test picture's boxes are counted
+    assert 0.0 <= metrics["calibration"]["ece"] <= 1.0
+    assert 0.0 <= metrics["calibration"]["brier"] <= 1.0
+    for point in metrics["operating_points"].values():
+        low, high = point["sensitivity_ci"]
+        assert low <= point["sensitivity"] <= high
+        low, high = point["specificity_ci"]
+        assert low <= point["specificity"] <= high
