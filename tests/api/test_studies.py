@@ -100,6 +100,9 @@ def test_study_detail(world: World, client: TestClient, radiologist: dict[str, s
     image = body["images"][0]
     assert (image["rows"], image["columns"]) == (study.rows, study.columns)
     assert image["result"]["probability"] == pytest.approx(0.8)
+    [region] = image["result"]["regions"]
+    assert (region["x0"], region["y0"], region["x1"], region["y1"]) == (60.0, 35.0, 80.0, 55.0)
+    assert region["operating_points"] == ["high_sensitivity"]
     assert image["preview_url"] == f"/api/studies/{study.id}/images/{image['id']}/preview.png"
     assert image["heatmap_url"].endswith("/heatmap.png")
     assert body["result"]["operating_point"] == "high_sensitivity"

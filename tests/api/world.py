@@ -45,6 +45,19 @@ PASSWORD = "correct-horse-battery"
 SETUP_ACTOR = Actor("cli:test-setup")
 HEATMAP_SIZE = 32
 
+#: The suspected fracture a positive seeded image reports (as the analysis step stores it).
+REGIONS = [
+    {
+        "x0": 60.0,
+        "y0": 35.0,
+        "x1": 80.0,
+        "y1": 55.0,
+        "score": 0.7,
+        "probability": 0.8,
+        "operating_points": ["high_sensitivity"],
+    }
+]
+
 
 @dataclass
 class SeededStudy:
@@ -244,6 +257,7 @@ def seed_study(
                         peak_x=70.0,
                         peak_y=45.0,
                         inference_ms=12.5,
+                        regions=REGIONS if probability >= threshold else [],
                         created_at=received + result_after,
                     )
                 )
