@@ -145,6 +145,19 @@ def test_a_cut_rle_fragment_is_refused() -> None:
     assert "RLE" in refusal(ds).message
 
 
+@pytest.mark.parametrize("delta", [-8, -1, 1])
+def test_rle_segments_longer_or_shorter_than_the_header_are_refused(
+    shared_dir: Path, delta: int
+) -> None:
+    """RLE has no size of its own; fewer Rows than the segments hold made pylibjpeg-rle panic
+    (a ``PanicException``, a ``BaseException`` that no ``except Exception`` catches)."""
+    ds = pydicom.dcmread(shared_dir / "dicom" / SYNTAX_FILES[uid.RLELossless])
+    ds.Rows = int(ds.Rows) + delta
+    error = refusal(ds)
+    assert error.reason == Reason.PIXEL_DATA_MISMATCH
+    assert "decodes to 4096 bytes" in error.message
+
+
 def test_a_cut_jpeg_ls_stream_is_refused() -> None:
     ds = compressed(small_image(), uid.JPEGLSLossless)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
