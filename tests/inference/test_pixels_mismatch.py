@@ -23,7 +23,7 @@ from pydicom.encaps import encapsulate, generate_frames
 
 from inference.decode import check_analysable, check_decoded, decode_image
 from inference.errors import NotAnalysable, Reason
-from inference.pixels import to_model_input
+from inference.pixels import display_grey, to_model_input
 from inference.streams import MISMATCH
 from tests.inference.dicom_factory import compressed, make_image, round_trip
 from tests.inference.test_pixels_syntaxes import SYNTAX_FILES
@@ -193,10 +193,13 @@ def test_native_trailing_zeros_and_the_odd_padding_byte_are_accepted(shared_dir:
 
 def test_native_ybr_full_422_has_its_own_length(shared_dir: Path) -> None:
     """PS3.3 C.7.6.3.1.2: two bytes of chroma per two pixels; once refused as truncated."""
-    path = "pydicom/src/pydicom/data/test_files/SC_ybr_full_422_uncompressed.dcm"
-    ds = pydicom.dcmread(shared_dir / "dicom" / path)
+    folder = shared_dir / "dicom/pydicom/src/pydicom/data/test_files"
+    ds = pydicom.dcmread(folder / "SC_ybr_full_422_uncompressed.dcm")
     assert len(ds.PixelData) == 100 * 100 * 2
     assert decode_image(ds).pixels.shape == (100, 100, 3)
+    same_picture_in_rgb = display_grey(pydicom.dcmread(folder / "SC_rgb_rle.dcm"))
+    difference = np.abs(display_grey(ds) - same_picture_in_rgb)
+    assert float(difference.max()) < 0.01  # measured 0.0074: the halved chroma resolution
 
 
 @pytest.mark.parametrize(
