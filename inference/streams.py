@@ -6,8 +6,8 @@ for 10000 x 10000 pixels) the decoder either allocates for a size nobody checked
 mostly blank image that the model would then read as a radiograph. So each frame's own header
 is parsed here (JPEG and JPEG-LS SOF, JPEG 2000 SIZ, the RLE header), compared with Rows,
 Columns, Samples per Pixel and Bits Allocated, and its length with the least a stream of that
-size can occupy; all of it reads a few dozen bytes and allocates nothing proportional to the
-image.
+size can occupy. The JPEG and JPEG 2000 checks read a few dozen bytes, the RLE ones the run
+headers of each segment; none allocates anything proportional to the image.
 
 Every function is pure: bytes (and header values) in, a small dataclass or an exception out.
 """
@@ -79,8 +79,8 @@ class FrameHeader:
 class JpegFrame:
     """A JPEG or JPEG-LS frame: its header, coding process, sampling and whether it ends.
 
-    ``mcu_columns`` and ``mcu_rows`` are the largest horizontal and vertical sampling factors
-    (T.81 A.1.1); ``complete`` says the stream ends with EOI (B.2.1), trailing padding aside.
+    ``max_horizontal`` and ``max_vertical`` are the largest sampling factors (T.81 A.1.1);
+    ``complete`` says the stream ends with EOI (B.2.1), trailing padding aside.
     """
 
     header: FrameHeader
