@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.schemas import Point, PredictOut, RegionOut
 from config.settings import Settings
+from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
 from inference.errors import NotAnalysable, Reason
 from inference.picture import PictureError, read_picture
@@ -50,6 +53,9 @@ HEATMAP_SIZE = 1024
 #: Calling AE title recorded for instances stored from an upload.
 UPLOAD_AE_TITLE = "API-UPLOAD"
 
+#: A Modality value worth repeating in a message: a Code String (PS3.5 6.2), at most 16 characters.
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+
 #: Predictions run one at a time: the model is shared and the machine has few cores.
 _predict_lock = threading.Lock()
 
@@ -75,6 +81,34 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def check_radiograph(ds: Dataset) -> None:
+    """Refuse a DICOM upload the model does not cover, before any pixel is decoded.
+
+    The rule is the node's (``gateway.pipeline.classify_instance``): a CR or DX image storage
+    SOP Class (PS3.4 B.5, :data:`dicom_node.conformance.RADIOGRAPH_SOP_CLASSES`). A CT, MR or
+    ultrasound image would otherwise get a fracture probability that means nothing. The
+    message names the SOP Class and Modality, never patient data; a value that is not a
+    well-formed UID or Code String is not repeated.
+
+    Raises
+    ------
+    UploadRejected
+        For any other SOP Class, or none.
+    """
+    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    if sop_class in RADIOGRAPH_SOP_CLASSES:
+        return
+    uid = UID(sop_class)
+    sop_name = (uid.name if uid.is_valid else "not a valid UID") if sop_class else "absent"
+    modality = str(ds.get("Modality", "")).strip()
+    if not _CODE_STRING.fullmatch(modality):
+        modality = "absent" if not modality else "not a valid code"
+    raise UploadRejected(
+        f"the model covers CR and DX radiographs only; this DICOM image is "
+        f"SOP Class {sop_name}, Modality {modality}"
+    )
+
+
 def decode_upload(
     data: bytes, size: int, *, crop: bool, body_parts: Collection[str] = ()
 ) -> Upload:
@@ -88,9 +122,12 @@ def decode_upload(
     if is_dicom(data):
         try:
             ds = dcmread(io.BytesIO(data))
+            check_radiograph(ds)
             check_in_scope(ds, body_parts)
             prepared = to_model_input(ds, size, crop=crop)
             grey = display_grey(ds, max_size=HEATMAP_SIZE)
+        except UploadRejected:
+            raise
         except NotAnalysable as exc:
             if exc.reason == Reason.OUT_OF_SCOPE:
                 raise UploadRejected(exc.message) from exc  # names no patient data

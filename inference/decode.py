@@ -1,9 +1,11 @@
 """DICOM Pixel Data -> integer array: header checks first, then decoding, fast where it can be.
 
-:func:`check_analysable` refuses a dataset from its header alone, before anything large is
-allocated. :func:`decode_image` decodes the (single) frame with pydicom's pixel API and the
-installed codecs (pylibjpeg plugins, python-gdcm, Pillow), YBR colour coming back as RGB; for
-JPEG 2000 it can decode a reduced resolution level when the caller needs fewer pixels.
+:func:`check_analysable` refuses a dataset from its header, and from what its Pixel Data says
+about itself (:mod:`inference.streams`), before anything large is allocated.
+:func:`decode_image` decodes the (single) frame with pydicom's pixel API and the installed
+codecs (pylibjpeg plugins, python-gdcm, Pillow), YBR colour coming back as RGB; for JPEG 2000
+it can decode a reduced resolution level when the caller needs fewer pixels.
+:func:`check_decoded` holds the decoded array to the header once more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 
 from inference.errors import NotAnalysable, Reason
+from inference.streams import (
+    MISMATCH,
+    DeclaredFrame,
+    StreamMismatch,
+    check_frame,
+    codec_of,
+    native_length,
+)
 
 #: Transfer syntaxes without compression of the Pixel Data (deflate compresses the whole
 #: dataset, and pydicom inflates it when reading).
@@ -149,18 +159,19 @@ def _int_attribute(ds: Dataset, keyword: str, *, default: int | None = None) -> 
 
 
 def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
-    """Refuse, from the header alone, a dataset the pipeline cannot or should not decode.
+    """Refuse, before decoding, a dataset the pipeline cannot or should not decode.
 
     Nothing proportional to the image size is allocated: the checks read the Image Pixel module
-    (PS3.3 C.7.6.3) and compare the declared frame size with the length of the Pixel Data that
-    is present, for the native (uncompressed) transfer syntaxes.
+    (PS3.3 C.7.6.3), then compare it with the Pixel Data that is present: its length for the
+    native (uncompressed) transfer syntaxes (:func:`check_native_length`), the frame's own
+    stream header and length for the encapsulated ones (:func:`check_encapsulated_frame`).
 
     Raises
     ------
     NotAnalysable
         ``no_pixel_data``, ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
-        ``unsupported_photometric``, ``truncated`` or ``undecodable`` (an encapsulated Pixel
-        Data that does not start with an item, PS3.5 A.4).
+        ``unsupported_photometric``, ``truncated``, ``undecodable`` (an encapsulated Pixel
+        Data that does not start with an item, PS3.5 A.4) or ``pixel_data_mismatch``.
     """
     if "PixelData" not in ds:
         raise NotAnalysable(Reason.NO_PIXEL_DATA, "the dataset has no Pixel Data (7FE0,0010)")
@@ -210,16 +221,101 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
     data = ds.PixelData
     if not isinstance(data, bytes | bytearray):
         raise NotAnalysable(Reason.NO_PIXEL_DATA, "Pixel Data has no value")
+    declared = DeclaredFrame(rows, columns, samples, bits_allocated)
     if tsyntax in NATIVE_TRANSFER_SYNTAXES:
-        expected = rows * columns * samples * bits_allocated // 8
-        if len(data) < expected:
-            raise NotAnalysable(
-                Reason.TRUNCATED,
-                f"Pixel Data holds {len(data)} bytes, the header declares {expected}",
-            )
-    elif bytes(data[:4]) != _ITEM_TAG_LE:
+        check_native_length(data, declared, photometric)
+        return
+    if bytes(data[:4]) != _ITEM_TAG_LE:
         raise NotAnalysable(
             Reason.UNDECODABLE, "encapsulated Pixel Data does not start with an item"
+        )
+    check_encapsulated_frame(ds, tsyntax, declared)
+
+
+def _mismatch(detail: str) -> NotAnalysable:
+    return NotAnalysable(Reason.PIXEL_DATA_MISMATCH, f"{MISMATCH}: {detail}")
+
+
+def check_native_length(data: bytes | bytearray, declared: DeclaredFrame, photometric: str) -> None:
+    """Refuse native Pixel Data whose length is not the header's frame size.
+
+    PS3.5 8.1.1 and 8.2: Rows x Columns x Samples per Pixel x Bits Allocated / 8 bytes a frame
+    (:func:`inference.streams.native_length`), plus one byte when that is odd (PS3.5 7.1.1:
+    values have even length; real writers pad with any value). Fewer bytes are ``truncated``.
+    More are tolerated only when every further byte is zero, as trailing padding some writers
+    leave (pydicom's ``MR_small_padded``); any other excess means the header describes pixels
+    other than those present (a wrong size, bit depth or number of frames), a
+    ``pixel_data_mismatch``. The excess is inspected in place, without a copy.
+    """
+    expected = native_length(
+        declared.rows, declared.columns, declared.samples, declared.bits_allocated, 1, photometric
+    )
+    if len(data) < expected:
+        raise NotAnalysable(
+            Reason.TRUNCATED,
+            f"Pixel Data holds {len(data)} bytes, the header declares {expected}",
+        )
+    padded = expected + expected % 2  # the one byte that makes the value even, any value
+    if len(data) > padded and np.frombuffer(data, dtype=np.uint8, offset=padded).any():
+        raise _mismatch(
+            f"Pixel Data holds {len(data)} bytes, {declared.describe()} samples of "
+            f"{declared.bits_allocated} bits take {expected}, and the rest is not padding"
+        )
+
+
+def check_encapsulated_frame(ds: Dataset, tsyntax: str, declared: DeclaredFrame) -> None:
+    """Refuse encapsulated Pixel Data whose one frame contradicts the header, before decoding.
+
+    The Basic Offset Table (PS3.5 A.4) and any Extended Offset Table (PS3.3 C.7.6.3) must
+    list at most the one frame the header declares; the frame's own stream header and length
+    are then checked by :func:`inference.streams.check_frame`. Only the compressed bytes are
+    read: nothing proportional to the declared image is allocated.
+
+    Raises
+    ------
+    NotAnalysable
+        ``pixel_data_mismatch``, its message naming the values that disagree.
+    """
+    codec = codec_of(tsyntax)
+    if codec is None:
+        return
+    data = ds.PixelData
+    (table_length,) = struct.unpack_from("<I", data, 4) if len(data) >= 8 else (0,)
+    extended = ds.get("ExtendedOffsetTable")
+    listed = max(table_length // 4, len(extended.value or b"") // 8 if extended else 0)
+    if listed > 1:
+        raise _mismatch(f"the offset table lists {listed} frames, the header declares 1")
+    try:
+        frame = _first_frame(ds)
+    except (ValueError, StopIteration, struct.error) as exc:
+        raise _mismatch("the encapsulated Pixel Data holds no complete frame") from exc
+    try:
+        check_frame(frame, codec, declared)
+    except StreamMismatch as exc:
+        raise _mismatch(str(exc)) from exc
+
+
+def check_decoded(pixels: NDArray[np.generic], ds: Dataset, reduction: int = 0) -> None:
+    """Refuse a decoded frame whose shape or sample type is not what the header declares.
+
+    The last guard, whatever a decoder did: Rows x Columns (each ``ceil(n / 2**reduction)``
+    for a reduced JPEG 2000 decode, ISO/IEC 15444-1 B.5), times Samples per Pixel when more
+    than one, in an integer type no wider than Bits Allocated (PS3.5 8.1.1).
+
+    Raises
+    ------
+    NotAnalysable
+        ``pixel_data_mismatch``.
+    """
+    rows, columns = (-(-int(n) // (1 << reduction)) for n in (ds.Rows, ds.Columns))
+    samples = int(ds.get("SamplesPerPixel", 1))
+    shape = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if pixels.shape != shape:
+        raise _mismatch(f"decoded shape {pixels.shape}, the header declares {shape}")
+    bits_allocated = int(ds.BitsAllocated)
+    if pixels.dtype.kind not in "ui" or pixels.dtype.itemsize * 8 > bits_allocated:
+        raise _mismatch(
+            f"decoded samples are {pixels.dtype}, the header allocates {bits_allocated} bits"
         )
 
 
@@ -380,6 +476,7 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
     ):
         reduced = _decode_j2k_reduced(ds, min_long_side)
         if reduced is not None:
+            check_decoded(reduced.pixels, ds, reduced.reduction)
             return reduced
     try:
         with warnings.catch_warnings():
@@ -390,10 +487,6 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
         raise NotAnalysable(
             Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
         ) from exc
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    if pixels.shape[:2] != (rows, columns):
-        raise NotAnalysable(
-            Reason.UNDECODABLE, f"decoded shape {pixels.shape} differs from {rows}x{columns}"
-        )
+    check_decoded(pixels, ds)
     photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
     return DecodedImage(pixels=pixels, photometric=photometric)

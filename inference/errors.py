@@ -12,6 +12,8 @@ class Reason(StrEnum):
     MULTI_FRAME = "multi_frame"
     DIMENSIONS = "dimensions"
     TRUNCATED = "truncated"
+    #: The Pixel Data contradicts the Image Pixel module: see :mod:`inference.streams`.
+    PIXEL_DATA_MISMATCH = "pixel_data_mismatch"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
     UNDECODABLE = "undecodable"

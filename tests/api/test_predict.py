@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -138,6 +139,53 @@ def test_bad_uploads_are_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+@pytest.mark.parametrize(
+    ("path", "modality"),
+    [
+        ("highdicom/data/test_files/ct_image.dcm", "CT"),
+        ("pydicom/src/pydicom/data/test_files/MR_small.dcm", "MR"),
+        ("pydicom/src/pydicom/data/test_files/SC_rgb_small_odd_jpeg.dcm", "OT"),
+    ],
+)
+def test_images_the_model_does_not_cover_are_422(
+    model_client: tuple[TestClient, dict[str, str]], shared_dir: Path, path: str, modality: str
+) -> None:
+    """A CT or MR slice once got a fracture probability; now it is refused, naming no patient."""
+    client, headers = model_client
+    ds = dcmread(shared_dir / "dicom" / path)
+    ds.PatientName, ds.PatientID = "SECRET^PERSON", "ID-4711"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    response = client.post(
+        "/api/predict",
+        files={"file": ("x.dcm", buffer.getvalue(), "application/dicom")},
+        headers=headers,
+    )
+    assert response.status_code == 422, response.text
+    message = response.json()["detail"][0]["msg"]
+    assert "CR and DX radiographs only" in message
+    assert f"Modality {modality}" in message
+    assert "SECRET" not in response.text
+    assert "4711" not in response.text
+
+
+def test_a_radiograph_whose_pixels_contradict_its_header_is_422(
+    model_client: tuple[TestClient, dict[str, str]],
+) -> None:
+    ds = dcmread(io.BytesIO(_dicom_bytes()))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7  # over 16-bit Pixel Data
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    client, headers = model_client
+    response = client.post(
+        "/api/predict",
+        files={"file": ("x.dcm", buffer.getvalue(), "application/dicom")},
+        headers=headers,
+    )
+    assert response.status_code == 422, response.text
+    assert "pixel_data_mismatch" in response.json()["detail"][0]["msg"]
 
 
 def test_missing_model_is_503(client: TestClient, radiologist: dict[str, str]) -> None:

@@ -121,10 +121,20 @@ def test_encapsulated_pixel_data_without_items_is_undecodable() -> None:
 def test_corrupted_jpeg2000_stream_is_undecodable() -> None:
     ds = compressed(small_image(), uid.JPEG2000Lossless)
     data = bytearray(ds.PixelData)
-    half = len(data) // 2
-    data[half:] = b"\x00" * (len(data) - half)  # keep the item framing, ruin the codestream
+    half, end = len(data) // 2, len(data) - 4
+    # Keep the item framing, SIZ and the closing EOC; ruin the codestream in between.
+    data[half:end] = b"\x00" * (end - half)
     ds.PixelData = bytes(data)
     assert reason_of(ds) == Reason.UNDECODABLE
+
+
+def test_jpeg2000_stream_without_its_end_is_refused_before_decoding() -> None:
+    ds = compressed(small_image(), uid.JPEG2000Lossless)
+    data = bytearray(ds.PixelData)
+    half = len(data) // 2
+    data[half:] = b"\x00" * (len(data) - half)  # the second half, EOC with it, is gone
+    ds.PixelData = bytes(data)
+    assert reason_of(ds) == Reason.PIXEL_DATA_MISMATCH
 
 
 def test_broken_canon_jpeg2000_is_refused_and_its_fixed_copy_decodes(shared_dir: Path) -> None:
