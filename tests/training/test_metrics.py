@@ -32,6 +32,8 @@ def _warm_scikit_learn() -> None:
     roc_curve([0, 1], [0.2, 0.8])
 
 
+# Every metric is a scikit-learn or scipy call of some milliseconds, more on a loaded machine:
+# Hypothesis's per-example deadline would time the machine, not the metric.
 labelled_scores = st.integers(min_value=2, max_value=60).flatmap(
     lambda n: st.tuples(
         st.lists(st.booleans(), min_size=n, max_size=n),
@@ -44,6 +46,7 @@ labelled_scores = st.integers(min_value=2, max_value=60).flatmap(
 )
 
 
+@settings(deadline=None)
 @given(labelled_scores)
 def test_auroc_matches_sklearn(data: tuple[list[bool], list[float]]) -> None:
     labels, scores = data
@@ -54,6 +57,7 @@ def test_auroc_matches_sklearn(data: tuple[list[bool], list[float]]) -> None:
         assert value == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
+@settings(deadline=None)
 @given(labelled_scores)
 def test_auroc_is_the_probability_a_positive_outscores_a_negative(
     data: tuple[list[bool], list[float]],
@@ -68,6 +72,7 @@ def test_auroc_is_the_probability_a_positive_outscores_a_negative(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(deadline=None)
 @given(labelled_scores)
 def test_confusion_metrics_match_definitions(data: tuple[list[bool], list[float]]) -> None:
     labels, scores = data
@@ -95,6 +100,7 @@ def test_kappa_of_a_hand_computed_matrix() -> None:
     assert Confusion(tp=3, fp=1, tn=5, fn=2).kappa == pytest.approx(26 / 59)
 
 
+@settings(deadline=None)
 @given(st.tuples(*[st.integers(0, 50)] * 4))
 def test_kappa_follows_its_definition(cells: tuple[int, int, int, int]) -> None:
     c = Confusion(*cells)
@@ -106,6 +112,7 @@ def test_kappa_follows_its_definition(cells: tuple[int, int, int, int]) -> None:
         assert c.kappa == pytest.approx(_kappa_by_definition(c), abs=1e-12)
 
 
+@settings(deadline=None)
 @given(labelled_scores)
 def test_roc_curve_has_one_point_per_distinct_score(data: tuple[list[bool], list[float]]) -> None:
     labels, scores = data
@@ -119,6 +126,7 @@ def test_roc_curve_has_one_point_per_distinct_score(data: tuple[list[bool], list
         assert x == (called[~truth].mean() if not truth.all() else 0.0)
 
 
+@settings(deadline=None)
 @given(labelled_scores)
 def test_roc_curve_is_monotone_and_ends_at_corners(data: tuple[list[bool], list[float]]) -> None:
     labels, scores = data
@@ -130,7 +138,6 @@ def test_roc_curve_is_monotone_and_ends_at_corners(data: tuple[list[bool], list[
         assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
 
 
-# Each resample is a scikit-learn call of a few milliseconds: no per-example deadline.
 @settings(max_examples=25, deadline=None)
 @given(labelled_scores)
 def test_bootstrap_interval_is_ordered(data: tuple[list[bool], list[float]]) -> None:
@@ -163,6 +170,7 @@ def test_calibration_bins_are_closed_on_the_right() -> None:
     assert np.isnan(mean[1])
 
 
+@settings(deadline=None)
 @given(labelled_scores, st.integers(1, 12))
 def test_calibration_bins_follow_their_definition(
     data: tuple[list[bool], list[float]], n_bins: int
@@ -204,6 +212,7 @@ def _wilson_by_definition(successes: int, total: int, level: float) -> tuple[flo
     return centre - half, centre + half
 
 
+@settings(deadline=None)
 @given(
     st.integers(1, 10_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
     st.sampled_from([0.5, 0.8, 0.9, 0.95, 0.99]),
@@ -238,6 +247,7 @@ def test_brier_score_of_a_hand_computed_example() -> None:
     assert brier_score([1, 0], [0.8, 0.3]) == pytest.approx(0.065)
 
 
+@settings(deadline=None)
 @given(labelled_scores)
 def test_brier_score_is_the_mean_squared_error(data: tuple[list[bool], list[float]]) -> None:
     labels, scores = data
@@ -264,6 +274,7 @@ def test_expected_calibration_error_is_zero_when_each_bin_is_calibrated() -> Non
     assert expected_calibration_error(labels, probabilities) == pytest.approx(0.0)
 
 
+@settings(deadline=None)
 @given(labelled_scores, st.integers(1, 12))
 def test_expected_calibration_error_is_a_weighted_mean_gap(
     data: tuple[list[bool], list[float]], n_bins: int
