@@ -19,6 +19,7 @@ from inference.model_package import (
     Preprocessing,
     write_package,
 )
+from inference.scope import FRACATLAS_BODY_PARTS
 from training.architectures import GRADCAM_LAYER, LOCALISATION_LAYER
 from training.calibration import fit_platt, operating_points
 from training.datasets import Split, describe
@@ -63,6 +64,12 @@ def framework_versions() -> dict[str, str]:
     }
 
 
+def default_scope(prepared: PreparedData) -> tuple[str, ...]:
+    """The FracAtlas regions for a data set with FracAtlas body parts, else no stated scope."""
+    parts = {e.body_part for e in prepared.dataset.examples if e.body_part}
+    return FRACATLAS_BODY_PARTS if parts & {"hand", "leg", "hip", "shoulder"} else ()
+
+
 def export_package(
     model: keras.Model,
     prepared: PreparedData,
@@ -72,8 +79,14 @@ def export_package(
     name: str | None = None,
     version: str = DEFAULT_VERSION,
     training: dict[str, Any] | None = None,
+    body_parts: tuple[str, ...] | None = None,
 ) -> ModelCard:
-    """Calibrate on the validation split, choose operating points, and write the package."""
+    """Calibrate on the validation split, choose operating points, and write the package.
+
+    ``body_parts`` is the model's scope (Body Part Examined terms, :mod:`inference.scope`);
+    ``None`` takes the FracAtlas regions for FracAtlas-style data (``dataset.csv`` with body
+    region flags) and states no scope otherwise.
+    """
     dataset = prepared.dataset
     val = prepared.parts[Split.VAL]
     labels = val.positive(dataset.positive_index)
@@ -113,6 +126,7 @@ def export_package(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         framework=framework_versions(),
         localisation_layer=LOCALISATION_LAYER if localising else None,
+        body_parts=default_scope(prepared) if body_parts is None else body_parts,
     )
     return write_package(out, model, card)
 
