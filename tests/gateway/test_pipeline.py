@@ -19,7 +19,7 @@ from gateway.analysis import AnalyseStep
 from gateway.heatmaps import heatmap_on_original_grid
 from gateway.pipeline import ClassifyStep
 from gateway.service import Service
-from tests.training.packages import make_package
+from tests.training.packages import localising_package, make_package
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,54 @@ def test_classify_then_analyse_a_mixed_study(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "images analysed" in logged
     assert not [p for p in patients if p and p in logged]
+
+
+def test_a_localising_model_stores_regions_and_a_chest_is_not_applicable(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    package = tmp_path / "lite"
+    localising_package(package)
+    settings = Settings(
+        home=tmp_path / "home",
+        node={"bind_address": "127.0.0.1", "port": 0},
+        inference={"model_path": package},
+        api={"enabled": False},
+        grouping={"quiet_period_s": 3600},
+    )
+    service = Service(settings)
+    service.start(dicom=True, worker=False)
+    try:
+        study = generate_uid()
+        hip = with_identifiers(
+            shared_dir / "dicom/robyoung-dicom-test-files/data/WG04/REF/RG2_UNC",
+            tmp_path / "hip.dcm",
+            study,
+        )
+        chest = with_identifiers(
+            shared_dir / "dicom/highdicom/data/test_files/dx_image.dcm",
+            tmp_path / "chest.dcm",
+            study,
+        )
+        results = send_files([hip, chest], "127.0.0.1", service.dicom_port, "FRACTUREGW", "T")
+        assert [r.status for r in results] == [0, 0]
+        complete_quiet_studies(service.sessions, quiet_period_s=0, max_attempts=3)
+        job = jobs.claim_next(service.sessions, lease_s=60)
+        assert job is not None
+        ClassifyStep(service.sessions, service.store)(job)
+        AnalyseStep.from_settings(service.settings, service.sessions, service.store)(job)
+        with service.sessions() as session:
+            by_sop = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+            chest_row = by_sop[str(dcmread(chest).SOPInstanceUID)]
+            hip_row = by_sop[str(dcmread(hip).SOPInstanceUID)]
+            assert chest_row.eligibility is Eligibility.OUT_OF_SCOPE
+            assert "not applicable: body part THORAX" in (chest_row.eligibility_reason or "")
+            [prediction] = session.scalars(select(ImagePrediction)).all()
+            assert prediction.instance_id == hip_row.id
+            assert prediction.regions is not None
+            positive = prediction.positive_high_sensitivity
+            assert bool(prediction.regions) == positive
+            for region in prediction.regions:
+                assert 0 <= region["x0"] < region["x1"] <= 1760
+                assert 0 <= region["y0"] < region["y1"] <= 2140
+    finally:
+        service.stop()

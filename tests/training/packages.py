@@ -63,3 +63,21 @@ def make_package(
     n_outputs = 1 if output is OutputKind.SIGMOID else len(class_names)
     chosen = model if model is not None else tiny_model(size, n_outputs)
     return write_package(folder, chosen, tiny_card(size, class_names, output))
+
+
+def localising_package(folder: Path, size: int = 64) -> ModelCard:
+    """A package of an untrained EfficientNet-Lite0 with its localisation output and a scope."""
+    from dataclasses import replace
+
+    from inference.scope import FRACATLAS_BODY_PARTS
+    from training.architectures import LOCALISATION_LAYER, build_model
+    from training.names import Architecture
+
+    keras.utils.set_random_seed(0)
+    model = build_model(Architecture.EFFICIENTNET_LITE0, size, 2, weights=None)
+    card = replace(
+        tiny_card(size),
+        localisation_layer=LOCALISATION_LAYER,
+        body_parts=FRACATLAS_BODY_PARTS,
+    )
+    return write_package(folder, model, card)

@@ -19,12 +19,12 @@ from inference.model_package import OperatingPointName, load_package
 from inference.picture import read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
+from tests.training.test_train_cli import atlas_copy, cli  # noqa: F401 - shared fixtures
 from training import efficientnet_lite as lite
 from training.architectures import LOCALISATION_LAYER, build_model
 from training.fit import RunState, freeze_leading_blocks
 from training.names import Architecture
 from training.torch_legacy import LEGACY_MAGIC, LEGACY_PROTOCOL, TorchFileError, read_state_dict
-from tests.training.test_train_cli import atlas_copy, cli  # noqa: F401 - shared fixtures
 
 # ImageNet top-1 of the published EfficientNet-Lite0 on scikit-image's pictures, resized to
 # 224 x 224 with anti-aliasing (the figures the port must reproduce within 0.02).
