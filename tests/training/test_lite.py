@@ -136,7 +136,8 @@ def lite_run(
 
 @pytest.mark.slow
 def test_lite_training_writes_a_localising_package_that_loads_without_custom_code(
-    lite_run: Path, atlas_copy: Path  # noqa: F811
+    lite_run: Path,
+    atlas_copy: Path,  # noqa: F811
 ) -> None:
     assert RunState.load(lite_run).epochs_done == 1
     # Plain Keras, no registered objects: the service's loader (safe mode) takes it.
