@@ -20,7 +20,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Eligibility, ImagePrediction, Instance, Job, JobState, Study
+from db.models import (
+    Eligibility,
+    ImagePrediction,
+    Instance,
+    Job,
+    JobState,
+    Study,
+)
 from db.results import OutboxEntry, OutboxState
 from db.review import AuditEvent
 
@@ -110,6 +117,18 @@ class DatabaseCollector(Collector):
         )
         failures.add_metric(["authentication"], float(failed_logins or 0))
         yield failures
+
+        conflicts = GaugeMetricFamily(
+            f"{PREFIX}_identity_conflicts",
+            "Studies held because an image names another patient (waiting for an admin)",
+            value=float(
+                session.scalar(
+                    select(func.count()).select_from(Study).where(Study.identity_conflict.is_(True))
+                )
+                or 0
+            ),
+        )
+        yield conflicts
 
 
 def make_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:

@@ -40,6 +40,8 @@ class Eligibility(StrEnum):
     PENDING = "pending"
     ELIGIBLE = "eligible"
     OUT_OF_SCOPE = "out_of_scope"
+    #: The instance names another patient than its study: stored, never analysed.
+    IDENTITY_CONFLICT = "patient_conflict"  # the column holds 16 characters
 
 
 class JobState(StrEnum):
@@ -58,6 +60,8 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
@@ -68,6 +72,9 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    #: An instance named another patient: analysis and delivery are held until an admin
+    #: resolves it (see :mod:`dicom_node.identity`).
+    identity_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
