@@ -26,6 +26,8 @@ from db.models import (
     Instance,
     Job,
     JobState,
+    ReconcileAction,
+    StorageReconciliation,
     Study,
 )
 from db.results import OutboxEntry, OutboxState
@@ -129,6 +131,24 @@ class DatabaseCollector(Collector):
             ),
         )
         yield conflicts
+
+        # Rows are only added, one per start-up, so the sums only grow: counters.
+        reconciled = CounterMetricFamily(
+            f"{PREFIX}_storage_reconciled_files",
+            "Files found without a database row by start-up reconciliation, by what was done",
+            labels=["action"],
+        )
+        sums = session.execute(
+            select(
+                *(
+                    func.coalesce(func.sum(getattr(StorageReconciliation, action.value)), 0)
+                    for action in ReconcileAction
+                )
+            )
+        ).one()
+        for action, total in zip(ReconcileAction, sums, strict=True):
+            reconciled.add_metric([action.value], float(total))
+        yield reconciled
 
 
 def make_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:

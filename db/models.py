@@ -185,3 +185,32 @@ class StudyPrediction(Base):
     positive_high_specificity: Mapped[bool | None] = mapped_column(Boolean)
     n_images: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ReconcileAction(StrEnum):
+    """What start-up reconciliation did with a file that had no row (a column of each run)."""
+
+    RECORDED = "recorded"
+    KEPT_ASIDE = "kept_aside"
+    REMOVED_TEMPORARY = "removed_temporary"
+    REMOVED_PARTIAL = "removed_partial"
+
+
+class StorageReconciliation(Base):
+    """One start-up pass over the storage folder: what it found without a row, and did.
+
+    Rows are only added, so the sums are counters (exported by ``/metrics``).
+    """
+
+    __tablename__ = "storage_reconciliations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: Complete instances whose row was lost after the rename: recorded as ingest would.
+    recorded: Mapped[int] = mapped_column(Integer, default=0)
+    #: Complete copies of an instance whose row points at another file: moved to conflicts/.
+    kept_aside: Mapped[int] = mapped_column(Integer, default=0)
+    #: Temporary files of interrupted writes: removed.
+    removed_temporary: Mapped[int] = mapped_column(Integer, default=0)
+    #: Files in instances/ that are not a complete instance as we write them: removed.
+    removed_partial: Mapped[int] = mapped_column(Integer, default=0)

@@ -360,6 +360,77 @@ def _add_instance(
     return instance
 
 
+def record_stored_file(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    header: InstanceHeader,
+    final: Path,
+    digest: StoredDigest,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+) -> IngestOutcome:
+    """Record an instance file that is already in place but has no row (start-up recovery).
+
+    The row is inserted as :func:`record_instance` would, so the study is grouped, checked for
+    identity conflicts and analysed as usual. If a row for the SOP Instance UID exists already
+    (it points at another copy), the file is kept aside under ``conflicts/`` instead: nothing
+    that reached the disk is deleted, and the analysed copy is not changed.
+    """
+    relative = str(final.relative_to(store.root))
+    attempts = 0
+    while True:
+        try:
+            return _record_stored_once(
+                factory,
+                store,
+                header,
+                final,
+                relative,
+                digest,
+                transfer_syntax_uid=transfer_syntax_uid,
+                calling_ae_title=calling_ae_title,
+            )
+        except IntegrityError:
+            # Another writer created the same study or series first: retry, it is found now.
+            attempts += 1
+            if attempts >= _CREATE_RACE_RETRIES:
+                raise
+
+
+def _record_stored_once(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    header: InstanceHeader,
+    final: Path,
+    relative: str,
+    digest: StoredDigest,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+) -> IngestOutcome:
+    with factory() as session, session.begin():
+        study = _get_or_create_study(session, header)
+        existing = session.scalars(
+            select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
+        ).first()
+        if existing is not None and existing.storage_path == relative:
+            return IngestOutcome.IDEMPOTENT  # recorded meanwhile
+        if existing is not None:
+            store.keep_conflict(final, header.sop_instance_uid, digest.sha256)
+            return IngestOutcome.CONFLICT_KEPT
+        _add_instance(
+            session,
+            study,
+            header,
+            relative,
+            digest,
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_ae_title=calling_ae_title,
+        )
+    return IngestOutcome.STORED
+
+
 def _check_identity(
     session: Session, study: Study, instance: Instance, header: InstanceHeader, calling_ae: str
 ) -> None:
@@ -524,4 +595,5 @@ __all__ = [
     "ingest_encoded",
     "parse_header",
     "record_instance",
+    "record_stored_file",
 ]
