@@ -20,7 +20,16 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Eligibility, ImagePrediction, Instance, Job, JobState, Study
+from db.models import (
+    Eligibility,
+    ImagePrediction,
+    Instance,
+    Job,
+    JobState,
+    ReconcileAction,
+    StorageReconciliation,
+    Study,
+)
 from db.results import OutboxEntry, OutboxState
 from db.review import AuditEvent
 
@@ -110,6 +119,36 @@ class DatabaseCollector(Collector):
         )
         failures.add_metric(["authentication"], float(failed_logins or 0))
         yield failures
+
+        conflicts = GaugeMetricFamily(
+            f"{PREFIX}_identity_conflicts",
+            "Studies held because an image names another patient (waiting for an admin)",
+            value=float(
+                session.scalar(
+                    select(func.count()).select_from(Study).where(Study.identity_conflict.is_(True))
+                )
+                or 0
+            ),
+        )
+        yield conflicts
+
+        # Rows are only added, one per start-up, so the sums only grow: counters.
+        reconciled = CounterMetricFamily(
+            f"{PREFIX}_storage_reconciled_files",
+            "Files found without a database row by start-up reconciliation, by what was done",
+            labels=["action"],
+        )
+        sums = session.execute(
+            select(
+                *(
+                    func.coalesce(func.sum(getattr(StorageReconciliation, action.value)), 0)
+                    for action in ReconcileAction
+                )
+            )
+        ).one()
+        for action, total in zip(ReconcileAction, sums, strict=True):
+            reconciled.add_metric([action.value], float(total))
+        yield reconciled
 
 
 def make_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:

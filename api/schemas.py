@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from db.review import AuditAction, FractureLabel, Role, Verdict
+from dicom_node.identity import ConflictDecision as IdentityDecision
 
 _ORM = ConfigDict(from_attributes=True)
 
@@ -87,6 +88,10 @@ class WorklistItem(BaseModel):
     result: StudyResultOut | None
     reviewed: bool
     latest_review: ReviewSummary | None
+    identity_conflict: bool = Field(
+        description="An image names another patient than the study: analysis and delivery "
+        "are held until an admin resolves it"
+    )
 
 
 class Worklist(BaseModel):
@@ -273,6 +278,19 @@ class OutboxPage(BaseModel):
     limit: int
     offset: int
     items: list[OutboxRowOut]
+
+
+class IdentityConflictResolveIn(BaseModel):
+    decision: IdentityDecision = Field(
+        description="keep_study_identity: the study keeps its identity; the images that name "
+        "another patient stay stored but are excluded from analysis for good"
+    )
+
+
+class IdentityConflictResolveOut(BaseModel):
+    study_id: int
+    decision: IdentityDecision
+    excluded_image_ids: list[int]
 
 
 class RetryOut(BaseModel):

@@ -61,6 +61,7 @@ class WorklistFilter:
     received_from: datetime | None = None
     received_to: datetime | None = None
     reviewed: bool | None = None
+    identity_conflict: bool | None = None
 
 
 def study_url(study_id: int) -> str:
@@ -110,6 +111,8 @@ def _conditions(
         where.append(Study.first_received_at >= flt.received_from)
     if flt.received_to is not None:
         where.append(Study.first_received_at < flt.received_to)
+    if flt.identity_conflict is not None:
+        where.append(Study.identity_conflict.is_(flt.identity_conflict))
     if flt.reviewed is not None:
         reviewed = exists(select(Review.id).where(Review.study_id == Study.id))
         where.append(reviewed if flt.reviewed else ~reviewed)
@@ -224,6 +227,7 @@ def _item(
         result=StudyResultOut.model_validate(prediction) if prediction is not None else None,
         reviewed=latest_review is not None,
         latest_review=latest_review,
+        identity_conflict=study.identity_conflict,
     )
 
 

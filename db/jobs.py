@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.base import utcnow
-from db.models import Job, JobState
+from db.models import Job, JobState, Study
 
 #: Errors are stored truncated; they never contain patient data (callers pass type and reason).
 MAX_ERROR_LENGTH = 2000
@@ -33,8 +33,15 @@ class ClaimedJob:
 def claim_next(
     factory: sessionmaker[Session], *, lease_s: float, now: datetime | None = None
 ) -> ClaimedJob | None:
-    """Take the oldest due job (pending, or running with an expired lease) and lease it."""
+    """Take the oldest due job (pending, or running with an expired lease) and lease it.
+
+    Jobs of a study with an unresolved patient identity conflict are not taken: they wait,
+    pending, until the conflict is resolved.
+    """
     now = now or utcnow()
+    held = exists(
+        select(Study.id).where(Study.id == Job.study_id, Study.identity_conflict.is_(True))
+    )
     with factory() as session, session.begin():
         job = session.scalars(
             select(Job)
@@ -42,7 +49,8 @@ def claim_next(
                 or_(
                     (Job.state == JobState.PENDING) & (Job.next_run_at <= now),
                     (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now),
-                )
+                ),
+                ~held,
             )
             .order_by(Job.next_run_at, Job.id)
             .limit(1)
@@ -65,6 +73,23 @@ def complete(factory: sessionmaker[Session], job_id: int) -> None:
             .where(Job.id == job_id)
             .values(state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None)
         )
+
+
+def hold(factory: sessionmaker[Session], job_id: int, reason: str) -> None:
+    """Put a running job back to pending without using up an attempt.
+
+    For a job that must not go on for now (its study's patient identity is in conflict):
+    :func:`claim_next` leaves it alone until the cause is gone, then it runs again in full.
+    """
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(f"job {job_id} does not exist")
+        job.state = JobState.PENDING
+        job.attempts = max(0, job.attempts - 1)
+        job.lease_expires_at = None
+        job.next_run_at = utcnow()
+        job.last_error = reason[:MAX_ERROR_LENGTH]
 
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float) -> float:

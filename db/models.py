@@ -42,6 +42,8 @@ class Eligibility(StrEnum):
     PENDING = "pending"
     ELIGIBLE = "eligible"
     OUT_OF_SCOPE = "out_of_scope"
+    #: The instance names another patient than its study: stored, never analysed.
+    IDENTITY_CONFLICT = "patient_conflict"  # the column holds 16 characters
 
 
 class JobState(StrEnum):
@@ -60,6 +62,8 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
@@ -70,6 +74,9 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    #: An instance named another patient: analysis and delivery are held until an admin
+    #: resolves it (see :mod:`dicom_node.identity`).
+    identity_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
@@ -183,3 +190,32 @@ class StudyPrediction(Base):
     positive_high_specificity: Mapped[bool | None] = mapped_column(Boolean)
     n_images: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ReconcileAction(StrEnum):
+    """What start-up reconciliation did with a file that had no row (a column of each run)."""
+
+    RECORDED = "recorded"
+    KEPT_ASIDE = "kept_aside"
+    REMOVED_TEMPORARY = "removed_temporary"
+    REMOVED_PARTIAL = "removed_partial"
+
+
+class StorageReconciliation(Base):
+    """One start-up pass over the storage folder: what it found without a row, and did.
+
+    Rows are only added, so the sums are counters (exported by ``/metrics``).
+    """
+
+    __tablename__ = "storage_reconciliations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: Complete instances whose row was lost after the rename: recorded as ingest would.
+    recorded: Mapped[int] = mapped_column(Integer, default=0)
+    #: Complete copies of an instance whose row points at another file: moved to conflicts/.
+    kept_aside: Mapped[int] = mapped_column(Integer, default=0)
+    #: Temporary files of interrupted writes: removed.
+    removed_temporary: Mapped[int] = mapped_column(Integer, default=0)
+    #: Files in instances/ that are not a complete instance as we write them: removed.
+    removed_partial: Mapped[int] = mapped_column(Integer, default=0)

@@ -28,7 +28,11 @@ def complete_quiet_studies(
     max_attempts: int,
     now: datetime | None = None,
 ) -> list[int]:
-    """Mark quiet studies complete and queue one job each; returns the new job ids."""
+    """Mark quiet studies complete and queue one job each; returns the new job ids.
+
+    A study with an unresolved patient identity conflict is held: it stays receiving (or
+    reopened) until an admin resolves the conflict, and then completes on the next pass.
+    """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=quiet_period_s)
     created: list[int] = []
@@ -38,6 +42,7 @@ def complete_quiet_studies(
             .where(
                 Study.status.in_([StudyStatus.RECEIVING, StudyStatus.REOPENED]),
                 Study.last_received_at <= cutoff,
+                Study.identity_conflict.is_(False),
             )
             .order_by(Study.last_received_at)
             .with_for_update(skip_locked=True)

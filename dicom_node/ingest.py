@@ -32,6 +32,7 @@ from dicom_node.conformance import (
     RADIOGRAPH_SOP_CLASSES,
     StoreStatus,
 )
+from dicom_node.identity import CONFLICT_REASON, PatientIdentity, check_instance_identity
 from dicom_node.storage import InstanceStore, StoredDigest, is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ _HEADER_KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "PatientID",
+    "IssuerOfPatientID",
     "PatientName",
+    "PatientBirthDate",
     "AccessionNumber",
     "StudyDate",
     "StudyDescription",
@@ -81,6 +84,15 @@ class InstanceHeader:
     body_part_examined: str | None
     series_number: int | None
     instance_number: int | None
+    issuer_of_patient_id: str | None = None
+    patient_birth_date: str | None = None
+
+    @property
+    def identity(self) -> PatientIdentity:
+        """The patient this instance names (compared with its study's, see ``identity``)."""
+        return PatientIdentity(
+            self.patient_id, self.issuer_of_patient_id, self.patient_name, self.patient_birth_date
+        )
 
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before these.
@@ -184,6 +196,8 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
         body_part_examined=_text(ds, "BodyPartExamined", 64),
         series_number=_int(ds, "SeriesNumber"),
         instance_number=_int(ds, "InstanceNumber"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
     )
 
 
@@ -297,28 +311,136 @@ def _record(
             existing.eligibility, existing.eligibility_reason = _initial_eligibility(
                 header.sop_class_uid
             )
+            _check_identity(session, existing.study, existing, header, calling_ae_title)
             _mark_received(existing.study)
             return IngestOutcome.REPLACED, replaced
-        series = _get_or_create_series(session, study, header)
-        eligibility, reason = _initial_eligibility(header.sop_class_uid)
-        session.add(
-            Instance(
-                study_id=study.id,
-                series_id=series.id,
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                transfer_syntax_uid=transfer_syntax_uid,
-                instance_number=header.instance_number,
-                storage_path=relative,
-                sha256=digest.sha256,
-                size_bytes=digest.size_bytes,
-                calling_ae_title=calling_ae_title[:16],
-                eligibility=eligibility,
-                eligibility_reason=reason,
-            )
+        _add_instance(
+            session,
+            study,
+            header,
+            relative,
+            digest,
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_ae_title=calling_ae_title,
         )
-        _mark_received(study)
     return IngestOutcome.STORED, None
+
+
+def _add_instance(
+    session: Session,
+    study: Study,
+    header: InstanceHeader,
+    relative: str,
+    digest: StoredDigest,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+) -> Instance:
+    """Insert the row of a new instance whose file is in place; its study is locked."""
+    series = _get_or_create_series(session, study, header)
+    eligibility, reason = _initial_eligibility(header.sop_class_uid)
+    instance = Instance(
+        study_id=study.id,
+        series_id=series.id,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        instance_number=header.instance_number,
+        storage_path=relative,
+        sha256=digest.sha256,
+        size_bytes=digest.size_bytes,
+        calling_ae_title=calling_ae_title[:16],
+        eligibility=eligibility,
+        eligibility_reason=reason,
+    )
+    session.add(instance)
+    session.flush()
+    _check_identity(session, study, instance, header, calling_ae_title)
+    _mark_received(study)
+    return instance
+
+
+def record_stored_file(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    header: InstanceHeader,
+    final: Path,
+    digest: StoredDigest,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+) -> IngestOutcome:
+    """Record an instance file that is already in place but has no row (start-up recovery).
+
+    The row is inserted as :func:`record_instance` would, so the study is grouped, checked for
+    identity conflicts and analysed as usual. If a row for the SOP Instance UID exists already
+    (it points at another copy), the file is kept aside under ``conflicts/`` instead: nothing
+    that reached the disk is deleted, and the analysed copy is not changed.
+    """
+    relative = str(final.relative_to(store.root))
+    attempts = 0
+    while True:
+        try:
+            return _record_stored_once(
+                factory,
+                store,
+                header,
+                final,
+                relative,
+                digest,
+                transfer_syntax_uid=transfer_syntax_uid,
+                calling_ae_title=calling_ae_title,
+            )
+        except IntegrityError:
+            # Another writer created the same study or series first: retry, it is found now.
+            attempts += 1
+            if attempts >= _CREATE_RACE_RETRIES:
+                raise
+
+
+def _record_stored_once(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    header: InstanceHeader,
+    final: Path,
+    relative: str,
+    digest: StoredDigest,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+) -> IngestOutcome:
+    with factory() as session, session.begin():
+        study = _get_or_create_study(session, header)
+        existing = session.scalars(
+            select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
+        ).first()
+        if existing is not None and existing.storage_path == relative:
+            return IngestOutcome.IDEMPOTENT  # recorded meanwhile
+        if existing is not None:
+            store.keep_conflict(final, header.sop_instance_uid, digest.sha256)
+            return IngestOutcome.CONFLICT_KEPT
+        _add_instance(
+            session,
+            study,
+            header,
+            relative,
+            digest,
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_ae_title=calling_ae_title,
+        )
+    return IngestOutcome.STORED
+
+
+def _check_identity(
+    session: Session, study: Study, instance: Instance, header: InstanceHeader, calling_ae: str
+) -> None:
+    """Hold an instance that names another patient than its study out of analysis."""
+    conflicts = check_instance_identity(
+        session, study, header.identity, instance_id=instance.id, calling_ae_title=calling_ae
+    )
+    if conflicts:
+        instance.eligibility = Eligibility.IDENTITY_CONFLICT
+        instance.eligibility_reason = CONFLICT_REASON
 
 
 def _committed_path(factory: sessionmaker[Session], sop_instance_uid: str) -> str | None:
@@ -355,6 +477,8 @@ def _get_or_create_study(session: Session, header: InstanceHeader) -> Study:
             study_instance_uid=header.study_instance_uid,
             patient_id=header.patient_id,
             patient_name=header.patient_name,
+            issuer_of_patient_id=header.issuer_of_patient_id,
+            patient_birth_date=header.patient_birth_date,
             accession_number=header.accession_number,
             study_date=header.study_date,
             study_description=header.study_description,
@@ -471,4 +595,5 @@ __all__ = [
     "ingest_encoded",
     "parse_header",
     "record_instance",
+    "record_stored_file",
 ]

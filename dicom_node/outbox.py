@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import Destination, OutboxSettings
 from db.base import utcnow
 from db.jobs import backoff_delay
+from db.models import Study
 from db.results import OutboxEntry, OutboxState, ResultObject
 from dicom_node.peer import request_association
 from dicom_node.storage import InstanceStore
@@ -166,9 +167,15 @@ def claim_due(
     """Take up to ``limit`` due rows (pending and due, or sending with a lapsed lease).
 
     Each claimed row becomes ``sending`` with a lease and one more attempt counted, so a crash
-    while sending still counts towards ``max_attempts``.
+    while sending still counts towards ``max_attempts``. Rows of a study whose patient identity
+    is in conflict wait, untouched, until the conflict is resolved.
     """
     now = now or utcnow()
+    held = (
+        select(ResultObject.id)
+        .join(Study, Study.id == ResultObject.study_id)
+        .where(Study.identity_conflict.is_(True))
+    )
     with sessions() as session, session.begin():
         rows = session.scalars(
             select(OutboxEntry)
@@ -178,7 +185,8 @@ def claim_due(
                     & (OutboxEntry.next_attempt_at <= now),
                     (OutboxEntry.state == OutboxState.SENDING)
                     & (OutboxEntry.lease_expires_at < now),
-                )
+                ),
+                OutboxEntry.result_object_id.not_in(held),
             )
             .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
             .limit(limit)

@@ -60,14 +60,6 @@ class InstanceStore:
         for folder in (self.tmp_dir, self.instances_dir, self.conflicts_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def remove_stale_temporaries(self) -> int:
-        """Delete temporary files left by a crash; call once at start-up, before serving."""
-        removed = 0
-        for path in self.tmp_dir.glob(f"*{TMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
     def path_for(self, study_uid: str, sop_instance_uid: str, sha256: str | None = None) -> Path:
         """The final location of an instance: its UIDs (validated or hashed) and its digest.
 

@@ -20,7 +20,7 @@ from db.jobs import ClaimedJob
 from db.models import Eligibility, Instance, Study
 from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
-from gateway.worker import PermanentJobError
+from gateway.worker import JobHeldError, PermanentJobError
 from inference.errors import NotAnalysable
 from inference.pixels import check_analysable
 
@@ -47,6 +47,22 @@ def classify_instance(store: InstanceStore, instance: Instance) -> tuple[Eligibi
     return Eligibility.ELIGIBLE, None
 
 
+def hold_if_identity_conflict(session: Session, study_id: int, *, lock: bool = False) -> Study:
+    """The job's study; :class:`JobHeldError` while its patient identity is in conflict.
+
+    With ``lock`` the study row is locked (``FOR UPDATE``; SQLite's write lock), which
+    serialises the check with ingest (it locks the study before recording an instance): a
+    conflict either commits before the check and holds the job, or after the caller's commit,
+    and then the outbox holds the deliveries.
+    """
+    study = session.get(Study, study_id, with_for_update=True if lock else None)
+    if study is None:
+        raise PermanentJobError(f"study {study_id} no longer exists")
+    if study.identity_conflict:
+        raise JobHeldError(f"study {study_id} has an unresolved patient identity conflict")
+    return study
+
+
 @dataclass(frozen=True)
 class ClassifyStep:
     """Classify each not-yet-classified instance of the job's study as eligible or out of scope."""
@@ -56,8 +72,7 @@ class ClassifyStep:
 
     def __call__(self, job: ClaimedJob) -> None:
         with self.sessions() as session, session.begin():
-            if session.get(Study, job.study_id) is None:
-                raise PermanentJobError(f"study {job.study_id} no longer exists")
+            hold_if_identity_conflict(session, job.study_id)
             pending = session.scalars(
                 select(Instance).where(
                     Instance.study_id == job.study_id,

@@ -28,6 +28,7 @@ from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
 from dicom_node.storage import InstanceStore, safe_name
 from gateway.heatmaps import heatmap_on_original_grid
+from gateway.pipeline import hold_if_identity_conflict
 from gateway.worker import PermanentJobError
 from inference.model_package import ModelCard, OperatingPointName
 from inference.pixels import display_grey
@@ -336,6 +337,8 @@ class PublishStep:
         targets = choose_destinations(self.destinations, self.routing, outcome)
         queued = 0
         with self.sessions() as session, session.begin():
+            # Nothing is recorded or queued for a study whose patient identity is in conflict.
+            hold_if_identity_conflict(session, job.study_id, lock=True)
             existing = {
                 obj.sop_instance_uid: obj
                 for obj in session.scalars(

@@ -21,6 +21,7 @@ from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from dicom_node.grouping import GroupingTimer
 from dicom_node.outbox import OutboxWorker
+from dicom_node.reconcile import ReconcileReport, reconcile_storage
 from dicom_node.scp import StoreContext, start_scp
 from dicom_node.storage import InstanceStore
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
@@ -69,6 +70,8 @@ class Service:
     executor: InProcessExecutor | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
     predictor: Any = field(init=False, default=None)
+    #: What the start-up reconciliation of the storage folder did (None: not run here).
+    reconciliation: ReconcileReport | None = field(init=False, default=None)
     extra: list[Any] = field(init=False, default_factory=list)
     _stopped: threading.Event = field(init=False, default_factory=threading.Event)
 
@@ -78,9 +81,6 @@ class Service:
         upgrade(self.engine)
         self.sessions = make_session_factory(self.engine)
         self.store = InstanceStore(self.settings.storage_folder)
-        removed = self.store.remove_stale_temporaries()
-        if removed:
-            log.warning("removed %d temporary files left by an interrupted run", removed)
 
     @property
     def dicom_port(self) -> int:
@@ -89,7 +89,15 @@ class Service:
         return int(self.scp.server_address[1])
 
     def start(self, *, dicom: bool = True, worker: bool = True) -> None:
-        """Start the SCP, the grouping timer and the job workers."""
+        """Start the SCP, the grouping timer and the job workers.
+
+        The process that receives (``dicom``) first reconciles the storage folder with the
+        database, before any association is accepted: files a crash left without a row are
+        recorded or removed (:mod:`dicom_node.reconcile`). Other roles leave the folder alone,
+        since a receiving process may be writing to it.
+        """
+        if dicom:
+            self.reconciliation = reconcile_storage(self.sessions, self.store)
         on_jobs = None
         if worker:
             outbox = OutboxWorker(

@@ -29,6 +29,11 @@ class PermanentJobError(Exception):
     """A job failure that a retry cannot fix (the job fails at once, with this reason)."""
 
 
+class JobHeldError(Exception):
+    """The job must wait (its study's patient identity is in conflict): pending again, no
+    attempt used; it is taken again once the cause is resolved."""
+
+
 class Executor(Protocol):
     """Runs queued jobs until stopped."""
 
@@ -51,6 +56,9 @@ def run_one(factory: sessionmaker[Session], runner: JobRunner, settings: JobSett
         return False
     try:
         runner(job)
+    except JobHeldError as exc:
+        jobs.hold(factory, job.id, f"JobHeldError: {exc}")
+        log.warning("job %d held: %s", job.id, exc)
     except PermanentJobError as exc:
         jobs.fail(factory, job.id, f"PermanentJobError: {exc}", base_s=0, max_s=0, permanent=True)
         log.error("job %d failed permanently: %s", job.id, exc)

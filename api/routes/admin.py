@@ -1,4 +1,5 @@
-"""Admin routes: the outbox (list, retry dead letters) and the audit trail (read-only)."""
+"""Admin routes: the outbox (list, retry dead letters), patient identity conflicts (resolve)
+and the audit trail (read-only)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from api.schemas import (
     AuditEventOut,
     AuditPage,
     ErrorBody,
+    IdentityConflictResolveIn,
+    IdentityConflictResolveOut,
     OutboxPage,
     OutboxRowOut,
     RetryOut,
 )
+from db.models import Study
 from db.results import OutboxEntry, OutboxState
 from db.review import AuditAction, AuditOutcome
+from dicom_node.identity import NoConflictError, resolve_conflict
 from dicom_node.outbox import list_outbox, outbox_depths, retry_dead_letter
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], responses=ADMIN_RESPONSES)
@@ -125,6 +130,48 @@ def retry(
     if not requeued:
         raise HTTPException(status.HTTP_409_CONFLICT, "only dead-lettered rows can be retried")
     return RetryOut(id=outbox_id, state=OutboxState.PENDING.value)
+
+
+@router.post(
+    "/studies/{study_id}/identity-conflict/resolve",
+    response_model=IdentityConflictResolveOut,
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "No conflict to resolve"}},
+)
+def resolve_identity_conflict(
+    study_id: Annotated[int, Path(ge=1, le=2**31 - 1, description="The study's internal id")],
+    body: IdentityConflictResolveIn,
+    admin: AdminUser,
+    session: SessionDep,
+) -> IdentityConflictResolveOut:
+    """Resolve a study's patient identity conflict; analysis and delivery then resume."""
+    study = session.get(Study, study_id, with_for_update=True)
+    refusal: tuple[int, str] | None = None
+    if study is None:
+        refusal = (status.HTTP_404_NOT_FOUND, "no such study")
+    else:
+        try:
+            resolution = resolve_conflict(session, study, body.decision, admin.actor)
+        except NoConflictError:
+            refusal = (status.HTTP_409_CONFLICT, "the study has no identity conflict to resolve")
+    if refusal is not None:
+        audit.record(
+            session,
+            admin.actor,
+            EventId.PATIENT_RECORD,
+            AuditAction.UPDATE,
+            AuditOutcome.MINOR_FAILURE,
+            object_type="study",
+            object_id=study_id,
+            detail=f"identity conflict resolution refused: {refusal[1]}",
+        )
+        session.commit()
+        raise HTTPException(*refusal)
+    session.commit()
+    return IdentityConflictResolveOut(
+        study_id=resolution.study_id,
+        decision=resolution.decision,
+        excluded_image_ids=resolution.excluded_instance_ids,
+    )
 
 
 @router.get("/audit", response_model=AuditPage)

@@ -86,6 +86,9 @@ def list_studies(
     received_from: datetime | None = None,
     received_to: datetime | None = None,
     reviewed: bool | None = None,
+    identity_conflict: Annotated[
+        bool | None, Query(description="Only studies with (or without) an identity conflict")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Worklist:
@@ -113,6 +116,7 @@ def list_studies(
         received_from=received_from,
         received_to=received_to,
         reviewed=reviewed,
+        identity_conflict=identity_conflict,
     )
     page = worklist(session, flt, limit=limit, offset=offset)
     audit.record(

@@ -47,10 +47,17 @@ def service(tmp_path: Path, tiny_package: Path) -> Service:
 def with_identifiers(source: Path, target: Path, study_uid: str) -> Path:
     """A copy of a real file in a given study, with its own series and instance UIDs.
 
-    The WG04 files share their UIDs across transfer syntaxes; pixel data is kept as is.
+    The WG04 files share their UIDs across transfer syntaxes; pixel data is kept as is. The
+    copies name one patient: images of different patients under one Study UID are held as an
+    identity conflict (``dicom_node.identity``).
     """
     ds = dcmread(source)
     ds.StudyInstanceUID = study_uid
+    ds.PatientID = "PIPELINE-1"
+    ds.PatientName = "PIPELINE^TEST"
+    for keyword in ("IssuerOfPatientID", "PatientBirthDate"):
+        if keyword in ds:
+            del ds[keyword]
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(target, enforce_file_format=True)
