@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -261,3 +262,30 @@ def test_agree_needs_an_ai_result(
     )
     assert labelled.status_code == 201
     assert labelled.json()["ai_positive"] is None
+
+
+NAME_IN_COMMENT = "Comment names SMITH^JOHN"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"verdict": "agree", "comment": NAME_IN_COMMENT + "x" * 2000},
+        {"verdict": "maybe", "comment": NAME_IN_COMMENT},
+        {"verdict": "agree", "location": {"x": 1, "y": 1}, "comment": NAME_IN_COMMENT},
+        {"verdict": "agree", "comment": NAME_IN_COMMENT, "SMITH^JOHN": 1},
+    ],
+)
+def test_validation_errors_do_not_echo_the_request(
+    world: World, client: TestClient, radiologist: dict[str, str], payload: dict[str, object]
+) -> None:
+    """FastAPI's 422 normally carries the submitted ``input``; a comment may name a patient."""
+    study = seed_study(world)
+    response = client.post(f"/api/studies/{study.id}/review", json=payload, headers=radiologist)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail[0]["msg"]
+    assert all(set(error) == {"loc", "msg", "type"} for error in detail)
+    assert "JOHN" not in json.dumps([e["msg"] for e in detail] + [e["type"] for e in detail])
+    assert '"input"' not in response.text
+    assert "comment names" not in response.text.lower()
