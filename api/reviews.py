@@ -44,6 +44,13 @@ def create_review(
         label = body.label
         if ai_positive is not None and label is _label_of(ai_positive):
             raise ReviewRejected("label", "a disagreeing review needs the other label")
+    if body.location is not None and label is not FractureLabel.FRACTURED:
+        # A marked fracture on a study labelled not fractured would teach the model both.
+        raise ReviewRejected(
+            "location",
+            "a fracture location goes only with the label fractured; "
+            "remove the marked point to record no fracture",
+        )
 
     body_part: str | None = None
     instance: Instance | None = None
@@ -69,9 +76,7 @@ def create_review(
         rows, columns = size
         if not (body.location.x < columns and body.location.y < rows):
             raise ReviewRejected(
-                "location",
-                f"the point ({body.location.x}, {body.location.y}) lies outside the image "
-                f"of {columns} x {rows} pixels",
+                "location", f"the point lies outside the image of {columns} x {rows} pixels"
             )
     review = Review(
         study_id=study.id,

@@ -180,29 +180,29 @@ def test_missing_stored_file_is_409_not_500(
 def test_review_is_stored_with_reviewer_time_and_model(
     world: World, client: TestClient, radiologist: dict[str, str]
 ) -> None:
-    study = seed_study(world, probability=0.8)
+    study = seed_study(world, probability=0.2)
     image_id = study.image_ids[0]
     response = client.post(
         f"/api/studies/{study.id}/review",
         json={
             "verdict": "disagree",
-            "label": "not_fractured",
+            "label": "fractured",
             "image_id": image_id,
             "location": {"x": 10.5, "y": 20},
-            "comment": "old healed fracture",
+            "comment": "subtle scaphoid fracture",
         },
         headers=radiologist,
     )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["reviewer"] == "rad"
-    assert body["label"] == "not_fractured"
+    assert body["label"] == "fractured"
     assert body["model_version"] == "1.2.3"
     assert response.headers["location"].startswith(f"/api/studies/{study.id}")
     with world.sessions() as session:
         review = session.scalars(select(Review)).one()
         assert (review.location_x, review.location_y) == (10.5, 20.0)
-        assert review.ai_positive is True
+        assert review.ai_positive is False
         assert review.body_part == "HAND"
         assert review.study_prediction_id == study.prediction_id
         assert review.created_at is not None
@@ -223,6 +223,15 @@ def test_review_is_stored_with_reviewer_time_and_model(
         ({"verdict": "agree", "image_id": "IMAGE", "location": {"x": 1, "y": 96}}, "location"),
         ({"verdict": "agree", "image_id": "IMAGE", "location": {"x": -1, "y": 1}}, None),
         ({"verdict": "agree", "image_id": 999_999}, "image_id"),
+        (
+            {
+                "verdict": "disagree",
+                "label": "not_fractured",
+                "image_id": "IMAGE",
+                "location": {"x": 10, "y": 20},
+            },
+            "location",
+        ),
         ({"verdict": "maybe"}, None),
         ({"verdict": "agree", "extra": 1}, None),
         ({"verdict": "agree", "comment": "x" * 2001}, None),
@@ -265,6 +274,40 @@ def test_agree_needs_an_ai_result(
 
 
 NAME_IN_COMMENT = "Comment names SMITH^JOHN"
+
+
+@pytest.mark.parametrize(
+    ("probability", "body"),
+    [
+        (0.8, {"verdict": "disagree", "label": "not_fractured"}),
+        (0.2, {"verdict": "agree"}),
+        (None, {"verdict": "disagree", "label": "not_fractured"}),
+    ],
+)
+def test_no_fracture_with_a_fracture_location_is_refused(
+    world: World,
+    client: TestClient,
+    radiologist: dict[str, str],
+    probability: float | None,
+    body: dict[str, object],
+) -> None:
+    """A marked fracture never goes with the label not_fractured, whichever verdict makes it."""
+    study = seed_study(world, probability=probability)
+    payload = {
+        **body,
+        "image_id": study.image_ids[0],
+        "location": {"x": 12.25, "y": 34.75},
+        "comment": NAME_IN_COMMENT,
+    }
+    response = client.post(f"/api/studies/{study.id}/review", json=payload, headers=radiologist)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["body", "location"]
+    assert "fracture location goes only with the label fractured" in detail[0]["msg"]
+    for echoed in ("SMITH", "12.25", "34.75"):
+        assert echoed not in response.text
+    with world.sessions() as session:
+        assert session.scalars(select(Review)).all() == []
 
 
 @pytest.mark.parametrize(
