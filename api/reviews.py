@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,14 +24,55 @@ class ReviewRejected(ValueError):  # noqa: N818 - reads as what happened
         self.message = message
 
 
+class IdempotencyKeyReused(ValueError):  # noqa: N818 - reads as what happened
+    """The request's Idempotency-Key already belongs to a different review by the same person."""
+
+
+def request_sha256(study_id: int, body: ReviewIn) -> str:
+    """A fingerprint of a review request: the same study and body give the same digest."""
+    canonical = json.dumps(
+        {"study_id": study_id, "body": body.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def review_for_key(session: Session, reviewer_id: int, key: str) -> Review | None:
+    """The review ``reviewer_id`` already made with Idempotency-Key ``key``, if any."""
+    return session.scalars(
+        select(Review).where(Review.reviewer_id == reviewer_id, Review.idempotency_key == key)
+    ).first()
+
+
+def replayed_review(existing: Review, fingerprint: str) -> Review:
+    """``existing`` when it was made by the same request; a reused key is refused."""
+    if existing.request_sha256 != fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used for a different review; "
+            "send a new key for a new review"
+        )
+    return existing
+
+
 def _label_of(positive: bool) -> FractureLabel:
     return FractureLabel.FRACTURED if positive else FractureLabel.NOT_FRACTURED
 
 
 def create_review(
-    session: Session, store: InstanceStore, study: Study, reviewer_id: int, body: ReviewIn
+    session: Session,
+    store: InstanceStore,
+    study: Study,
+    reviewer_id: int,
+    body: ReviewIn,
+    *,
+    idempotency_key: str | None = None,
 ) -> Review:
-    """Add a review of ``study``'s current AI result to ``session`` (the caller commits)."""
+    """Add a review of ``study``'s current AI result to ``session`` (the caller commits).
+
+    With an ``idempotency_key`` the flush raises ``IntegrityError`` when the reviewer already
+    has a review with that key (the database's unique constraint).
+    """
     prediction = latest_study_prediction(session, study.id)
     ai_positive = prediction.positive if prediction is not None else None
     if body.verdict is Verdict.AGREE:
@@ -93,6 +137,8 @@ def create_review(
         model_name=prediction.model_name if prediction is not None else None,
         model_version=prediction.model_version if prediction is not None else None,
         body_part=body_part,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256(study.id, body),
     )
     session.add(review)
     session.flush()

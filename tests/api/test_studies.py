@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from api.app import create_app
 from db.base import utcnow
 from db.models import StudyStatus
 from db.results import OutboxState
-from db.review import AuditEvent, Review
-from tests.api.world import World, seed_study
+from db.review import AuditEvent, FractureLabel, Review, Role, User, Verdict
+from tests.api.conftest import login
+from tests.api.world import World, add_user, seed_study
 
 
 def _ids(response_json: dict[str, object]) -> list[int]:
@@ -332,3 +339,130 @@ def test_validation_errors_do_not_echo_the_request(
     assert "JOHN" not in json.dumps([e["msg"] for e in detail] + [e["type"] for e in detail])
     assert '"input"' not in response.text
     assert "comment names" not in response.text.lower()
+
+
+def _review(
+    client: TestClient, study_id: int, headers: dict[str, str], key: str, **body: object
+) -> Response:
+    return client.post(
+        f"/api/studies/{study_id}/review",
+        json={"verdict": "agree", **body},
+        headers={**headers, "Idempotency-Key": key},
+    )
+
+
+def test_a_repeated_review_request_stores_one_review(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    first = _review(client, study.id, radiologist, key, comment="double click")
+    again = _review(client, study.id, radiologist, key, comment="double click")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["location"] == first.headers["location"]
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+        created = session.scalars(
+            select(AuditEvent).where(AuditEvent.object_type == "review", AuditEvent.action == "C")
+        ).all()
+    assert len(created) == 1
+    other = _review(client, study.id, radiologist, str(uuid.uuid4()), comment="double click")
+    assert other.status_code == 201
+    assert other.json()["id"] != first.json()["id"]
+
+
+def test_a_reused_key_for_another_review_is_409_without_echo(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    other_study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    assert _review(client, study.id, radiologist, key).status_code == 201
+    changed = _review(client, study.id, radiologist, key, comment=NAME_IN_COMMENT)
+    elsewhere = _review(client, other_study.id, radiologist, key)
+    for response in (changed, elsewhere):
+        assert response.status_code == 409
+        assert response.json() == {
+            "detail": "this Idempotency-Key was already used for a different review; "
+            "send a new key for a new review"
+        }
+    assert "SMITH" not in changed.text
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_keys_belong_to_their_reviewer(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    add_user(world, "second", Role.RADIOLOGIST)
+    second = login(client, "second")
+    key = str(uuid.uuid4())
+    mine = _review(client, study.id, radiologist, key)
+    theirs = _review(client, study.id, second, key)
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert theirs.json()["reviewer"] == "second"
+    assert "idempotent-replayed" not in theirs.headers
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 65, "not a key!", "<script>"])
+def test_malformed_idempotency_keys_are_422(
+    world: World, client: TestClient, radiologist: dict[str, str], key: str
+) -> None:
+    study = seed_study(world, probability=0.8)
+    response = _review(client, study.id, radiologist, key)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert key not in response.text
+
+
+def test_the_database_keeps_one_review_per_reviewer_and_key(
+    world: World, radiologist: dict[str, str]
+) -> None:
+    """The unique constraint, not the route's look-up, is what holds across API workers."""
+    study = seed_study(world, probability=0.8)
+    with world.sessions() as session:
+        reviewer_id = session.scalars(select(User.id).where(User.username == "rad")).one()
+
+    def add(key: str | None) -> None:
+        with world.sessions() as session, session.begin():
+            session.add(
+                Review(
+                    study_id=study.id,
+                    reviewer_id=reviewer_id,
+                    verdict=Verdict.AGREE,
+                    label=FractureLabel.FRACTURED,
+                    idempotency_key=key,
+                )
+            )
+
+    add("same-key-0001")
+    with pytest.raises(IntegrityError):
+        add("same-key-0001")
+    add(None)
+    add(None)  # requests without a key are not deduplicated
+
+
+def test_concurrent_repeats_store_one_review(world: World, radiologist: dict[str, str]) -> None:
+    """Several copies of one request at once (two API workers on one database) store one."""
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    apps = [create_app(world.settings, world.sessions, store=world.store) for _ in range(2)]
+    with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
+        clients = [first, second] * 3
+        start = threading.Barrier(len(clients))
+
+        def send(client: TestClient) -> Response:
+            start.wait()
+            return _review(client, study.id, radiologist, key, comment="race")
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            responses = list(pool.map(send, clients))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == len(clients) - 1
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
