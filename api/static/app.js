@@ -4,7 +4,13 @@
 // data ever appears in a URL (URLs carry internal ids only).
 "use strict";
 
-const state = { token: null, offset: 0, limit: 50, total: 0, study: null, image: null, location: null };
+const state = {
+  token: null, offset: 0, limit: 50, total: 0, study: null, image: null, location: null,
+  // The current selection (study or image): every picture request belongs to one, and a
+  // response for an earlier selection is dropped, never drawn (another patient's picture).
+  selection: { id: 0, controller: new AbortController() },
+  heatmapWanted: false, // the reader's choice, kept across images that have no heat map
+};
 const $ = (id) => document.getElementById(id);
 
 function show(view) {
@@ -137,36 +143,101 @@ async function loadWorklist() {
   $("next-page").disabled = state.offset + state.limit >= page.total;
 }
 
-async function blobUrl(path) {
-  const response = await api(path);
-  if (!response.ok) throw new Error(await errorText(response));
-  return URL.createObjectURL(await response.blob());
+function newSelection() {
+  // Ends the previous selection: its requests are aborted and its responses will be dropped.
+  state.selection.controller.abort();
+  state.selection = { id: state.selection.id + 1, controller: new AbortController() };
+  return state.selection;
 }
 
-function setImageSource(img, url) {
+function isCurrent(selection) {
+  return selection === state.selection;
+}
+
+class StaleSelection extends Error {}
+
+async function blobUrl(path, selection) {
+  const response = await api(path, { signal: selection.controller.signal });
+  if (!isCurrent(selection)) throw new StaleSelection(path);
+  if (!response.ok) throw new Error(await errorText(response));
+  const blob = await response.blob();
+  if (!isCurrent(selection)) throw new StaleSelection(path);
+  return URL.createObjectURL(blob);
+}
+
+function isDropped(error) {
+  if (error instanceof StaleSelection || (error && error.name === "AbortError")) {
+    console.debug("fg: dropped a picture response for an earlier selection");
+    return true;
+  }
+  return false;
+}
+
+function setImageSource(img, url, image) {
   if (img.src && img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-  img.src = url;
+  if (url) {
+    img.src = url;
+    img.dataset.studyId = String(state.study ? state.study.id : "");
+    img.dataset.imageId = String(image.id);
+  } else {
+    img.removeAttribute("src");
+    delete img.dataset.studyId;
+    delete img.dataset.imageId;
+  }
+}
+
+function clearViewer() {
+  // Nothing of the previous study or image stays on screen while the next one loads.
+  setImageSource($("radiograph"), null);
+  setImageSource($("heatmap"), null);
+  $("radiograph").hidden = false;
+  $("radiograph").style.width = "";
+  $("placeholder").hidden = true;
+  $("placeholder").textContent = "";
+  $("heatmap-toggle").disabled = true;
+  $("heatmap-toggle").checked = false;
+  state.image = null;
+  clearLocation();
+  applyHeatmap();
+}
+
+function showPlaceholder(image, reason) {
+  setImageSource($("radiograph"), null);
+  setImageSource($("heatmap"), null);
+  $("radiograph").hidden = true;
+  // The server says "the image cannot be shown (why)"; keep the why.
+  const why = reason.replace(/^the image cannot be shown\s*/i, "").replace(/^\((.*)\)$/, "$1");
+  const lines = [`This image cannot be shown: ${why || "unknown reason"}.`];
+  if (image.eligibility === "out_of_scope") {
+    lines.push(`Not analysed${image.eligibility_reason ? `: ${image.eligibility_reason}` : ""}.`);
+  }
+  $("placeholder").textContent = lines.join(" ");
+  $("placeholder").hidden = false;
+  $("heatmap-toggle").disabled = true;
+  $("heatmap-toggle").checked = false;
+  applyHeatmap();
 }
 
 async function showImage(image) {
+  const selection = newSelection();
+  message("");
+  clearViewer();
   state.image = image;
-  state.location = null;
-  $("marker").hidden = true;
-  $("location-text").textContent = "No location marked.";
   for (const button of $("thumbs").children) {
     button.classList.toggle("active", Number(button.dataset.imageId) === image.id);
   }
   try {
-    setImageSource($("radiograph"), await blobUrl(image.preview_url));
+    const preview = await blobUrl(image.preview_url, selection);
+    setImageSource($("radiograph"), preview, image);
     if (image.heatmap_url) {
-      setImageSource($("heatmap"), await blobUrl(image.heatmap_url));
+      const heat = await blobUrl(image.heatmap_url, selection);
+      setImageSource($("heatmap"), heat, image);
       $("heatmap-toggle").disabled = false;
-    } else {
-      $("heatmap-toggle").checked = false;
-      $("heatmap-toggle").disabled = true;
+      $("heatmap-toggle").checked = state.heatmapWanted;
     }
   } catch (error) {
-    message(`The image cannot be shown: ${error.message}`);
+    if (isDropped(error)) return;
+    showPlaceholder(image, error.message);
   }
   applyHeatmap();
 }
@@ -182,13 +253,26 @@ function fitImage() {
 
 function applyHeatmap() {
   const overlay = $("heatmap");
-  overlay.hidden = !$("heatmap-toggle").checked || !state.image || !state.image.heatmap_url;
+  const toggle = $("heatmap-toggle");
+  const ours = state.image && overlay.dataset.imageId === String(state.image.id);
+  overlay.hidden = !toggle.checked || toggle.disabled || !ours;
   overlay.style.opacity = String(Number($("heatmap-opacity").value) / 100);
+}
+
+function toggleHeatmap() {
+  state.heatmapWanted = $("heatmap-toggle").checked;
+  applyHeatmap();
+}
+
+function clearLocation() {
+  state.location = null;
+  $("marker").hidden = true;
+  $("location-text").textContent = "No location marked.";
 }
 
 function markLocation(event) {
   const image = state.image;
-  if (!image || !image.columns || !image.rows) return;
+  if (!image || !image.columns || !image.rows || $("radiograph").dataset.imageId !== String(image.id)) return;
   const rect = $("radiograph").getBoundingClientRect();
   const fx = (event.clientX - rect.left) / rect.width;
   const fy = (event.clientY - rect.top) / rect.height;
@@ -244,21 +328,41 @@ function renderResult(study) {
   if (!list.children.length) list.textContent = "Nothing sent yet.";
 }
 
+function clearStudy() {
+  // The previous patient's name, result and reviews go before the next study is asked for.
+  state.study = null;
+  clearViewer();
+  for (const id of ["study-title", "study-meta", "ai-result", "review-state", "deliveries"]) {
+    $(id).textContent = "";
+  }
+  for (const id of ["ai-details", "thumbs"]) $(id).replaceChildren();
+  $("review-comment").value = "";
+}
+
 async function loadStudy(id) {
   show("study-view");
-  const response = await api(`/api/studies/${id}`);
-  if (!response.ok) {
-    message(await errorText(response));
-    return;
+  const selection = newSelection();
+  clearStudy();
+  let study;
+  try {
+    const response = await api(`/api/studies/${id}`, { signal: selection.controller.signal });
+    if (!isCurrent(selection)) return;
+    if (!response.ok) {
+      message(await errorText(response));
+      return;
+    }
+    study = await response.json();
+  } catch (error) {
+    if (isDropped(error)) return;
+    throw error;
   }
-  const study = await response.json();
+  if (!isCurrent(selection)) return;
   state.study = study;
   $("study-title").textContent = personName(study.patient_name);
   $("study-meta").textContent = [study.patient_id, formatDate(study.study_date), study.study_description,
     study.body_parts.join(", ")].filter(Boolean).join(" · ");
   renderResult(study);
   const thumbs = $("thumbs");
-  thumbs.replaceChildren();
   study.images.forEach((image, index) => {
     const button = document.createElement("button");
     button.type = "button";
@@ -310,6 +414,10 @@ function route() {
   }
   const match = location.hash.match(/^#\/studies\/(\d+)$/);
   message("");
+  if (!match) {
+    newSelection();
+    clearStudy();
+  }
   if (match) loadStudy(Number(match[1])).catch((error) => message(error.message));
   else loadWorklist().catch((error) => message(error.message));
 }
@@ -322,7 +430,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("next-page").addEventListener("click", () => { state.offset += state.limit; loadWorklist(); });
   $("radiograph").addEventListener("load", fitImage);
   window.addEventListener("resize", fitImage);
-  $("heatmap-toggle").addEventListener("change", applyHeatmap);
+  $("heatmap-toggle").addEventListener("change", toggleHeatmap);
   $("heatmap-opacity").addEventListener("input", applyHeatmap);
   $("stage").addEventListener("click", markLocation);
   $("agree").addEventListener("click", () => submitReview("agree"));

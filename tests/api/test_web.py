@@ -1,7 +1,9 @@
-"""The web page end to end in headless Chromium: log in, open a study, heat map, review."""
+"""The web page end to end in headless Chromium: log in, open a study, heat map, review;
+and the reader's-workstation safety rules (whose picture is shown, what a review can say)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +15,11 @@ from sqlalchemy import select
 from api.app import create_app
 from db.review import Review, Role
 from gateway.http import ApiServer
-from tests.api.world import PASSWORD, World, add_user, seed_study
+from tests.api.world import PASSWORD, World, add_user, make_undecodable, seed_study
 from tests.helpers.tools import require_program
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +111,187 @@ def test_log_in_open_study_toggle_heatmap_and_review(world: World, served: str) 
     assert 28 <= review.location_x <= 36
     assert review.location_y is not None
     assert 44 <= review.location_y <= 52
+
+
+# The reader's workstation: another patient's picture, undecodable images. Each test waits on
+# conditions in the page (auto-retrying expectations, awaited requests and console messages),
+# never on fixed sleeps.
+
+VIEWPORT = {"width": 1280, "height": 720}
+
+#: Runs before the page's own script: samples, once per animation frame, what the viewer shows
+#: (each picture's natural width, 0 when nothing is drawn) and after which hash change, so a test
+#: can check that an earlier study's picture never appeared after the switch to another one.
+FRAME_RECORDER = """
+(() => {
+  window.__frames = [];
+  window.__after = null;
+  addEventListener("hashchange", () => { window.__after = location.hash; });
+  const shown = (id) => {
+    const img = document.getElementById(id);
+    if (!img || img.closest("[hidden]") || !img.complete) return 0;
+    return img.naturalWidth;
+  };
+  let last = "";
+  const sample = () => {
+    const frame = {
+      after: window.__after, radiograph: shown("radiograph"), heatmap: shown("heatmap"),
+    };
+    const key = JSON.stringify(frame);
+    if (key !== last) { window.__frames.push(frame); last = key; }
+    requestAnimationFrame(sample);
+  };
+  requestAnimationFrame(sample);
+})();
+"""
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Page]:
+    require_program(CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def _sign_in(page: Page, served: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(served)
+    page.fill("#username", "rad")
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    expect(page.locator("#worklist-view")).to_be_visible()
+
+
+def _go(page: Page, study_id: int) -> None:
+    """Open a study the way a link does: a hash change."""
+    page.evaluate("hash => { location.hash = hash; }", f"#/studies/{study_id}")
+
+
+def _expect_shown(page: Page, selector: str, width: int) -> None:
+    """The picture at ``selector`` is decoded and ``width`` pixels wide (tells studies apart)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_be_visible()
+    expect(page.locator(selector)).to_have_js_property("complete", True)
+    expect(page.locator(selector)).to_have_js_property("naturalWidth", width)
+
+
+def _release(routes: list[Route]) -> None:
+    from playwright.sync_api import Error
+
+    for route in routes:
+        with contextlib.suppress(Error):  # the page aborted the request: nothing to answer
+            route.continue_()
+    routes.clear()
+
+
+def test_switching_studies_never_shows_the_previous_patients_picture(
+    world: World, served: str, browser_page: Page
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    chest = seed_study(
+        world, patient_name="CHEST^PATIENT", body_part="CHEST", probability=0.9, columns=200
+    )
+    hand = seed_study(world, patient_name="HAND^PATIENT", probability=0.7)  # 128 wide
+    add_user(world, "rad", Role.RADIOLOGIST)
+    page.add_init_script(FRAME_RECORDER)
+    _sign_in(page, served)
+
+    _go(page, chest.id)
+    _expect_shown(page, "#radiograph", 200)
+    page.check("#heatmap-toggle")
+    _expect_shown(page, "#heatmap", 200)
+
+    # 1. The hand's pictures are slow: nothing of the chest may stay on screen meanwhile.
+    held: list[Route] = []
+    hand_pictures = f"**/api/studies/{hand.id}/images/*/*.png"
+    page.route(hand_pictures, lambda route: held.append(route))
+    with page.expect_request(lambda request: f"/studies/{hand.id}/images/" in request.url):
+        _go(page, hand.id)
+    expect(page.locator("#study-title")).to_have_text("HAND PATIENT")
+    expect(page.locator("#heatmap")).to_be_hidden()
+    expect(page.locator("#radiograph")).to_have_js_property("naturalWidth", 0)
+    page.unroute(hand_pictures)
+    _release(held)
+    _expect_shown(page, "#radiograph", 128)
+    _expect_shown(page, "#heatmap", 128)  # the reader's heat-map choice is kept
+
+    # 2. The chest's heat map answers after the reader has moved on: it is dropped.
+    chest_heatmap = f"**/api/studies/{chest.id}/images/*/heatmap.png"
+    page.route(chest_heatmap, lambda route: held.append(route))
+    with page.expect_request(
+        lambda request: (
+            f"/studies/{chest.id}/images/" in request.url and request.url.endswith("/heatmap.png")
+        )
+    ):
+        _go(page, chest.id)  # the preview is answered; the heat map is asked for and held
+    _expect_shown(page, "#radiograph", 200)
+    with page.expect_console_message(lambda msg: "dropped" in msg.text):
+        _go(page, hand.id)
+    _release(held)
+    _expect_shown(page, "#radiograph", 128)
+    _expect_shown(page, "#heatmap", 128)
+    hand_image = str(hand.image_ids[0])
+    expect(page.locator("#radiograph")).to_have_attribute("data-image-id", hand_image)
+    expect(page.locator("#heatmap")).to_have_attribute("data-image-id", hand_image)
+    expect(page.locator("#heatmap")).to_have_attribute("data-study-id", str(hand.id))
+    page.screenshot(path=str(ARTIFACTS / "web-switch-study.png"))
+
+    frames = page.evaluate("() => window.__frames")
+    after_hand = [f for f in frames if f["after"] == f"#/studies/{hand.id}"]
+    assert after_hand
+    chest_after_switch = [f for f in after_hand if 200 in (f["radiograph"], f["heatmap"])]
+    assert chest_after_switch == [], "the chest's picture was drawn after opening the hand"
+
+
+def test_an_undecodable_image_shows_a_placeholder_and_its_reason(
+    world: World, served: str, browser_page: Page
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    study = seed_study(world, patient_name="TWO^IMAGES", probability=0.85, n_images=2)
+    good, bad = study.image_ids
+    make_undecodable(world, bad, "no pixel data")
+    add_user(world, "rad", Role.RADIOLOGIST)
+    _sign_in(page, served)
+    _go(page, study.id)
+    _expect_shown(page, "#radiograph", 128)
+    page.check("#heatmap-toggle")
+    _expect_shown(page, "#heatmap", 128)
+
+    page.click(f"#thumbs button[data-image-id='{bad}']")
+    placeholder = page.locator("#placeholder")
+    expect(placeholder).to_be_visible()
+    expect(placeholder).to_contain_text("This image cannot be shown")
+    expect(placeholder).to_contain_text("Not analysed: no pixel data")
+    expect(page.locator("#radiograph")).to_be_hidden()
+    expect(page.locator("#heatmap")).to_be_hidden()
+    expect(page.locator("#heatmap-toggle")).to_be_disabled()
+    expect(page.locator("#heatmap-toggle")).not_to_be_checked()
+    page.screenshot(path=str(ARTIFACTS / "web-undecodable-image.png"))
+
+    page.click(f"#thumbs button[data-image-id='{good}']")
+    expect(placeholder).to_be_hidden()
+    expect(page.locator("#message")).to_be_hidden()
+    _expect_shown(page, "#radiograph", 128)
+    expect(page.locator("#radiograph")).to_have_attribute("data-image-id", str(good))
+    expect(page.locator("#heatmap-toggle")).to_be_enabled()
+    expect(page.locator("#heatmap-toggle")).to_be_checked()
+    _expect_shown(page, "#heatmap", 128)
