@@ -466,3 +466,31 @@ def test_concurrent_repeats_store_one_review(world: World, radiologist: dict[str
     assert sum("idempotent-replayed" in r.headers for r in responses) == len(clients) - 1
     with world.sessions() as session:
         assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_study_detail_lists_every_review_newest_first(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    add_user(world, "second", Role.RADIOLOGIST)
+    second = login(client, "second")
+    assert _review(client, study.id, radiologist, str(uuid.uuid4()), comment="first").is_success
+    later = _review(
+        client,
+        study.id,
+        second,
+        str(uuid.uuid4()),
+        comment="second look",
+        image_id=study.image_ids[0],
+        location={"x": 40, "y": 50},
+    )
+    assert later.status_code == 201
+    reviews = client.get(f"/api/studies/{study.id}", headers=radiologist).json()["reviews"]
+    assert [(r["reviewer"], r["comment"]) for r in reviews] == [
+        ("second", "second look"),
+        ("rad", "first"),
+    ]
+    assert reviews[0]["location"] == {"x": 40.0, "y": 50.0}
+    assert reviews[0]["image_id"] == study.image_ids[0]
+    assert reviews[0]["created_at"] >= reviews[1]["created_at"]
+    assert all(r["verdict"] == "agree" and r["label"] == "fractured" for r in reviews)

@@ -4,7 +4,9 @@ and the reader's-workstation safety rules (whose picture is shown, what a review
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,13 +15,14 @@ import uvicorn
 from sqlalchemy import select
 
 from api.app import create_app
-from db.review import Review, Role
+from db.base import utcnow
+from db.review import FractureLabel, Review, Role, Verdict
 from gateway.http import ApiServer
 from tests.api.world import PASSWORD, World, add_user, make_undecodable, seed_study
 from tests.helpers.tools import require_program
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, Route
+    from playwright.sync_api import Page, Request, Route
 
 pytestmark = pytest.mark.integration
 
@@ -113,9 +116,9 @@ def test_log_in_open_study_toggle_heatmap_and_review(world: World, served: str) 
     assert 44 <= review.location_y <= 52
 
 
-# The reader's workstation: another patient's picture, undecodable images. Each test waits on
-# conditions in the page (auto-retrying expectations, awaited requests and console messages),
-# never on fixed sleeps.
+# The reader's workstation: another patient's picture, undecodable images, double saves, labels,
+# history. Each test waits on conditions in the page (auto-retrying expectations, awaited
+# requests and console messages), never on fixed sleeps.
 
 VIEWPORT = {"width": 1280, "height": 720}
 
@@ -295,3 +298,100 @@ def test_an_undecodable_image_shows_a_placeholder_and_its_reason(
     expect(page.locator("#heatmap-toggle")).to_be_enabled()
     expect(page.locator("#heatmap-toggle")).to_be_checked()
     _expect_shown(page, "#heatmap", 128)
+
+
+def test_a_double_click_saves_one_review_and_the_history_shows_it(
+    world: World, served: str, browser_page: Page
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    study = seed_study(world, patient_name="DOUBLE^CLICK", probability=0.85)
+    earlier_reader = add_user(world, "earlier", Role.RADIOLOGIST)
+    with world.sessions() as session, session.begin():
+        session.add(
+            Review(
+                study_id=study.id,
+                reviewer_id=earlier_reader,
+                verdict=Verdict.DISAGREE,
+                label=FractureLabel.NOT_FRACTURED,
+                comment="first read: no fracture",
+                created_at=utcnow() - timedelta(hours=2),
+            )
+        )
+    add_user(world, "rad", Role.RADIOLOGIST)
+    _sign_in(page, served)
+    _go(page, study.id)
+    _expect_shown(page, "#radiograph", 128)
+    history = page.locator("#review-history li")
+    expect(history).to_have_count(1)
+    expect(history.first).to_contain_text("earlier")
+    expect(history.first).to_contain_text("disagree, no fracture")
+    expect(history.first).to_contain_text("first read: no fracture")
+
+    posts: list[Request] = []
+    page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
+    held: list[Route] = []
+    page.route("**/api/studies/*/review", lambda route: held.append(route))
+    page.fill("#review-comment", "seen twice")
+    with page.expect_request(lambda r: r.method == "POST"):
+        page.locator("#agree").dblclick()
+    expect(page.locator("#agree")).to_be_disabled()  # locked while the save is in flight
+    expect(page.locator("#disagree")).to_be_disabled()
+    _release(held)
+    expect(page.locator("#message")).to_contain_text("Review saved: agree, fractured")
+    expect(page.locator("#agree")).to_be_disabled()  # saved: a new review is a deliberate act
+    expect(page.locator("#review-again")).to_be_visible()
+    expect(history).to_have_count(2)
+    newest = history.first
+    expect(newest).to_contain_text("rad")
+    expect(newest).to_contain_text("agree, fracture")
+    expect(newest).to_contain_text("seen twice")
+    expect(newest.locator("time")).to_have_text(
+        re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+    )
+    page.screenshot(path=str(ARTIFACTS / "web-review-history.png"), full_page=True)
+
+    assert len(posts) == 1
+    assert re.fullmatch(r"[0-9a-f-]{36}", posts[0].headers["idempotency-key"])
+    with world.sessions() as session:
+        saved = session.scalars(select(Review).where(Review.comment == "seen twice")).all()
+    assert len(saved) == 1
+
+    page.click("#review-again")
+    expect(page.locator("#agree")).to_be_enabled()
+
+
+def test_a_marked_fracture_cannot_be_sent_as_no_fracture(
+    world: World, served: str, browser_page: Page
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    study = seed_study(world, patient_name="MARKED^POINT", probability=0.85)
+    add_user(world, "rad", Role.RADIOLOGIST)
+    _sign_in(page, served)
+    _go(page, study.id)
+    _expect_shown(page, "#radiograph", 128)
+    disagree = page.locator("#disagree")
+    expect(disagree).to_have_text("Disagree: no fracture")
+    expect(disagree).to_be_enabled()
+
+    box = page.locator("#radiograph").bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    expect(page.locator("#location-text")).to_contain_text("Fracture marked at")
+    expect(disagree).to_be_disabled()
+    expect(page.locator("#review-hint")).to_be_visible()
+    expect(page.locator("#agree")).to_have_text("Agree: fracture")
+    expect(page.locator("#agree")).to_be_enabled()
+    page.screenshot(path=str(ARTIFACTS / "web-marked-point.png"))
+
+    page.click("#clear-location")
+    expect(page.locator("#location-text")).to_have_text("No location marked.")
+    expect(disagree).to_be_enabled()
+    page.click("#disagree")
+    expect(page.locator("#message")).to_contain_text("Review saved: disagree, not fractured")
+    with world.sessions() as session:
+        review = session.scalars(select(Review)).one()
+    assert (review.label, review.location_x, review.instance_id) == ("not_fractured", None, None)
