@@ -16,8 +16,10 @@ from httpx import Response
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api.app import create_app
+from api.reviews import review_for_key
 from db.base import utcnow
 from db.models import StudyStatus
 from db.results import OutboxState
@@ -464,6 +466,38 @@ def test_concurrent_repeats_store_one_review(world: World, radiologist: dict[str
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
     assert sum("idempotent-replayed" in r.headers for r in responses) == len(clients) - 1
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_a_lost_race_answers_the_review_the_other_worker_stored(
+    world: World,
+    client: TestClient,
+    radiologist: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look-up misses a review another worker commits just after it: the insert then hits
+    the unique constraint, and the route answers the stored review rather than a 500."""
+    from api.routes import studies as routes
+
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    first = _review(client, study.id, radiologist, key, comment="race")
+    assert first.status_code == 201
+    lookups: list[str] = []
+
+    def too_early(session: Session, reviewer_id: int, key: str) -> Review | None:
+        lookups.append(key)
+        return None if len(lookups) == 1 else review_for_key(session, reviewer_id, key)
+
+    monkeypatch.setattr(routes, "review_for_key", too_early)
+    again = _review(client, study.id, radiologist, key, comment="race")
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(lookups) == 2
+    changed = _review(client, study.id, radiologist, key, comment="another")
+    assert changed.status_code == 409
     with world.sessions() as session:
         assert len(session.scalars(select(Review)).all()) == 1
 

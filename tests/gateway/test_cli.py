@@ -50,7 +50,7 @@ def test_db_upgrade_creates_the_schema(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert result.exit_code == 0, result.output
     # Every branch of the schema is at its head.
     assert "0002_results" in result.output
-    assert "0003_review" in result.output
+    assert "0005_review_idempotency" in result.output  # the review branch: 0003, then 0005
     assert (tmp_path / "home" / "fracture-gateway.sqlite3").exists()
 
 
