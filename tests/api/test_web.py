@@ -30,6 +30,18 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
+#: Expectations retry until this many milliseconds: generous, as CI machines may be busy.
+EXPECT_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def patient_expectations() -> None:
+    require_program(CHROMIUM)
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+
+
 @pytest.fixture
 def served(world: World) -> Iterator[str]:
     app = create_app(world.settings, world.sessions, store=world.store)
