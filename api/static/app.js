@@ -230,17 +230,21 @@ async function showImage(image) {
     button.classList.toggle("active", Number(button.dataset.imageId) === image.id);
   }
   try {
-    const preview = await blobUrl(image.preview_url, selection);
-    setImageSource($("radiograph"), preview, image);
-    if (image.heatmap_url) {
-      const heat = await blobUrl(image.heatmap_url, selection);
-      setImageSource($("heatmap"), heat, image);
+    setImageSource($("radiograph"), await blobUrl(image.preview_url, selection), image);
+  } catch (error) {
+    if (!isDropped(error)) showPlaceholder(image, error.message);
+    return;
+  }
+  if (image.heatmap_url) {
+    try {
+      setImageSource($("heatmap"), await blobUrl(image.heatmap_url, selection), image);
       $("heatmap-toggle").disabled = false;
       $("heatmap-toggle").checked = state.heatmapWanted;
+    } catch (error) {
+      // The radiograph stays; only the heat map is missing (its toggle stays disabled).
+      if (isDropped(error)) return;
+      message(`The heat map cannot be shown: ${error.message}`);
     }
-  } catch (error) {
-    if (isDropped(error)) return;
-    showPlaceholder(image, error.message);
   }
   applyHeatmap();
 }

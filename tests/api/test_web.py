@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from db.base import utcnow
+from db.models import ImagePrediction
 from db.review import FractureLabel, Review, Role, Verdict
 from gateway.http import ApiServer
 from tests.api.world import PASSWORD, World, add_user, make_undecodable, seed_study
@@ -281,9 +282,15 @@ def test_an_undecodable_image_shows_a_placeholder_and_its_reason(
     from playwright.sync_api import expect
 
     page = browser_page
-    study = seed_study(world, patient_name="TWO^IMAGES", probability=0.85, n_images=2)
-    good, bad = study.image_ids
+    study = seed_study(world, patient_name="THREE^IMAGES", probability=0.85, n_images=3)
+    good, bad, no_heat = study.image_ids
     make_undecodable(world, bad, "no pixel data")
+    with world.sessions() as session:
+        heat_path = session.scalars(
+            select(ImagePrediction.heatmap_path).where(ImagePrediction.instance_id == no_heat)
+        ).one()
+    assert heat_path is not None
+    world.store.absolute(heat_path).unlink()  # its heat map is lost; the radiograph is fine
     add_user(world, "rad", Role.RADIOLOGIST)
     _sign_in(page, served)
     _go(page, study.id)
@@ -310,6 +317,14 @@ def test_an_undecodable_image_shows_a_placeholder_and_its_reason(
     expect(page.locator("#heatmap-toggle")).to_be_enabled()
     expect(page.locator("#heatmap-toggle")).to_be_checked()
     _expect_shown(page, "#heatmap", 128)
+
+    page.click(f"#thumbs button[data-image-id='{no_heat}']")
+    expect(page.locator("#message")).to_contain_text("The heat map cannot be shown")
+    _expect_shown(page, "#radiograph", 128)
+    expect(page.locator("#radiograph")).to_have_attribute("data-image-id", str(no_heat))
+    expect(page.locator("#heatmap")).to_be_hidden()
+    expect(page.locator("#heatmap-toggle")).to_be_disabled()
+    expect(placeholder).to_be_hidden()
 
 
 def test_a_double_click_saves_one_review_and_the_history_shows_it(
