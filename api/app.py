@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +47,22 @@ def _record_activity(sessions: sessionmaker[Session], event_type: Code) -> None:
             AuditAction.EXECUTE,
             event_type=event_type,
         )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape without ``input`` and ``ctx``: they echo what was submitted.
+
+    A review comment or an uploaded header may hold a patient's name; an error body names the
+    field and the rule, never the value.
+    """
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error["type"]}
+        for error in errors
+    ]
+    return JSONResponse(
+        jsonable_encoder({"detail": detail}), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
 
 
 def create_app(
@@ -84,6 +102,7 @@ def create_app(
         ),
     )
     app.state.metrics_registry = make_registry(sessions)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     for router in (auth.router, studies.router, system.router, admin.router, predict.router):
         app.include_router(router)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,14 +24,55 @@ class ReviewRejected(ValueError):  # noqa: N818 - reads as what happened
         self.message = message
 
 
+class IdempotencyKeyReused(ValueError):  # noqa: N818 - reads as what happened
+    """The request's Idempotency-Key already belongs to a different review by the same person."""
+
+
+def request_sha256(study_id: int, body: ReviewIn) -> str:
+    """A fingerprint of a review request: the same study and body give the same digest."""
+    canonical = json.dumps(
+        {"study_id": study_id, "body": body.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def review_for_key(session: Session, reviewer_id: int, key: str) -> Review | None:
+    """The review ``reviewer_id`` already made with Idempotency-Key ``key``, if any."""
+    return session.scalars(
+        select(Review).where(Review.reviewer_id == reviewer_id, Review.idempotency_key == key)
+    ).first()
+
+
+def replayed_review(existing: Review, fingerprint: str) -> Review:
+    """``existing`` when it was made by the same request; a reused key is refused."""
+    if existing.request_sha256 != fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used for a different review; "
+            "send a new key for a new review"
+        )
+    return existing
+
+
 def _label_of(positive: bool) -> FractureLabel:
     return FractureLabel.FRACTURED if positive else FractureLabel.NOT_FRACTURED
 
 
 def create_review(
-    session: Session, store: InstanceStore, study: Study, reviewer_id: int, body: ReviewIn
+    session: Session,
+    store: InstanceStore,
+    study: Study,
+    reviewer_id: int,
+    body: ReviewIn,
+    *,
+    idempotency_key: str | None = None,
 ) -> Review:
-    """Add a review of ``study``'s current AI result to ``session`` (the caller commits)."""
+    """Add a review of ``study``'s current AI result to ``session`` (the caller commits).
+
+    With an ``idempotency_key`` the flush raises ``IntegrityError`` when the reviewer already
+    has a review with that key (the database's unique constraint).
+    """
     prediction = latest_study_prediction(session, study.id)
     ai_positive = prediction.positive if prediction is not None else None
     if body.verdict is Verdict.AGREE:
@@ -44,6 +88,13 @@ def create_review(
         label = body.label
         if ai_positive is not None and label is _label_of(ai_positive):
             raise ReviewRejected("label", "a disagreeing review needs the other label")
+    if body.location is not None and label is not FractureLabel.FRACTURED:
+        # A marked fracture on a study labelled not fractured would teach the model both.
+        raise ReviewRejected(
+            "location",
+            "a fracture location goes only with the label fractured; "
+            "remove the marked point to record no fracture",
+        )
 
     body_part: str | None = None
     instance: Instance | None = None
@@ -69,9 +120,7 @@ def create_review(
         rows, columns = size
         if not (body.location.x < columns and body.location.y < rows):
             raise ReviewRejected(
-                "location",
-                f"the point ({body.location.x}, {body.location.y}) lies outside the image "
-                f"of {columns} x {rows} pixels",
+                "location", f"the point lies outside the image of {columns} x {rows} pixels"
             )
     review = Review(
         study_id=study.id,
@@ -88,6 +137,8 @@ def create_review(
         model_name=prediction.model_name if prediction is not None else None,
         model_version=prediction.model_version if prediction is not None else None,
         body_part=body_part,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256(study.id, body),
     )
     session.add(review)
     session.flush()

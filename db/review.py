@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     Update,
     event,
 )
@@ -125,8 +126,19 @@ class Review(Base):
     model_version: Mapped[str | None] = mapped_column(String(32))
     body_part: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: The client's key for the request that created the review: a repeated request with the
+    #: same key (a double click, a retry) finds this review instead of adding a second one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the request (study and body), to refuse a key reused for another review.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_reviews_study_created", "study_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_reviews_study_created", "study_id", "created_at"),
+        # One review per reviewer and key, enforced by the database so it holds across workers.
+        UniqueConstraint(
+            "reviewer_id", "idempotency_key", name="uq_reviews_reviewer_idempotency_key"
+        ),
+    )
 
 
 class AuditEvent(Base):

@@ -5,15 +5,23 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import audit
 from api.audit import EventId
 from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, SessionDep
 from api.pictures import DEFAULT_SIZE, MAX_SIZE, PictureUnavailable, heatmap_png, preview_png
-from api.reviews import ReviewRejected, create_review
+from api.reviews import (
+    IdempotencyKeyReused,
+    ReviewRejected,
+    create_review,
+    replayed_review,
+    request_sha256,
+    review_for_key,
+)
 from api.schemas import (
     AUTH_RESPONSES,
     NOT_FOUND,
@@ -244,11 +252,28 @@ async def heatmap(
     )
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description=(
+            "A client-generated key (a UUID) for this review: a repeated request with the same "
+            "key and body answers the review stored the first time instead of adding another"
+        ),
+    ),
+]
+
+
 @router.post(
     "/{study_id}/review",
     response_model=ReviewOut,
     status_code=status.HTTP_201_CREATED,
-    responses={**NOT_FOUND, 403: {"model": ErrorBody, "description": "Reviews come from people"}},
+    responses={
+        **NOT_FOUND,
+        403: {"model": ErrorBody, "description": "Reviews come from people"},
+        409: {"model": ErrorBody, "description": "The Idempotency-Key belongs to another review"},
+    },
 )
 def review_study(
     study_id: StudyId,
@@ -257,25 +282,50 @@ def review_study(
     session: SessionDep,
     context: ContextDep,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ReviewOut:
-    """Record a verdict on the study's current AI result (stored with reviewer and model)."""
+    """Record a verdict on the study's current AI result (stored with reviewer and model).
+
+    With an ``Idempotency-Key`` a repeated request stores nothing new: it answers the first
+    review (header ``Idempotent-Replayed: true``), or 409 when the key was used for another one.
+    """
     if principal.kind is not PrincipalKind.USER:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "reviews are given by people, not tokens")
     study = _study_or_404(session, principal, study_id)
+    existing = review_for_key(session, principal.id, idempotency_key) if idempotency_key else None
+    if existing is None:
+        try:
+            review = create_review(
+                session, context.store, study, principal.id, body, idempotency_key=idempotency_key
+            )
+        except ReviewRejected as exc:
+            session.rollback()
+            raise unprocessable(exc.field, exc.message) from exc
+        except IntegrityError:
+            # Another worker stored a review with this key between the look-up and the insert.
+            session.rollback()
+            if idempotency_key is None:
+                raise
+            existing = review_for_key(session, principal.id, idempotency_key)
+            if existing is None:
+                raise
+        else:
+            audit.record(
+                session,
+                principal.actor,
+                EventId.PATIENT_RECORD,
+                AuditAction.CREATE,
+                object_type="review",
+                object_id=review.id,
+                detail=f"review of study {study.id}",
+            )
+            session.commit()
+            response.headers["Location"] = f"{study_url(study.id)}#review-{review.id}"
+            return review_out(review, principal.name)
     try:
-        review = create_review(session, context.store, study, principal.id, body)
-    except ReviewRejected as exc:
-        session.rollback()
-        raise unprocessable(exc.field, exc.message) from exc
-    audit.record(
-        session,
-        principal.actor,
-        EventId.PATIENT_RECORD,
-        AuditAction.CREATE,
-        object_type="review",
-        object_id=review.id,
-        detail=f"review of study {study.id}",
-    )
-    session.commit()
-    response.headers["Location"] = f"{study_url(study.id)}#review-{review.id}"
+        review = replayed_review(existing, request_sha256(study_id, body))
+    except IdempotencyKeyReused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"{study_url(study_id)}#review-{review.id}"
     return review_out(review, principal.name)

@@ -4,7 +4,16 @@
 // data ever appears in a URL (URLs carry internal ids only).
 "use strict";
 
-const state = { token: null, offset: 0, limit: 50, total: 0, study: null, image: null, location: null };
+const state = {
+  token: null, offset: 0, limit: 50, total: 0, study: null, image: null, location: null,
+  // The current selection (study or image): every picture request belongs to one, and a
+  // response for an earlier selection is dropped, never drawn (another patient's picture).
+  selection: { id: 0, controller: new AbortController() },
+  heatmapWanted: false, // the reader's choice, kept across images that have no heat map
+  reviewKey: null, // the Idempotency-Key of the review being drafted
+  saving: false,
+  saved: false,
+};
 const $ = (id) => document.getElementById(id);
 
 function show(view) {
@@ -137,36 +146,105 @@ async function loadWorklist() {
   $("next-page").disabled = state.offset + state.limit >= page.total;
 }
 
-async function blobUrl(path) {
-  const response = await api(path);
-  if (!response.ok) throw new Error(await errorText(response));
-  return URL.createObjectURL(await response.blob());
+function newSelection() {
+  // Ends the previous selection: its requests are aborted and its responses will be dropped.
+  state.selection.controller.abort();
+  state.selection = { id: state.selection.id + 1, controller: new AbortController() };
+  return state.selection;
 }
 
-function setImageSource(img, url) {
+function isCurrent(selection) {
+  return selection === state.selection;
+}
+
+class StaleSelection extends Error {}
+
+async function blobUrl(path, selection) {
+  const response = await api(path, { signal: selection.controller.signal });
+  if (!isCurrent(selection)) throw new StaleSelection(path);
+  if (!response.ok) throw new Error(await errorText(response));
+  const blob = await response.blob();
+  if (!isCurrent(selection)) throw new StaleSelection(path);
+  return URL.createObjectURL(blob);
+}
+
+function isDropped(error) {
+  if (error instanceof StaleSelection || (error && error.name === "AbortError")) {
+    console.debug("fg: dropped a picture response for an earlier selection");
+    return true;
+  }
+  return false;
+}
+
+function setImageSource(img, url, image) {
   if (img.src && img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-  img.src = url;
+  if (url) {
+    img.src = url;
+    img.dataset.studyId = String(state.study ? state.study.id : "");
+    img.dataset.imageId = String(image.id);
+  } else {
+    img.removeAttribute("src");
+    delete img.dataset.studyId;
+    delete img.dataset.imageId;
+  }
+}
+
+function clearViewer() {
+  // Nothing of the previous study or image stays on screen while the next one loads.
+  setImageSource($("radiograph"), null);
+  setImageSource($("heatmap"), null);
+  $("radiograph").hidden = false;
+  $("radiograph").style.width = "";
+  $("placeholder").hidden = true;
+  $("placeholder").textContent = "";
+  $("heatmap-toggle").disabled = true;
+  $("heatmap-toggle").checked = false;
+  state.image = null;
+  clearLocation();
+  applyHeatmap();
+}
+
+function showPlaceholder(image, reason) {
+  setImageSource($("radiograph"), null);
+  setImageSource($("heatmap"), null);
+  $("radiograph").hidden = true;
+  // The server says "the image cannot be shown (why)"; keep the why.
+  const why = reason.replace(/^the image cannot be shown\s*/i, "").replace(/^\((.*)\)$/, "$1");
+  const lines = [`This image cannot be shown: ${why || "unknown reason"}.`];
+  if (image.eligibility === "out_of_scope") {
+    lines.push(`Not analysed${image.eligibility_reason ? `: ${image.eligibility_reason}` : ""}.`);
+  }
+  $("placeholder").textContent = lines.join(" ");
+  $("placeholder").hidden = false;
+  $("heatmap-toggle").disabled = true;
+  $("heatmap-toggle").checked = false;
+  applyHeatmap();
 }
 
 async function showImage(image) {
+  const selection = newSelection();
+  message("");
+  clearViewer();
   state.image = image;
-  state.location = null;
-  $("marker").hidden = true;
-  $("location-text").textContent = "No location marked.";
   for (const button of $("thumbs").children) {
     button.classList.toggle("active", Number(button.dataset.imageId) === image.id);
   }
   try {
-    setImageSource($("radiograph"), await blobUrl(image.preview_url));
-    if (image.heatmap_url) {
-      setImageSource($("heatmap"), await blobUrl(image.heatmap_url));
-      $("heatmap-toggle").disabled = false;
-    } else {
-      $("heatmap-toggle").checked = false;
-      $("heatmap-toggle").disabled = true;
-    }
+    setImageSource($("radiograph"), await blobUrl(image.preview_url, selection), image);
   } catch (error) {
-    message(`The image cannot be shown: ${error.message}`);
+    if (!isDropped(error)) showPlaceholder(image, error.message);
+    return;
+  }
+  if (image.heatmap_url) {
+    try {
+      setImageSource($("heatmap"), await blobUrl(image.heatmap_url, selection), image);
+      $("heatmap-toggle").disabled = false;
+      $("heatmap-toggle").checked = state.heatmapWanted;
+    } catch (error) {
+      // The radiograph stays; only the heat map is missing (its toggle stays disabled).
+      if (isDropped(error)) return;
+      message(`The heat map cannot be shown: ${error.message}`);
+    }
   }
   applyHeatmap();
 }
@@ -182,13 +260,28 @@ function fitImage() {
 
 function applyHeatmap() {
   const overlay = $("heatmap");
-  overlay.hidden = !$("heatmap-toggle").checked || !state.image || !state.image.heatmap_url;
+  const toggle = $("heatmap-toggle");
+  const ours = state.image && overlay.dataset.imageId === String(state.image.id);
+  overlay.hidden = !toggle.checked || toggle.disabled || !ours;
   overlay.style.opacity = String(Number($("heatmap-opacity").value) / 100);
+}
+
+function toggleHeatmap() {
+  state.heatmapWanted = $("heatmap-toggle").checked;
+  applyHeatmap();
+}
+
+function clearLocation() {
+  state.location = null;
+  $("marker").hidden = true;
+  $("location-text").textContent = "No location marked.";
+  $("clear-location").hidden = true;
+  updateReviewButtons();
 }
 
 function markLocation(event) {
   const image = state.image;
-  if (!image || !image.columns || !image.rows) return;
+  if (!image || !image.columns || !image.rows || $("radiograph").dataset.imageId !== String(image.id)) return;
   const rect = $("radiograph").getBoundingClientRect();
   const fx = (event.clientX - rect.left) / rect.width;
   const fy = (event.clientY - rect.top) / rect.height;
@@ -199,6 +292,101 @@ function markLocation(event) {
   marker.style.top = `${fy * 100}%`;
   marker.hidden = false;
   $("location-text").textContent = `Fracture marked at x ${state.location.x}, y ${state.location.y} (image pixels).`;
+  $("clear-location").hidden = false;
+  draftChanged();
+}
+
+function labelText(label) {
+  return label === "fractured" ? "fracture" : "no fracture";
+}
+
+function labelFor(verdict) {
+  // What a verdict records: agreeing takes the AI's label, disagreeing the other one.
+  const positive = Boolean(state.study && state.study.result && state.study.result.positive);
+  return (verdict === "agree") === positive ? "fractured" : "not_fractured";
+}
+
+function newKey() {
+  // A v4 UUID; crypto.randomUUID needs a secure context, getRandomValues does not.
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function updateReviewButtons() {
+  const study = state.study;
+  const hasResult = Boolean(study && study.result && study.result.positive !== null);
+  const locked = !study || state.saving || state.saved;
+  for (const verdict of ["agree", "disagree"]) {
+    const button = $(verdict);
+    const label = labelFor(verdict);
+    button.textContent = `${verdict === "agree" ? "Agree" : "Disagree"}: ${labelText(label)}`;
+    // A marked point is a fracture: it never goes with a "no fracture" review.
+    button.disabled = locked || (verdict === "agree" && !hasResult)
+      || (state.location !== null && label === "not_fractured");
+  }
+  $("review-hint").hidden = state.location === null;
+  $("review-again").hidden = !state.saved;
+}
+
+function draftChanged() {
+  // A new draft is a new review: it gets its own Idempotency-Key.
+  if (state.saving) return;
+  if (state.saved) {
+    state.saved = false;
+    state.reviewKey = newKey();
+  }
+  updateReviewButtons();
+}
+
+function pad(number) {
+  return String(number).padStart(2, "0");
+}
+
+function formatTime(iso) {
+  const when = new Date(iso);
+  if (Number.isNaN(when.getTime())) return text(iso);
+  return `${when.getFullYear()}-${pad(when.getMonth() + 1)}-${pad(when.getDate())} `
+    + `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}`;
+}
+
+function renderReviews(study) {
+  const reviews = study.reviews || [];
+  $("review-state").textContent = reviews.length
+    ? `${reviews.length} review${reviews.length > 1 ? "s" : ""}, newest first.`
+    : "Not reviewed yet.";
+  const list = $("review-history");
+  list.replaceChildren();
+  for (const review of reviews) {
+    const item = document.createElement("li");
+    item.id = `review-${review.id}`;
+    const head = document.createElement("div");
+    const when = document.createElement("time");
+    when.dateTime = review.created_at;
+    when.textContent = formatTime(review.created_at);
+    const verdict = document.createElement("strong");
+    verdict.textContent = `${review.verdict}, ${labelText(review.label)}`;
+    head.append(when, ` · ${review.reviewer} · `, verdict);
+    item.appendChild(head);
+    if (review.location) {
+      const number = study.images.findIndex((image) => image.id === review.image_id) + 1;
+      const where = document.createElement("div");
+      where.className = "muted";
+      where.textContent = `Fracture at x ${review.location.x}, y ${review.location.y}`
+        + (number ? ` on image ${number}` : "");
+      item.appendChild(where);
+    }
+    if (review.comment) {
+      const comment = document.createElement("div");
+      comment.className = "review-comment";
+      comment.textContent = review.comment;
+      item.appendChild(comment);
+    }
+    list.appendChild(item);
+  }
 }
 
 function renderResult(study) {
@@ -227,11 +415,8 @@ function renderResult(study) {
       details.append(dt, dd);
     }
   }
-  $("agree").disabled = !result || result.positive === null;
-  const review = study.latest_review;
-  $("review-state").textContent = review
-    ? `Last review: ${review.verdict}, ${review.label.replace("_", " ")} by ${review.reviewer}`
-    : "Not reviewed yet.";
+  updateReviewButtons();
+  renderReviews(study);
   const list = $("deliveries");
   list.replaceChildren();
   for (const object of study.result_objects) {
@@ -244,21 +429,45 @@ function renderResult(study) {
   if (!list.children.length) list.textContent = "Nothing sent yet.";
 }
 
+function clearStudy() {
+  // The previous patient's name, result and reviews go before the next study is asked for.
+  state.study = null;
+  state.saving = false;
+  state.saved = false;
+  clearViewer();
+  for (const id of ["study-title", "study-meta", "ai-result", "review-state", "deliveries"]) {
+    $(id).textContent = "";
+  }
+  for (const id of ["ai-details", "review-history", "thumbs"]) $(id).replaceChildren();
+  $("review-comment").value = "";
+  updateReviewButtons();
+}
+
 async function loadStudy(id) {
   show("study-view");
-  const response = await api(`/api/studies/${id}`);
-  if (!response.ok) {
-    message(await errorText(response));
-    return;
+  const selection = newSelection();
+  clearStudy();
+  let study;
+  try {
+    const response = await api(`/api/studies/${id}`, { signal: selection.controller.signal });
+    if (!isCurrent(selection)) return;
+    if (!response.ok) {
+      message(await errorText(response));
+      return;
+    }
+    study = await response.json();
+  } catch (error) {
+    if (isDropped(error)) return;
+    throw error;
   }
-  const study = await response.json();
+  if (!isCurrent(selection)) return;
   state.study = study;
+  state.reviewKey = newKey();
   $("study-title").textContent = personName(study.patient_name);
   $("study-meta").textContent = [study.patient_id, formatDate(study.study_date), study.study_description,
     study.body_parts.join(", ")].filter(Boolean).join(" · ");
   renderResult(study);
   const thumbs = $("thumbs");
-  thumbs.replaceChildren();
   study.images.forEach((image, index) => {
     const button = document.createElement("button");
     button.type = "button";
@@ -275,32 +484,56 @@ async function loadStudy(id) {
 
 async function submitReview(verdict) {
   const study = state.study;
-  if (!study) return;
+  if (!study || state.saving || state.saved) return;
+  const label = labelFor(verdict);
   const body = { verdict };
-  if (verdict === "disagree") {
-    const positive = study.result && study.result.positive;
-    body.label = positive ? "not_fractured" : "fractured";
-  }
+  if (verdict === "disagree") body.label = label;
   const comment = $("review-comment").value.trim();
   if (comment) body.comment = comment;
   if (state.location && state.image) {
+    if (label !== "fractured") return; // the button is disabled; a point means a fracture
     body.image_id = state.image.id;
     body.location = state.location;
   }
-  const response = await api(`/api/studies/${study.id}/review`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+  state.saving = true; // both buttons stay locked until the answer is in
+  updateReviewButtons();
+  let response;
+  try {
+    response = await api(`/api/studies/${study.id}/review`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Idempotency-Key": state.reviewKey },
+      body: JSON.stringify(body),
+    });
+  } catch (error) {
+    if (state.study === study) {
+      state.saving = false;
+      updateReviewButtons();
+      message(`The review was not confirmed (${error.message}); saving again will not store it twice.`);
+    }
+    return;
+  }
+  if (state.study !== study) return; // the reader has moved on; the review is stored
+  state.saving = false;
   if (!response.ok) {
     message(await errorText(response));
+    updateReviewButtons();
     return;
   }
   const review = await response.json();
+  state.saved = true;
   message(`Review saved: ${review.verdict}, ${review.label.replace("_", " ")}.`, true);
   $("review-comment").value = "";
+  study.reviews = [review, ...study.reviews.filter((known) => known.id !== review.id)];
   study.latest_review = review;
+  clearLocation();
   renderResult(study);
+}
+
+function reviewAgain() {
+  state.saved = false;
+  state.reviewKey = newKey();
+  message("");
+  updateReviewButtons();
 }
 
 function route() {
@@ -310,6 +543,10 @@ function route() {
   }
   const match = location.hash.match(/^#\/studies\/(\d+)$/);
   message("");
+  if (!match) {
+    newSelection();
+    clearStudy();
+  }
   if (match) loadStudy(Number(match[1])).catch((error) => message(error.message));
   else loadWorklist().catch((error) => message(error.message));
 }
@@ -322,11 +559,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("next-page").addEventListener("click", () => { state.offset += state.limit; loadWorklist(); });
   $("radiograph").addEventListener("load", fitImage);
   window.addEventListener("resize", fitImage);
-  $("heatmap-toggle").addEventListener("change", applyHeatmap);
+  $("heatmap-toggle").addEventListener("change", toggleHeatmap);
   $("heatmap-opacity").addEventListener("input", applyHeatmap);
   $("stage").addEventListener("click", markLocation);
   $("agree").addEventListener("click", () => submitReview("agree"));
   $("disagree").addEventListener("click", () => submitReview("disagree"));
+  $("clear-location").addEventListener("click", () => { clearLocation(); draftChanged(); });
+  $("review-comment").addEventListener("input", draftChanged);
+  $("review-again").addEventListener("click", reviewAgain);
   window.addEventListener("hashchange", route);
   state.token = sessionStorage.getItem("fg-token");
   if (state.token) whoami().catch(() => {});

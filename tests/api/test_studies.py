@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import io
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from api.app import create_app
+from api.reviews import review_for_key
 from db.base import utcnow
 from db.models import StudyStatus
 from db.results import OutboxState
-from db.review import AuditEvent, Review
-from tests.api.world import World, seed_study
+from db.review import AuditEvent, FractureLabel, Review, Role, User, Verdict
+from tests.api.conftest import login
+from tests.api.world import World, add_user, seed_study
 
 
 def _ids(response_json: dict[str, object]) -> list[int]:
@@ -182,29 +192,29 @@ def test_missing_stored_file_is_409_not_500(
 def test_review_is_stored_with_reviewer_time_and_model(
     world: World, client: TestClient, radiologist: dict[str, str]
 ) -> None:
-    study = seed_study(world, probability=0.8)
+    study = seed_study(world, probability=0.2)
     image_id = study.image_ids[0]
     response = client.post(
         f"/api/studies/{study.id}/review",
         json={
             "verdict": "disagree",
-            "label": "not_fractured",
+            "label": "fractured",
             "image_id": image_id,
             "location": {"x": 10.5, "y": 20},
-            "comment": "old healed fracture",
+            "comment": "subtle scaphoid fracture",
         },
         headers=radiologist,
     )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["reviewer"] == "rad"
-    assert body["label"] == "not_fractured"
+    assert body["label"] == "fractured"
     assert body["model_version"] == "1.2.3"
     assert response.headers["location"].startswith(f"/api/studies/{study.id}")
     with world.sessions() as session:
         review = session.scalars(select(Review)).one()
         assert (review.location_x, review.location_y) == (10.5, 20.0)
-        assert review.ai_positive is True
+        assert review.ai_positive is False
         assert review.body_part == "HAND"
         assert review.study_prediction_id == study.prediction_id
         assert review.created_at is not None
@@ -225,6 +235,15 @@ def test_review_is_stored_with_reviewer_time_and_model(
         ({"verdict": "agree", "image_id": "IMAGE", "location": {"x": 1, "y": 96}}, "location"),
         ({"verdict": "agree", "image_id": "IMAGE", "location": {"x": -1, "y": 1}}, None),
         ({"verdict": "agree", "image_id": 999_999}, "image_id"),
+        (
+            {
+                "verdict": "disagree",
+                "label": "not_fractured",
+                "image_id": "IMAGE",
+                "location": {"x": 10, "y": 20},
+            },
+            "location",
+        ),
         ({"verdict": "maybe"}, None),
         ({"verdict": "agree", "extra": 1}, None),
         ({"verdict": "agree", "comment": "x" * 2001}, None),
@@ -264,3 +283,251 @@ def test_agree_needs_an_ai_result(
     )
     assert labelled.status_code == 201
     assert labelled.json()["ai_positive"] is None
+
+
+NAME_IN_COMMENT = "Comment names SMITH^JOHN"
+
+
+@pytest.mark.parametrize(
+    ("probability", "body"),
+    [
+        (0.8, {"verdict": "disagree", "label": "not_fractured"}),
+        (0.2, {"verdict": "agree"}),
+        (None, {"verdict": "disagree", "label": "not_fractured"}),
+    ],
+)
+def test_no_fracture_with_a_fracture_location_is_refused(
+    world: World,
+    client: TestClient,
+    radiologist: dict[str, str],
+    probability: float | None,
+    body: dict[str, object],
+) -> None:
+    """A marked fracture never goes with the label not_fractured, whichever verdict makes it."""
+    study = seed_study(world, probability=probability)
+    payload = {
+        **body,
+        "image_id": study.image_ids[0],
+        "location": {"x": 12.25, "y": 34.75},
+        "comment": NAME_IN_COMMENT,
+    }
+    response = client.post(f"/api/studies/{study.id}/review", json=payload, headers=radiologist)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["body", "location"]
+    assert "fracture location goes only with the label fractured" in detail[0]["msg"]
+    for echoed in ("SMITH", "12.25", "34.75"):
+        assert echoed not in response.text
+    with world.sessions() as session:
+        assert session.scalars(select(Review)).all() == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"verdict": "agree", "comment": NAME_IN_COMMENT + "x" * 2000},
+        {"verdict": "maybe", "comment": NAME_IN_COMMENT},
+        {"verdict": "agree", "location": {"x": 1, "y": 1}, "comment": NAME_IN_COMMENT},
+        {"verdict": "agree", "comment": NAME_IN_COMMENT, "SMITH^JOHN": 1},
+    ],
+)
+def test_validation_errors_do_not_echo_the_request(
+    world: World, client: TestClient, radiologist: dict[str, str], payload: dict[str, object]
+) -> None:
+    """FastAPI's 422 normally carries the submitted ``input``; a comment may name a patient."""
+    study = seed_study(world)
+    response = client.post(f"/api/studies/{study.id}/review", json=payload, headers=radiologist)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail[0]["msg"]
+    assert all(set(error) == {"loc", "msg", "type"} for error in detail)
+    assert "JOHN" not in json.dumps([e["msg"] for e in detail] + [e["type"] for e in detail])
+    assert '"input"' not in response.text
+    assert "comment names" not in response.text.lower()
+
+
+def _review(
+    client: TestClient, study_id: int, headers: dict[str, str], key: str, **body: object
+) -> Response:
+    return client.post(
+        f"/api/studies/{study_id}/review",
+        json={"verdict": "agree", **body},
+        headers={**headers, "Idempotency-Key": key},
+    )
+
+
+def test_a_repeated_review_request_stores_one_review(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    first = _review(client, study.id, radiologist, key, comment="double click")
+    again = _review(client, study.id, radiologist, key, comment="double click")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["location"] == first.headers["location"]
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+        created = session.scalars(
+            select(AuditEvent).where(AuditEvent.object_type == "review", AuditEvent.action == "C")
+        ).all()
+    assert len(created) == 1
+    other = _review(client, study.id, radiologist, str(uuid.uuid4()), comment="double click")
+    assert other.status_code == 201
+    assert other.json()["id"] != first.json()["id"]
+
+
+def test_a_reused_key_for_another_review_is_409_without_echo(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    other_study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    assert _review(client, study.id, radiologist, key).status_code == 201
+    changed = _review(client, study.id, radiologist, key, comment=NAME_IN_COMMENT)
+    elsewhere = _review(client, other_study.id, radiologist, key)
+    for response in (changed, elsewhere):
+        assert response.status_code == 409
+        assert response.json() == {
+            "detail": "this Idempotency-Key was already used for a different review; "
+            "send a new key for a new review"
+        }
+    assert "SMITH" not in changed.text
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_keys_belong_to_their_reviewer(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    add_user(world, "second", Role.RADIOLOGIST)
+    second = login(client, "second")
+    key = str(uuid.uuid4())
+    mine = _review(client, study.id, radiologist, key)
+    theirs = _review(client, study.id, second, key)
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert theirs.json()["reviewer"] == "second"
+    assert "idempotent-replayed" not in theirs.headers
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 65, "not a key!", "<script>"])
+def test_malformed_idempotency_keys_are_422(
+    world: World, client: TestClient, radiologist: dict[str, str], key: str
+) -> None:
+    study = seed_study(world, probability=0.8)
+    response = _review(client, study.id, radiologist, key)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert key not in response.text
+
+
+def test_the_database_keeps_one_review_per_reviewer_and_key(
+    world: World, radiologist: dict[str, str]
+) -> None:
+    """The unique constraint, not the route's look-up, is what holds across API workers."""
+    study = seed_study(world, probability=0.8)
+    with world.sessions() as session:
+        reviewer_id = session.scalars(select(User.id).where(User.username == "rad")).one()
+
+    def add(key: str | None) -> None:
+        with world.sessions() as session, session.begin():
+            session.add(
+                Review(
+                    study_id=study.id,
+                    reviewer_id=reviewer_id,
+                    verdict=Verdict.AGREE,
+                    label=FractureLabel.FRACTURED,
+                    idempotency_key=key,
+                )
+            )
+
+    add("same-key-0001")
+    with pytest.raises(IntegrityError):
+        add("same-key-0001")
+    add(None)
+    add(None)  # requests without a key are not deduplicated
+
+
+def test_concurrent_repeats_store_one_review(world: World, radiologist: dict[str, str]) -> None:
+    """Several copies of one request at once (two API workers on one database) store one."""
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    apps = [create_app(world.settings, world.sessions, store=world.store) for _ in range(2)]
+    with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
+        clients = [first, second] * 3
+        start = threading.Barrier(len(clients))
+
+        def send(client: TestClient) -> Response:
+            start.wait()
+            return _review(client, study.id, radiologist, key, comment="race")
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            responses = list(pool.map(send, clients))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == len(clients) - 1
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_a_lost_race_answers_the_review_the_other_worker_stored(
+    world: World,
+    client: TestClient,
+    radiologist: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look-up misses a review another worker commits just after it: the insert then hits
+    the unique constraint, and the route answers the stored review rather than a 500."""
+    from api.routes import studies as routes
+
+    study = seed_study(world, probability=0.8)
+    key = str(uuid.uuid4())
+    first = _review(client, study.id, radiologist, key, comment="race")
+    assert first.status_code == 201
+    lookups: list[str] = []
+
+    def too_early(session: Session, reviewer_id: int, key: str) -> Review | None:
+        lookups.append(key)
+        return None if len(lookups) == 1 else review_for_key(session, reviewer_id, key)
+
+    monkeypatch.setattr(routes, "review_for_key", too_early)
+    again = _review(client, study.id, radiologist, key, comment="race")
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(lookups) == 2
+    changed = _review(client, study.id, radiologist, key, comment="another")
+    assert changed.status_code == 409
+    with world.sessions() as session:
+        assert len(session.scalars(select(Review)).all()) == 1
+
+
+def test_study_detail_lists_every_review_newest_first(
+    world: World, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    study = seed_study(world, probability=0.8)
+    add_user(world, "second", Role.RADIOLOGIST)
+    second = login(client, "second")
+    assert _review(client, study.id, radiologist, str(uuid.uuid4()), comment="first").is_success
+    later = _review(
+        client,
+        study.id,
+        second,
+        str(uuid.uuid4()),
+        comment="second look",
+        image_id=study.image_ids[0],
+        location={"x": 40, "y": 50},
+    )
+    assert later.status_code == 201
+    reviews = client.get(f"/api/studies/{study.id}", headers=radiologist).json()["reviews"]
+    assert [(r["reviewer"], r["comment"]) for r in reviews] == [
+        ("second", "second look"),
+        ("rad", "first"),
+    ]
+    assert reviews[0]["location"] == {"x": 40.0, "y": 50.0}
+    assert reviews[0]["image_id"] == study.image_ids[0]
+    assert reviews[0]["created_at"] >= reviews[1]["created_at"]
+    assert all(r["verdict"] == "agree" and r["label"] == "fractured" for r in reviews)

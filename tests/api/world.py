@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.accounts import create_user
@@ -176,11 +177,12 @@ def seed_study(
     result_after: timedelta = timedelta(seconds=30),
     burned_in: str | None = None,
     deliveries: tuple[OutboxState, ...] = (),
+    rows: int = 96,
+    columns: int = 128,
 ) -> SeededStudy:
     """One study with ``n_images`` stored CR images; a result unless ``probability`` is None."""
     received = received_at or utcnow()
     study_uid, series_uid = generate_uid(), generate_uid()
-    rows, columns = 96, 128
     with world.sessions() as session, session.begin():
         study = Study(
             study_instance_uid=study_uid,
@@ -188,7 +190,7 @@ def seed_study(
             patient_id="PID-" + study_uid[-6:],
             accession_number="ACC" + study_uid[-5:],
             study_date="20240105",
-            study_description="XR HAND",
+            study_description=f"XR {body_part}",
             status=status,
             first_received_at=received,
             last_received_at=received,
@@ -218,6 +220,8 @@ def seed_study(
                 patient_name=patient_name,
                 body_part=body_part,
                 burned_in=burned_in,
+                rows=rows,
+                columns=columns,
             )
             digest = secrets.token_hex(32)  # the name's digest part; the content is not checked
             path = world.store.path_for(study_uid, sop_uid, digest)
@@ -306,3 +310,20 @@ def seed_study(
                     )
                 )
     return SeededStudy(study.id, image_ids, rows, columns, prediction_id, sop_uids)
+
+
+def make_undecodable(world: World, image_id: int, reason: str) -> None:
+    """Turn a seeded image into one the node stored but could not decode: out of scope, no result.
+
+    The stored file keeps its header but loses its pixel data, so the preview cannot be made.
+    """
+    with world.sessions() as session, session.begin():
+        instance = session.get(Instance, image_id)
+        assert instance is not None
+        path = world.store.absolute(instance.storage_path)
+        ds = dcmread(path)
+        del ds.PixelData
+        ds.save_as(path, enforce_file_format=True)
+        instance.eligibility = Eligibility.OUT_OF_SCOPE
+        instance.eligibility_reason = reason
+        session.execute(delete(ImagePrediction).where(ImagePrediction.instance_id == image_id))
