@@ -32,7 +32,7 @@ DEFAULT_HOME = Path("fracture-gateway-data")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 #: Where the bundled model package lives, relative to the installed source tree.
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fracture-small"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fracture-lite0"
 
 
 def _validate_ae_title(value: str) -> str:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from config.settings import BUNDLED_MODEL_DIR
 from inference.model_package import OperatingPointName, file_sha256, load_package
 from inference.picture import read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
 
-BUNDLED = Path(__file__).resolve().parents[2] / "models" / "fracture-small"
+BUNDLED = BUNDLED_MODEL_DIR
 
 
 def test_bundled_package_is_valid_and_small() -> None:
@@ -28,6 +29,10 @@ def test_bundled_package_is_valid_and_small() -> None:
     assert high_spec.specificity >= 0.9
     assert high_sens.threshold < high_spec.threshold
     assert (BUNDLED / "evaluation" / "metrics.json").is_file()
+    # It points at fractures (a localisation output) and states what it covers.
+    assert card.localisation_layer is not None
+    assert {"HAND", "HIP", "SHOULDER", "LEG"} <= set(card.body_parts)
+    assert "CHEST" not in card.body_parts
 
 
 def test_bundled_model_predicts_fracatlas_pictures(shared_dir: Path) -> None:
@@ -44,6 +49,8 @@ def test_bundled_model_predicts_fracatlas_pictures(shared_dir: Path) -> None:
     results = Predictor(package).predict(prepared)
     for result, image in zip(results, prepared, strict=True):
         assert 0.0 < result.probability < 1.0
+        positive = any(result.labels.values())
+        assert bool(result.regions) == positive
         heat = result.heatmap_on_original()
         assert heat.shape == (image.transform.original_height, image.transform.original_width)
         assert np.all(np.isfinite(heat))
