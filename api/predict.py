@@ -209,10 +209,8 @@ def predict_upload(
         width=upload.width,
         height=upload.height,
         peak=peak,
-        regions=[
-            RegionOut(**{**r.to_json(), "operating_points": list(r.operating_points)})
-            for r in result.regions
-        ],
+        # The same rounding as the stored regions the study view returns.
+        regions=[RegionOut.model_validate(r.to_json()) for r in result.regions],
         truncated=upload.truncated,
         heatmap_png_base64=heatmap_b64,
         stored=False,

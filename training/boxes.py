@@ -31,10 +31,6 @@ class Box:
     def contains(self, x: float, y: float) -> bool:
         return self.x0 <= x <= self.x1 and self.y0 <= y <= self.y1
 
-    @property
-    def centre(self) -> tuple[float, float]:
-        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
-
     def iou(self, other: Box) -> float:
         """Intersection over union with ``other`` (0 when either is empty)."""
         w = min(self.x1, other.x1) - max(self.x0, other.x0)

@@ -23,7 +23,7 @@ from inference.picture import PictureError, read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
 from inference.regions import Region
-from training.boxes import Box, read_yolo_boxes
+from training.boxes import YOLO_FOLDER, Box, read_yolo_boxes, yolo_path
 from training.datasets import Example
 from training.metrics import (
     Confusion,
@@ -132,7 +132,7 @@ def region_matches(region: Region, box: Box) -> bool:
 
 def _boxes_of(image: ScoredImage, yolo_dir: Path) -> list[Box]:
     width, height = image.original_size
-    return read_yolo_boxes(yolo_dir / f"{image.example.path.stem}.txt", width, height)
+    return read_yolo_boxes(yolo_path(yolo_dir, image.example.path), width, height)
 
 
 def box_detection(
@@ -386,7 +386,7 @@ def evaluate(
         raise ValueError("no readable pictures to evaluate")
     metrics = compute_metrics(scored, card, n_boot=n_boot)
     metrics["skipped"] = skipped
-    yolo = data_root / "yolo"
+    yolo = data_root / YOLO_FOLDER
     if yolo.is_dir():
         threshold = card.operating_points[OperatingPointName.HIGH_SENSITIVITY].threshold
         metrics["localisation"] = localisation(

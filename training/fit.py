@@ -133,19 +133,25 @@ def balanced_class_weights(labels: NDArray[np.int64], n_classes: int) -> dict[in
     return {c: float(total / (n_classes * n)) if n > 0 else 0.0 for c, n in enumerate(counts)}
 
 
+def _geometric_layers(seed: int) -> list[keras.layers.Layer]:
+    return [
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
+        layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
+    ]
+
+
+def _photometric_layers(seed: int) -> list[keras.layers.Layer]:
+    return [
+        layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
+        layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 5),
+    ]
+
+
 def augmenter(seed: int) -> keras.Sequential:
     """Flip, small rotation, zoom and shift, contrast and brightness, on ``[0, 1]`` images."""
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-            layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
-            layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
-            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 5),
-        ],
-        name="augment",
-    )
+    return keras.Sequential([*_geometric_layers(seed), *_photometric_layers(seed)], name="augment")
 
 
 #: Weight of the localisation loss (mean binary cross-entropy over the map's cells) beside the
@@ -156,23 +162,10 @@ LOCALISATION_LOSS_WEIGHT = 4.0
 def paired_augmenters(seed: int) -> tuple[keras.Sequential, keras.Sequential]:
     """The same augmentation split in two: geometric (image and box mask together) and
     photometric (image only), so the mask follows every flip, turn, zoom and shift."""
-    geometric = keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-            layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
-        ],
-        name="augment_geometric",
+    return (
+        keras.Sequential(_geometric_layers(seed), name="augment_geometric"),
+        keras.Sequential(_photometric_layers(seed), name="augment_photometric"),
     )
-    photometric = keras.Sequential(
-        [
-            layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 4),
-            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 5),
-        ],
-        name="augment_photometric",
-    )
-    return geometric, photometric
 
 
 def make_localisation_dataset(

@@ -29,17 +29,23 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def service(tmp_path: Path, tiny_package: Path) -> Service:
+def start_service(home: Path, model_path: Path) -> Service:
+    """A DICOM node with the given model and no worker: the tests run the steps themselves."""
     settings = Settings(
-        home=tmp_path / "home",
+        home=home,
         node={"bind_address": "127.0.0.1", "port": 0},
-        inference={"model_path": tiny_package},
+        inference={"model_path": model_path},
         api={"enabled": False},
         grouping={"quiet_period_s": 3600},
     )
     svc = Service(settings)
     svc.start(dicom=True, worker=False)
+    return svc
+
+
+@pytest.fixture
+def service(tmp_path: Path, tiny_package: Path) -> Service:
+    svc = start_service(tmp_path / "home", tiny_package)
     yield svc
     svc.stop()
 
@@ -137,15 +143,7 @@ def test_a_localising_model_stores_regions_and_a_chest_is_not_applicable(
 ) -> None:
     package = tmp_path / "lite"
     localising_package(package)
-    settings = Settings(
-        home=tmp_path / "home",
-        node={"bind_address": "127.0.0.1", "port": 0},
-        inference={"model_path": package},
-        api={"enabled": False},
-        grouping={"quiet_period_s": 3600},
-    )
-    service = Service(settings)
-    service.start(dicom=True, worker=False)
+    service = start_service(tmp_path / "home", package)
     try:
         study = generate_uid()
         hip = with_identifiers(
