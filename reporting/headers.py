@@ -2,8 +2,8 @@
 
 Result objects belong to the source's patient and study, so those attributes are copied
 element by element, exactly as received (PS3.3 C.7.1.1 Patient, C.7.2.1 General Study,
-C.7.2.2 Patient Study, and the clinical trial modules), together with the Specific Character
-Set that says how their text is encoded (PS3.3 C.12.1.1.2).
+C.7.2.2 Patient Study, and the clinical trial modules); the Specific Character Set that says how
+their text is encoded is set on the finished object by :mod:`reporting.charset`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,6 @@ _PATIENT_STUDY_KEYWORDS = (
 _IDENTITY_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
-def copy_specific_character_set(source: Dataset, target: Dataset) -> None:
-    """Give ``target`` the source's Specific Character Set (0008,0005), or none if it has none."""
-    if "SpecificCharacterSet" in source:
-        target["SpecificCharacterSet"] = copy.deepcopy(source["SpecificCharacterSet"])
-    elif "SpecificCharacterSet" in target:
-        del target.SpecificCharacterSet
-
-
 def copy_patient_and_study(source: Dataset, target: SOPClass) -> None:
     """Copy the source's patient and study modules into ``target``, element by element.
 
@@ -62,10 +54,11 @@ def copy_patient_and_study(source: Dataset, target: SOPClass) -> None:
 
 
 def neutral_header(source: Dataset) -> Dataset:
-    """The source's identity (UIDs, character set) with blank patient and study values.
+    """The source's identity (UIDs) with blank patient and study values and no character set.
 
     Used as the reference dataset when constructing result objects; see
-    ``_PATIENT_STUDY_KEYWORDS``.
+    ``_PATIENT_STUDY_KEYWORDS``. With no text in it, it needs no Specific Character Set, and
+    the object-building library does not check one it might refuse (:mod:`reporting.charset`).
     """
     missing = [keyword for keyword in _IDENTITY_KEYWORDS if not source.get(keyword)]
     if missing:
@@ -73,7 +66,6 @@ def neutral_header(source: Dataset) -> Dataset:
     header = Dataset()
     for keyword in _IDENTITY_KEYWORDS:
         header[keyword] = copy.deepcopy(source[keyword])
-    copy_specific_character_set(source, header)
     for keyword in _PATIENT_STUDY_KEYWORDS:
         setattr(header, keyword, None)
     return header

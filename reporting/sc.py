@@ -14,12 +14,12 @@ from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from reporting.charset import apply_character_set
 from reporting.codes import SOURCE_FOR_PROCESSING
 from reporting.findings import ImageFinding, ResultInputError, StudyFindings
 from reporting.headers import (
     contributing_equipment,
     copy_patient_and_study,
-    copy_specific_character_set,
     mark_implementation,
 )
 from reporting.render import BannerText, RegionMark, Rendering, compose_gradcam
@@ -168,7 +168,6 @@ def build_gradcam_sc(
             source, algorithm, "Fracture detection model that computed the heat map"
         ),
     )
-    copy_specific_character_set(source, sc)
     copy_patient_and_study(source, sc)
     mark_implementation(sc)
     sc.PatientOrientation = source.get("PatientOrientation")
@@ -187,4 +186,5 @@ def build_gradcam_sc(
         f"{study.operating_point.name} (threshold {study.operating_point.threshold:.2f}), "
         f"model {algorithm.name} {algorithm.version}"
     )
+    apply_character_set(source, sc)
     return sc

@@ -37,6 +37,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from reporting.charset import apply_character_set
 from reporting.codes import (
     FRACTURE,
     FRACTURE_PROBABILITY,
@@ -54,7 +55,6 @@ from reporting.findings import FindingRegion, ImageFinding, ResultInputError, St
 from reporting.headers import (
     contributing_equipment,
     copy_patient_and_study,
-    copy_specific_character_set,
     mark_implementation,
     neutral_header,
 )
@@ -337,7 +337,7 @@ def build_sr(
             first_source, algorithm, "Fracture detection model that produced the findings"
         ),
     )
-    copy_specific_character_set(first_source, sr)
     copy_patient_and_study(first_source, sr)
     mark_implementation(sr)
+    apply_character_set(first_source, sr)
     return sr
