@@ -79,7 +79,8 @@ class StoreStatus(IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: Error: cannot understand (the data set cannot be parsed).
     CANNOT_UNDERSTAND = 0xC000
-    #: Error: required identifiers (study, series, instance UID) missing or invalid.
+    #: Error: required identifiers (SOP class, study, series, instance UID) missing or not valid
+    #: UIDs (PS3.5 9.1: too long, not digits and dots, a component with a leading zero).
     MISSING_IDENTIFIERS = 0xC001
     #: Error: the data set's SOP Instance UID differs from the request's.
     INSTANCE_UID_MISMATCH = 0xC002

@@ -18,8 +18,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
-#: PS3.5 9.1: components of digits, no empty component, at most 64 characters.
-_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: PS3.5 9.1: components of digits, no empty component, no leading zero in a component of more
+#: than one digit ("1.2.03.4" is not a UID), at most 64 characters.
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 PREAMBLE = b"\x00" * 128 + b"DICM"
 TMP_SUFFIX = ".part"
 
@@ -29,7 +30,8 @@ class StorageError(OSError):
 
 
 def is_valid_uid(value: str) -> bool:
-    """Whether ``value`` has UID syntax: digit components joined by dots, at most 64 characters."""
+    """Whether ``value`` has UID syntax (PS3.5 9.1): digit components without leading zeros,
+    joined by dots, at most 64 characters."""
     return len(value) <= 64 and _UID_PATTERN.match(value) is not None
 
 

@@ -75,12 +75,63 @@ BODY_PART_CODES: dict[str, Code] = {
 }
 
 
-def body_part_code(source: Dataset) -> Code | None:
-    """The anatomic region of Body Part Examined, or ``None`` when absent or not mapped."""
+#: Body Part Examined defined terms of unpaired structures (PS3.16 Annex L, Table L-1): a series
+#: of one of these has no Laterality (0020,0060), which PS3.3 C.7.3.1 requires only for paired
+#: structures. Every other term, and an absent one, is treated as possibly paired.
+UNPAIRED_BODY_PARTS: frozenset[str] = frozenset(
+    {
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "BLADDER",
+        "BRAIN",
+        "CHEST",
+        "CHESTABDOMEN",
+        "CHESTABDPELVIS",
+        "COCCYX",
+        "CSPINE",
+        "CTSPINE",
+        "ESOPHAGUS",
+        "FACE",
+        "HEAD",
+        "HEADNECK",
+        "HEART",
+        "JAW",
+        "LARYNX",
+        "LIVER",
+        "LSPINE",
+        "LSSPINE",
+        "MAXILLA",
+        "NECK",
+        "NOSE",
+        "PELVIS",
+        "PROSTATE",
+        "SKULL",
+        "SPINE",
+        "SPLEEN",
+        "SSPINE",
+        "STERNUM",
+        "STOMACH",
+        "TLSPINE",
+        "TRACHEA",
+        "TSPINE",
+        "UTERUS",
+        "WHOLEBODY",
+    }
+)
+
+
+def body_part_term(source: Dataset) -> str | None:
+    """Body Part Examined (0018,0015) as a defined term would be spelled, or ``None``."""
     value = source.get("BodyPartExamined")
     if not value:
         return None
-    return BODY_PART_CODES.get(str(value).strip().upper().replace(" ", ""))
+    return str(value).strip().upper().replace(" ", "") or None
+
+
+def body_part_code(source: Dataset) -> Code | None:
+    """The anatomic region of Body Part Examined, or ``None`` when absent or not mapped."""
+    term = body_part_term(source)
+    return None if term is None else BODY_PART_CODES.get(term)
 
 
 def finding_value(positive: bool) -> Code:

@@ -7,6 +7,7 @@ The picture is drawn by :mod:`reporting.render`; this module only wraps it in DI
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Final
 
 from highdicom.sc import SCImage
@@ -15,7 +16,7 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from reporting.charset import apply_character_set
-from reporting.codes import SOURCE_FOR_PROCESSING
+from reporting.codes import SOURCE_FOR_PROCESSING, UNPAIRED_BODY_PARTS, body_part_term
 from reporting.findings import ImageFinding, ResultInputError, StudyFindings
 from reporting.headers import (
     contributing_equipment,
@@ -84,17 +85,37 @@ def render_gradcam(finding: ImageFinding, study: StudyFindings) -> Rendering:
     )
 
 
-def series_laterality(source: Dataset) -> str | None:
-    """Laterality (0020,0060) for the SC: the source's, else its Image Laterality if R or L.
+@dataclass(frozen=True, slots=True)
+class ResultLaterality:
+    """Laterality of the SC: Image Laterality (0020,0062) and series Laterality (0020,0060).
 
-    Type 2C in General Series (PS3.3 C.7.3.1): an empty value says "unknown", which is what a
-    source without either attribute, or with Image Laterality B or U, gives.
+    ``None`` means the attribute is absent; an empty ``series`` value means "unknown".
     """
-    for keyword in ("Laterality", "ImageLaterality"):
-        value = str(source.get(keyword) or "").strip().upper()
-        if value in ("R", "L"):
-            return value
-    return None
+
+    image: str | None
+    series: str | None
+
+
+def result_laterality(source: Dataset) -> ResultLaterality:
+    """Laterality for the SC of ``source`` (PS3.3 C.7.3.1 General Series, C.7.6.1 General Image).
+
+    When the source tells the side (Image Laterality R, L, B or U, else Laterality R or L), the
+    SC states it as Image Laterality, image by image, as the source did; series Laterality is
+    then absent, as PS3.3 requires it only when no Image Laterality is sent. When the source
+    does not tell: no Laterality for an unpaired body part (``UNPAIRED_BODY_PARTS``), where it
+    may not be present; otherwise an empty one, Type 2 for "unknown" on a paired or unnamed
+    body part. A source's Laterality on an unpaired part (a pelvis marked R) thus becomes
+    Image Laterality, which a validator accepts, instead of a series Laterality it refuses.
+    """
+    image = str(source.get("ImageLaterality") or "").strip().upper()
+    if image in ("R", "L", "B", "U"):
+        return ResultLaterality(image=image, series=None)
+    series = str(source.get("Laterality") or "").strip().upper()
+    if series in ("R", "L"):
+        return ResultLaterality(image=series, series=None)
+    if body_part_term(source) in UNPAIRED_BODY_PARTS:
+        return ResultLaterality(image=None, series=None)
+    return ResultLaterality(image=None, series="")
 
 
 def _source_image_item(source: Dataset) -> Dataset:
@@ -171,7 +192,13 @@ def build_gradcam_sc(
     copy_patient_and_study(source, sc)
     mark_implementation(sc)
     sc.PatientOrientation = source.get("PatientOrientation")
-    sc.Laterality = series_laterality(source) or ""
+    laterality = result_laterality(source)
+    if laterality.series is not None:
+        sc.Laterality = laterality.series
+    elif "Laterality" in sc:
+        del sc.Laterality
+    if laterality.image is not None:
+        sc.ImageLaterality = laterality.image
     if source.get("BodyPartExamined"):
         sc["BodyPartExamined"] = copy.deepcopy(source["BodyPartExamined"])
     sc.BurnedInAnnotation = "YES"

@@ -299,6 +299,40 @@ def test_path_traversal_uids_are_refused_and_nothing_escapes(
     assert not Path("/tmp/evil").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("StudyInstanceUID", "1.2.03.4"),
+        ("SeriesInstanceUID", "1.2.840.10008.0099.1"),
+        ("SOPInstanceUID", "01.2.3"),
+        ("StudyInstanceUID", "1.2." + "3" * 70),  # over-long
+    ],
+)
+def test_uids_that_break_ps3_5_are_refused_by_name_and_not_stored(
+    node: Service, attribute: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PS3.5 9.1: no leading zero in a component; at most 64 characters. Refused with 0xC001
+    (MISSING_IDENTIFIERS: missing or not valid), before anything is written."""
+    ds = small_dx()
+    pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
+    try:
+        setattr(ds, attribute, value)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        statuses = store_datasets(node.dicom_port, [ds])
+    finally:
+        pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    assert statuses == [StoreStatus.MISSING_IDENTIFIERS]
+    assert count(node, Instance) == 0
+    assert count(node, Study) == 0
+    assert files_under(node.store.root) == []
+    refusals = [r for r in caplog.records if r.name == "dicom_node.scp"]
+    assert [r.getMessage() for r in refusals] == [
+        f"C-STORE refused with MISSING_IDENTIFIERS: {attribute} is not a valid UID"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
 def test_missing_study_uid_gets_missing_identifiers_status(node: Service) -> None:
     ds = small_dx()
     del ds.StudyInstanceUID

@@ -10,25 +10,31 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from reporting.codes import UNPAIRED_BODY_PARTS
 from reporting.findings import ResultInputError
 from reporting.render import render_png
 from reporting.sc import (
     NEGATIVE_HEADLINE,
     POSITIVE_HEADLINE,
     REVIEW_NOTICE,
+    ResultLaterality,
     banner_text,
     build_gradcam_sc,
     render_gradcam,
-    series_laterality,
+    result_laterality,
 )
 from tests.conftest import REPO_ROOT
 from tests.reporting.conftest import (
     NON_ASCII_NAME,
+    RG2_UNCOMPRESSED,
+    RG3_RLE,
     STUDY_CASES,
     BuiltStudy,
     assert_round_trip,
+    build_study,
     dciodvfy,
     make_findings,
+    read_source,
 )
 
 #: dciodvfy warnings we accept, each explained in docs/CONFORMANCE-RESULTS.md.
@@ -154,12 +160,65 @@ def test_laterality_comes_from_the_source_or_stays_unknown(
     built_studies: dict[str, BuiltStudy],
 ) -> None:
     dx = built_studies["dx_monochrome1"]
-    # The DX source has an empty Laterality and Image Laterality L.
-    assert series_laterality(dx.findings.images[0].source) == "L"
-    assert dx.scs[0].Laterality == "L"
-    rg2 = built_studies["rg2_uncompressed"]
-    assert series_laterality(rg2.findings.images[0].source) is None
-    assert rg2.scs[0].Laterality in ("", None)
+    # The DX source has an empty Laterality and Image Laterality L: the SC says L per image.
+    assert result_laterality(dx.findings.images[0].source) == ResultLaterality("L", None)
+    assert dx.scs[0].ImageLaterality == "L"
+    assert "Laterality" not in dx.scs[0]
+    rg2 = built_studies["rg2_uncompressed"]  # a hip, side not given: unknown
+    assert result_laterality(rg2.findings.images[0].source) == ResultLaterality(None, "")
+    assert rg2.scs[0].Laterality == ""
+    assert "ImageLaterality" not in rg2.scs[0]
+
+
+#: Sources that state a Laterality (or a body part that has none), as the shared files have them
+#: and as a PACS may send them.
+LATERALITY_SOURCES = {
+    "extremity R (RG3)": (RG3_RLE, {}),
+    "cervical spine, empty Laterality (pydicom CR1)": (
+        "pydicom/src/pydicom/data/test_files/dicomdirtests/77654033/CR1/6154",
+        {},
+    ),
+    "pelvis marked R": (RG3_RLE, {"BodyPartExamined": "PELVIS", "Laterality": "R"}),
+    "chest, empty Laterality": (RG2_UNCOMPRESSED, {"BodyPartExamined": "CHEST"}),
+    "hip, lower-case l": (RG2_UNCOMPRESSED, {"Laterality": "l"}),
+    "hand, Image Laterality B": (
+        RG2_UNCOMPRESSED,
+        {"BodyPartExamined": "HAND", "ImageLaterality": "B"},
+    ),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(LATERALITY_SOURCES))
+def test_sc_from_a_source_with_laterality_passes_dciodvfy(
+    case: str, shared_dir: Path, tmp_path: Path
+) -> None:
+    """The SC of a cervical spine with an empty Laterality carried that Laterality, which
+    dciodvfy refuses for an unpaired body part ("present when condition unsatisfied")."""
+    relative, changes = LATERALITY_SOURCES[case]
+    source = read_source(shared_dir, relative)
+    for keyword, value in changes.items():
+        setattr(source, keyword, value)
+    built = build_study("lat", make_findings([source], [0.8]), tmp_path)
+    verdict = dciodvfy(built.sc_paths[0])
+    assert verdict.errors == [], f"{case}: {verdict.errors}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("term", sorted(UNPAIRED_BODY_PARTS | {"HAND", "KNEE", "RIB"}))
+def test_unpaired_body_parts_agree_with_dciodvfy(
+    term: str, shared_dir: Path, tmp_path: Path
+) -> None:
+    """Our table of unpaired structures is the validator's: no Laterality where none may be,
+    an empty one where one must be."""
+    source = read_source(shared_dir, RG2_UNCOMPRESSED)
+    source.BodyPartExamined = term
+    del source.Laterality
+    built = build_study("part", make_findings([source], [0.8]), tmp_path)
+    sc = built.scs[0]
+    assert ("Laterality" in sc) is (term not in UNPAIRED_BODY_PARTS)
+    errors = dciodvfy(built.sc_paths[0]).errors
+    assert errors == [], f"{term}: {errors}"
 
 
 def test_banner_states_result_probability_operating_point_and_model(
