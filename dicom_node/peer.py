@@ -6,16 +6,27 @@ with its own DUL thread: when the peer sends A-ASSOCIATE-RJ and closes the conne
 but the ACSE finds the socket closed and reports an abort. The A-ASSOCIATE-RJ PDU itself is
 the authoritative answer (PS3.8 9.3.4), so it is watched for here and reported with its
 result, source and reason.
+
+pynetdicom also reports a TCP connection that never opened (nothing listening, host down) as an
+aborted association, and keeps the socket error to its log. Whether the transport opened is
+watched for here too (``EVT_CONN_OPEN``); when it did not, one TCP connection attempt says why
+(refused, timed out, no route), so "connection refused" is reported as such.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+from dicom_node.netlog import quiet_peer_faults
+
+#: How long the diagnostic connection attempt after a failed connection may take.
+DIAGNOSIS_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,8 @@ class AssociationRequest:
 
     assoc: Association
     rejection: Rejection | None
+    #: Why the TCP connection could not be made (None when it was).
+    connection_failure: str | None = None
 
     @property
     def established(self) -> bool:
@@ -56,6 +69,8 @@ class AssociationRequest:
 
     def failure(self, peer: str = "peer") -> str:
         """Why the association was not established, for logs and outbox rows (no patient data)."""
+        if self.connection_failure is not None:
+            return f"{peer} not reachable: {self.connection_failure}"
         if self.rejection is not None:
             return f"association rejected by the {peer} ({self.rejection})"
         if self.assoc.is_rejected:
@@ -67,14 +82,26 @@ class AssociationRequest:
 
 def request_association(ae: AE, host: str, port: int, called_ae: str) -> AssociationRequest:
     """Ask ``host:port`` for an association with ``ae``'s requested contexts."""
+    quiet_peer_faults()
     seen: list[Rejection] = []
+    opened: list[bool] = []
 
     def on_pdu(event: Event) -> None:
         pdu = event.pdu  # type: ignore[attr-defined]
         if isinstance(pdu, A_ASSOCIATE_RJ):
             seen.append(Rejection.from_pdu(pdu))
 
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    def on_open(_event: Event) -> None:
+        opened.append(True)
+
+    assoc = ae.associate(
+        host,
+        port,
+        ae_title=called_ae,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_CONN_OPEN, on_open)],
+    )
+    if not opened:
+        return AssociationRequest(assoc, None, diagnose_connection(host, port))
     if not assoc.is_established:
         # In the race above the RJ was decoded before the socket closed, so it is already seen.
         # If the ACSE gave up on its own (its timeout) while an RJ was arriving, the DUL thread
@@ -83,3 +110,17 @@ def request_association(ae: AE, host: str, port: int, called_ae: str) -> Associa
         if dul.is_alive():
             dul.join(timeout=1.0)
     return AssociationRequest(assoc, seen[0] if seen else None)
+
+
+def diagnose_connection(host: str, port: int, timeout_s: float = DIAGNOSIS_TIMEOUT_S) -> str:
+    """Why a TCP connection to ``host:port`` fails, from one attempt (no DICOM is sent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (nothing listening)"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout_s:g} s (connection timed out)"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or type(exc).__name__})"
+    return f"the connection to {host}:{port} failed (it is accepted again now)"

@@ -29,6 +29,7 @@ from dicom_node.conformance import (
     StoreStatus,
 )
 from dicom_node.ingest import IngestRefusedError, ingest_encoded
+from dicom_node.netlog import quiet_peer_faults
 from dicom_node.storage import InstanceStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class ReusePortServer(ThreadedAssociationServer):
 
 def build_ae(settings: Settings) -> AE:
     """The application entity with our timeouts, limits and accepted contexts."""
+    quiet_peer_faults()
     ae = AE(ae_title=settings.node.ae_title)
     ae.acse_timeout = settings.node.acse_timeout
     ae.dimse_timeout = settings.node.dimse_timeout
