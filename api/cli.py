@@ -146,6 +146,22 @@ def user_enable(username: Annotated[str, typer.Argument(help="Login name.")]) ->
     _set_active(username, active=True)
 
 
+@user_app.command("unlock")
+def user_unlock(username: Annotated[str, typer.Argument(help="Login name.")]) -> None:
+    """Lift the lock (and delay) failed logins put on a user name; audited."""
+    from api import throttle
+    from db.review import ThrottleScope
+
+    with _database(_settings()) as db, db.sessions() as session:
+        row = throttle.find(session, ThrottleScope.USER, username)
+        if row is None:
+            console.print(f"[red]no failed logins recorded for {username}[/red]")
+            raise typer.Exit(1)
+        throttle.lift(session, cli_actor(), row.id)
+        session.commit()
+        console.print(f"login lock of {username} lifted")
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="What the token is for, e.g. the machine's name.")],

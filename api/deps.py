@@ -7,8 +7,9 @@ accepts a person's JWT or a machine token; ``AdminUser`` additionally requires t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -41,6 +42,8 @@ class AppContext:
     store: InstanceStore
     signing_key: str
     model: ModelSlot
+    #: Now, in UTC: the login throttle's clock (tests move it instead of waiting).
+    clock: Callable[[], datetime] = utcnow
 
 
 def get_context(request: Request) -> AppContext:

@@ -298,6 +298,24 @@ class RetryOut(BaseModel):
     state: str
 
 
+class LoginThrottleOut(BaseModel):
+    """A user name or client address with failed logins: its delay window or lock."""
+
+    model_config = _ORM
+
+    id: int
+    scope: str = Field(description="user (the submitted user name) or address (the client's)")
+    key: str
+    failures: int
+    last_failure_at: datetime | None
+    blocked_until: datetime | None = Field(description="logins before this get 429")
+    locked_at: datetime | None = Field(description="set: logins get 423 until an admin lifts it")
+
+
+class LoginThrottlePage(BaseModel):
+    items: list[LoginThrottleOut]
+
+
 class AuditEventOut(BaseModel):
     model_config = _ORM
 

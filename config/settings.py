@@ -182,6 +182,25 @@ class InferenceSettings(BaseModel):
     enabled: bool = True
 
 
+class LoginThrottleSettings(BaseModel):
+    """Failed logins, counted per submitted user name and per client address.
+
+    After ``free_failures`` failures, each further failure opens a delay window of
+    ``base_delay_s`` doubling per failure, at most ``max_delay_s``, in which logins are answered
+    429 with Retry-After. At ``user_lockout_after`` (``address_lockout_after``) failures the user
+    name (address) is locked until an admin lifts the lock; 0 never locks. Failures older than
+    ``forget_after_s`` are forgotten, unless locked. Behind a reverse proxy every caller has the
+    proxy's address: raise ``address_lockout_after`` or set it to 0 there.
+    """
+
+    free_failures: int = Field(3, ge=0)
+    base_delay_s: float = Field(1.0, gt=0.0)
+    max_delay_s: float = Field(900.0, gt=0.0)
+    user_lockout_after: int = Field(10, ge=0)
+    address_lockout_after: int = Field(100, ge=0)
+    forget_after_s: float = Field(86_400.0, gt=0.0)
+
+
 class ApiSettings(BaseModel):
     """The review API and web page."""
 
@@ -191,6 +210,7 @@ class ApiSettings(BaseModel):
     secret_key: SecretStr | None = None
     token_expiry_minutes: int = Field(60, ge=1)
     environment: str = Field("development", pattern="^(development|production)$")
+    login_throttle: LoginThrottleSettings = Field(default_factory=LoginThrottleSettings)
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,5 @@
-"""People and their verdicts: users, machine tokens, reviews and the append-only audit trail.
+"""People and their verdicts: users, machine tokens, login throttles, reviews and the append-only
+audit trail.
 
 The audit table is append-only: the ORM refuses to update or delete its rows (the hooks below)
 and the migration adds database triggers that refuse the same on SQLite and PostgreSQL.
@@ -97,6 +98,37 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ThrottleScope(StrEnum):
+    """What failed logins are counted against: the submitted user name or the client address."""
+
+    USER = "user"
+    ADDRESS = "address"
+
+
+class LoginThrottle(Base):
+    """Failed logins of one user name or one client address, and the delay or lock they earned.
+
+    Kept in the database so that every API process applies the same limits. The user name is
+    the one submitted, whether or not such a user exists, so a lock says nothing about which
+    names exist.
+    """
+
+    __tablename__ = "login_throttles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[ThrottleScope] = mapped_column(enum_column(ThrottleScope, 8))
+    key: Mapped[str] = mapped_column(String(128))
+    #: Consecutive failed (or still unresolved) attempts since the last success or forgetting.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    #: Attempts before this moment are answered 429 without checking the password.
+    blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: Set when the failures reached the lockout limit; only an admin clears it.
+    locked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("scope", "key", name="uq_login_throttles_scope_key"),)
 
 
 class Review(Base):

@@ -1,5 +1,5 @@
-"""Admin routes: the outbox (list, retry dead letters), patient identity conflicts (resolve)
-and the audit trail (read-only)."""
+"""Admin routes: the outbox (list, retry dead letters), patient identity conflicts (resolve),
+login throttles (list, lift a lock) and the audit trail (read-only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy.orm import Session
 
-from api import audit
+from api import audit, throttle
 from api.audit import AuditQuery, EventId
 from api.deps import AdminUser, ContextDep, SessionDep
 from api.schemas import (
@@ -20,6 +20,8 @@ from api.schemas import (
     ErrorBody,
     IdentityConflictResolveIn,
     IdentityConflictResolveOut,
+    LoginThrottleOut,
+    LoginThrottlePage,
     OutboxPage,
     OutboxRowOut,
     RetryOut,
@@ -172,6 +174,36 @@ def resolve_identity_conflict(
         decision=resolution.decision,
         excluded_image_ids=resolution.excluded_instance_ids,
     )
+
+
+@router.get("/login-throttles", response_model=LoginThrottlePage)
+def login_throttles(
+    admin: AdminUser, session: SessionDep, context: ContextDep
+) -> LoginThrottlePage:
+    """User names and client addresses with failed logins, locked ones first."""
+    rows = throttle.current(session, context.clock())
+    page = LoginThrottlePage(items=[LoginThrottleOut.model_validate(row) for row in rows])
+    audit.record(session, admin.actor, EventId.QUERY, AuditAction.EXECUTE, object_type="login")
+    session.commit()
+    return page
+
+
+@router.post(
+    "/login-throttles/{throttle_id}/lift",
+    response_model=LoginThrottleOut,
+    responses=NOT_FOUND,
+)
+def lift_login_throttle(
+    throttle_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    admin: AdminUser,
+    session: SessionDep,
+) -> LoginThrottleOut:
+    """Lift a lock (and any delay) on a user name or client address; audited (110113)."""
+    row = throttle.lift(session, admin.actor, throttle_id)
+    session.commit()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such login throttle")
+    return LoginThrottleOut.model_validate(row)
 
 
 @router.get("/audit", response_model=AuditPage)

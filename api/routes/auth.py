@@ -7,39 +7,122 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api import audit
+from api import audit, throttle
 from api.audit import Actor, EventId, EventType
 from api.deps import ContextDep, CurrentUser, SessionDep, client_ip
-from api.schemas import AUTH_RESPONSES, AccessTokenOut, MeOut
+from api.schemas import AUTH_RESPONSES, AccessTokenOut, ErrorBody, MeOut
 from api.security import issue_access_token, verify_password
-from db.base import utcnow
-from db.review import AuditAction, AuditOutcome, Role, User
+from db.review import AuditAction, AuditOutcome, LoginThrottle, Role, ThrottleScope, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
-@router.post("/login", response_model=AccessTokenOut, responses=AUTH_RESPONSES)
+THROTTLE_RESPONSES: dict[int | str, dict[str, object]] = {
+    423: {"model": ErrorBody, "description": "Locked after repeated failed logins"},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many failed logins: try again after Retry-After seconds",
+    },
+}
+
+
+def _audit_login(
+    session: Session,
+    actor: Actor,
+    outcome: AuditOutcome,
+    detail: str,
+    *,
+    user_id: int | None = None,
+) -> None:
+    """One User Authentication / Login event (PS3.15 A.5.3.8, DCM 110114 / 110122)."""
+    audit.record(
+        session,
+        actor,
+        EventId.USER_AUTHENTICATION,
+        AuditAction.EXECUTE,
+        outcome,
+        event_type=EventType.LOGIN,
+        object_type="user" if user_id is not None else None,
+        object_id=user_id,
+        detail=detail,
+    )
+
+
+def _audit_lock(session: Session, actor: Actor, row: LoginThrottle) -> None:
+    """A Security Alert (DCM 110113) for a user name or address locked by failed logins."""
+    audit.record(
+        session,
+        actor,
+        EventId.SECURITY_ALERT,
+        AuditAction.EXECUTE,
+        AuditOutcome.MINOR_FAILURE,
+        event_type=(
+            EventType.USER_SECURITY_ATTRIBUTES_CHANGED
+            if row.scope is ThrottleScope.USER
+            else EventType.SECURITY_CONFIGURATION
+        ),
+        object_type="login_throttle",
+        object_id=row.id,
+        detail=f"{row.scope.value} locked after {row.failures} failed logins",
+    )
+
+
+def _refused(refusal: throttle.Refusal) -> HTTPException:
+    if refusal.locked:
+        return HTTPException(
+            status.HTTP_423_LOCKED,
+            "locked after repeated failed logins; an administrator can lift the lock",
+        )
+    assert refusal.retry_after_s is not None
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        "too many failed logins; try again later",
+        headers={"Retry-After": str(refusal.retry_after_s)},
+    )
+
+
+@router.post("/login", response_model=AccessTokenOut, responses=AUTH_RESPONSES | THROTTLE_RESPONSES)
 def login(
     request: Request,
     context: ContextDep,
     session: SessionDep,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
 ) -> AccessTokenOut:
-    """Exchange a user name and password for a bearer access token (OAuth2 password flow)."""
+    """Exchange a user name and password for a bearer access token (OAuth2 password flow).
+
+    Failed logins are throttled per user name and per client address (:mod:`api.throttle`):
+    429 with Retry-After inside a delay window, 423 once locked; the password is then not
+    checked.
+    """
+    policy = throttle.ThrottlePolicy.from_settings(context.settings.api.login_throttle)
+    address = client_ip(request)
+    subject = throttle.Subject.of(form.username, address)
+    anonymous = Actor(audit.ANONYMOUS, None, address)
+    now = context.clock()
+    refusal = throttle.admit(session, policy, subject, now)
+    if refusal is not None:
+        kind = "locked" if refusal.locked else "throttled"
+        _audit_login(
+            session, anonymous, AuditOutcome.MINOR_FAILURE, f"login {kind} ({refusal.scope})"
+        )
+        session.commit()
+        raise _refused(refusal)
+    session.commit()  # the attempt is counted before the password is checked
+
     user = session.scalar(select(User).where(User.username == form.username))
+    session.commit()  # no transaction (no write lock) held while the password is hashed
     ok = verify_password(user.password_hash if user else None, form.password)
     if user is None or not ok or not user.active:
-        audit.record(
+        for row in throttle.failed(session, policy, subject, context.clock()):
+            _audit_lock(session, anonymous, row)
+        _audit_login(
             session,
-            Actor(audit.ANONYMOUS, None, client_ip(request)),
-            EventId.USER_AUTHENTICATION,
-            AuditAction.EXECUTE,
+            anonymous,
             AuditOutcome.MINOR_FAILURE,
-            event_type=EventType.LOGIN,
-            object_type="user" if user else None,
-            object_id=user.id if user else None,
-            detail="login refused",
+            "login refused",
+            user_id=user.id if user else None,
         )
         session.commit()
         raise HTTPException(
@@ -47,17 +130,15 @@ def login(
             "wrong user name or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    now = utcnow()
+    throttle.succeeded(session, policy, subject)
+    now = context.clock()
     user.last_login_at = now
-    audit.record(
+    _audit_login(
         session,
-        Actor(f"user:{user.username}", user.id, client_ip(request)),
-        EventId.USER_AUTHENTICATION,
-        AuditAction.EXECUTE,
-        event_type=EventType.LOGIN,
-        object_type="user",
-        object_id=user.id,
-        detail="login",
+        Actor(f"user:{user.username}", user.id, address),
+        AuditOutcome.SUCCESS,
+        "login",
+        user_id=user.id,
     )
     session.commit()
     issued = issue_access_token(
