@@ -6,7 +6,8 @@ which all of that text can be written (PS3.3 C.12.1.1.2, PS3.5 6.1). The rule:
 
 1. the source's character set, each value spelled as the standard defines it (pydicom reads
    common misspellings such as ``ISO-IR 100`` and ``ISO 2022-IR 87``; we write the defined
-   term), so a PACS gets the names back in the encoding it sent;
+   term), so a PACS gets the names back in the encoding it sent; a lone single-byte
+   ``ISO 2022 IR nnn`` is written ``ISO_IR nnn`` (the same bytes);
 2. a source without one whose copied text is nevertheless not ASCII gets ``ISO_IR 100``: pydicom
    read those bytes as Latin-1, so the bytes are written back unchanged and now declared;
 3. ``ISO_IR 192`` (UTF-8) when the source names a character set pydicom does not know, or when
@@ -23,6 +24,7 @@ import copy
 import re
 import warnings
 from collections.abc import Iterator
+from typing import BinaryIO, cast
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
@@ -144,7 +146,7 @@ def survives_round_trip(dataset: Dataset, character_set: CharacterSet) -> bool:
             warnings.simplefilter("ignore")
             write_dataset(stream, probe)
             stream.seek(0)
-            read = read_dataset(stream, is_implicit_VR=False, is_little_endian=True)
+            read = read_dataset(cast(BinaryIO, stream), is_implicit_VR=False, is_little_endian=True)
             read_values = list(_text_values(read))
     except (UnicodeError, ValueError, LookupError, TypeError):
         # pydicom's JIS X 0212 (ISO 2022 IR 159) encoder raises TypeError (pydicom 3.0).
