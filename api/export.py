@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import audit
 from api.audit import Actor, EventId
+from db.engine import reading, writing
 from db.models import Eligibility, Instance, Series
 from db.review import AuditAction, FractureLabel, Review
 from dicom_node.storage import InstanceStore
@@ -152,7 +153,7 @@ def export_reviews(
     for folder in CLASS_FOLDERS.values():
         (out / folder).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    with sessions() as session:
+    with reading(sessions) as session:
         items = list(_items(session))
     for item in items:
         try:
@@ -214,7 +215,7 @@ def export_reviews(
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out / SIDECAR)
-    with sessions() as session, session.begin():
+    with writing(sessions) as session:
         audit.record(
             session,
             actor,

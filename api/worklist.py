@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import ColumnElement, Row, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
@@ -34,7 +32,6 @@ from api.schemas import (
 from db.models import ImagePrediction, Instance, Series, Study, StudyPrediction, StudyStatus
 from db.results import OutboxEntry, ResultObject
 from db.review import FractureLabel, Review, User, Verdict
-from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
 
@@ -249,22 +246,8 @@ def latest_image_prediction(session: Session, instance_id: int) -> ImagePredicti
     ).first()
 
 
-def image_size(store: InstanceStore, instance: Instance) -> tuple[int, int] | None:
-    """``(rows, columns)`` from the stored file's header, or None if it cannot be read."""
-    try:
-        ds = dcmread(
-            store.absolute(instance.storage_path),
-            stop_before_pixels=True,
-            specific_tags=["Rows", "Columns"],
-        )
-        return int(ds.Rows), int(ds.Columns)
-    except (OSError, InvalidDicomError, AttributeError, ValueError, TypeError):
-        log.warning("the header of stored image id %d cannot be read", instance.id)
-        return None
-
-
-def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyDetail:
-    """Everything the study view shows."""
+def study_detail(session: Session, study: Study) -> StudyDetail:
+    """Everything the study view shows, from the database only (no file is opened)."""
     prediction = latest_study_prediction(session, study.id)
     item = _items(session, [(study, prediction)])[0]
     instances = session.execute(
@@ -276,7 +259,6 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
     images: list[ImageOut] = []
     for instance, series in instances:
         result = latest_image_prediction(session, instance.id)
-        size = image_size(store, instance)
         images.append(
             ImageOut(
                 id=instance.id,
@@ -286,8 +268,8 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
                 body_part=series.body_part_examined,
                 eligibility=str(instance.eligibility),
                 eligibility_reason=instance.eligibility_reason,
-                rows=size[0] if size else None,
-                columns=size[1] if size else None,
+                rows=instance.rows,
+                columns=instance.columns,
                 received_at=instance.received_at,
                 result=ImageResultOut.model_validate(result) if result is not None else None,
                 preview_url=image_url(study.id, instance.id, "preview"),

@@ -112,6 +112,9 @@ class DatabaseSettings(BaseModel):
 
     url: SecretStr | None = None
     echo: bool = False
+    sqlite_busy_timeout_s: float = Field(
+        30.0, gt=0.0, description="how long a SQLite writer waits for another writer's lock"
+    )
 
 
 class GroupingSettings(BaseModel):
@@ -129,7 +132,14 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(5.0, ge=0.0)
     backoff_max_s: float = Field(600.0, ge=0.0)
-    lease_s: float = Field(900.0, gt=0.0, description="a running job older than this is retaken")
+    lease_s: float = Field(
+        60.0,
+        gt=0.0,
+        description=(
+            "a running job's lease; its worker renews it every lease_s / 3 while it works, so "
+            "a job whose worker died is retaken at most this long after the last renewal"
+        ),
+    )
     poll_interval_s: float = Field(0.5, gt=0.0)
 
 
@@ -167,7 +177,12 @@ class OutboxSettings(BaseModel):
     poll_interval_s: float = Field(1.0, gt=0.0)
     association_timeout_s: float = Field(30.0, gt=0)
     lease_s: float = Field(
-        600.0, gt=0, description="a row left 'sending' longer than this is retaken (after a crash)"
+        60.0,
+        gt=0,
+        description=(
+            "a 'sending' row's lease, renewed every lease_s / 3 while it is sent; a row whose "
+            "sender died is retaken once it lapses"
+        ),
     )
 
 

@@ -118,12 +118,18 @@ class Instance(Base):
         enum_column(Eligibility), default=Eligibility.PENDING
     )
     eligibility_reason: Mapped[str | None] = mapped_column(String(256))
+    #: Rows and Columns (0028,0010-0011) of the stored image, kept at ingest so views need not
+    #: open the file; None for objects without them (or not yet read, see ``dicom_node.sizes``).
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
 class Job(Base):
+    """An analysis of one generation of a study: a row of the fenced queue ``db.jobs.JOBS``."""
+
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,7 +141,11 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     next_run_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: The fencing token: incremented by every claim; a worker's changes must match it.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: When an administrator last queued the failed job again (``created_at`` is kept).
+    retried_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)

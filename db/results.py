@@ -74,10 +74,14 @@ class OutboxEntry(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     #: While ``sending``: when the sender's claim lapses and another sender may retake the row.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: The fencing token: incremented by every claim; a sender's outcome must match it.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
     #: The last DIMSE status the destination answered (PS3.7 Annex C), if it answered.
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: When an administrator last queued the dead letter again; the age limit counts from it.
+    retried_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 

@@ -22,7 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import RoutingRule, Settings
-from db.jobs import ClaimedJob
+from db.engine import reading, writing
+from db.jobs import ClaimedJob, ensure_held
 from db.models import ImagePrediction, Instance, Study, StudyPrediction
 from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
@@ -174,7 +175,7 @@ class PublishStep:
         )
 
     def __call__(self, job: ClaimedJob) -> None:
-        with self.sessions() as session:
+        with reading(self.sessions) as session:
             study = session.get(Study, job.study_id)
             if study is None:
                 raise PermanentJobError(f"study {job.study_id} no longer exists")
@@ -249,7 +250,7 @@ class PublishStep:
     def _missing(self, planned: Sequence[PlannedObject]) -> set[str]:
         """SOP Instance UIDs of planned objects not yet recorded, or whose file is gone."""
         wanted = {p.sop_instance_uid for p in planned}
-        with self.sessions() as session:
+        with reading(self.sessions) as session:
             recorded = session.execute(
                 select(ResultObject.sop_instance_uid, ResultObject.storage_path).where(
                     ResultObject.sop_instance_uid.in_(wanted)
@@ -336,9 +337,11 @@ class PublishStep:
         )
         targets = choose_destinations(self.destinations, self.routing, outcome)
         queued = 0
-        with self.sessions() as session, session.begin():
-            # Nothing is recorded or queued for a study whose patient identity is in conflict.
+        with writing(self.sessions) as session:
+            # Nothing is recorded or queued for a study whose patient identity is in conflict,
+            # nor by a worker whose lease lapsed (the job's row is locked after the study's).
             hold_if_identity_conflict(session, job.study_id, lock=True)
+            ensure_held(session, job)
             existing = {
                 obj.sop_instance_uid: obj
                 for obj in session.scalars(

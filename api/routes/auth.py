@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api import audit
 from api.audit import Actor, EventId, EventType
-from api.deps import ContextDep, CurrentUser, SessionDep, client_ip
+from api.deps import ContextDep, CurrentUser, ReaderDep, SessionDep, client_ip
 from api.schemas import AUTH_RESPONSES, AccessTokenOut, MeOut
 from api.security import issue_access_token, verify_password
 from db.base import utcnow
@@ -23,11 +23,13 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 def login(
     request: Request,
     context: ContextDep,
+    reader: ReaderDep,
     session: SessionDep,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
 ) -> AccessTokenOut:
     """Exchange a user name and password for a bearer access token (OAuth2 password flow)."""
-    user = session.scalar(select(User).where(User.username == form.username))
+    # Read, then verify the password (slow on purpose) outside any write transaction.
+    user = reader.scalar(select(User).where(User.username == form.username))
     ok = verify_password(user.password_hash if user else None, form.password)
     if user is None or not ok or not user.active:
         audit.record(
@@ -48,7 +50,7 @@ def login(
             headers={"WWW-Authenticate": "Bearer"},
         )
     now = utcnow()
-    user.last_login_at = now
+    session.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     audit.record(
         session,
         Actor(f"user:{user.username}", user.id, client_ip(request)),

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.audit import EventId
-from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, SessionDep
+from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, ReaderDep, SessionDep
 from api.pictures import DEFAULT_SIZE, MAX_SIZE, PictureUnavailable, heatmap_png, preview_png
 from api.reviews import (
     IdempotencyKeyReused,
@@ -62,8 +62,9 @@ def unprocessable(field: str, message: str) -> HTTPException:
     )
 
 
-def _study_or_404(session: Session, principal: Principal, study_id: int) -> Study:
-    study = session.get(Study, study_id)
+def _study_or_404(reader: Session, session: Session, principal: Principal, study_id: int) -> Study:
+    """The study read with ``reader``; a 404 (audited through ``session``) when there is none."""
+    study = reader.get(Study, study_id)
     if study is None:
         audit.record(
             session,
@@ -83,6 +84,7 @@ def _study_or_404(session: Session, principal: Principal, study_id: int) -> Stud
 @router.get("", response_model=Worklist)
 def list_studies(
     principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
     result: Annotated[AiResult | None, Query(description="The latest AI result")] = None,
@@ -126,7 +128,7 @@ def list_studies(
         reviewed=reviewed,
         identity_conflict=identity_conflict,
     )
-    page = worklist(session, flt, limit=limit, offset=offset)
+    page = worklist(reader, flt, limit=limit, offset=offset)
     audit.record(
         session,
         principal.actor,
@@ -141,11 +143,11 @@ def list_studies(
 
 @router.get("/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
 def get_study(
-    study_id: StudyId, principal: CurrentUser, session: SessionDep, context: ContextDep
+    study_id: StudyId, principal: CurrentUser, reader: ReaderDep, session: SessionDep
 ) -> StudyDetail:
     """A study: images, per-image and study results, result objects and deliveries, reviews."""
-    study = _study_or_404(session, principal, study_id)
-    detail = study_detail(session, context.store, study)
+    study = _study_or_404(reader, session, principal, study_id)
+    detail = study_detail(reader, study)
     audit.record(
         session,
         principal.actor,
@@ -160,6 +162,7 @@ def get_study(
 
 async def _picture(
     context: ContextDep,
+    reader: Session,
     session: Session,
     principal: Principal,
     study_id: int,
@@ -169,11 +172,11 @@ async def _picture(
     max_size: int,
 ) -> Response:
     def lookup() -> tuple[str, str | None] | None:
-        instance = session.get(Instance, image_id)
+        instance = reader.get(Instance, image_id)
         found = instance is not None and instance.study_id == study_id
         heatmap_path = None
         if instance is not None and found:
-            prediction = latest_image_prediction(session, instance.id)
+            prediction = latest_image_prediction(reader, instance.id)
             heatmap_path = prediction.heatmap_path if prediction is not None else None
         usable = found and (heatmap_path is not None or not heatmap)
         audit.record(
@@ -223,13 +226,14 @@ async def preview(
     study_id: StudyId,
     image_id: ImageId,
     principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     context: ContextDep,
     max_size: MaxSize = DEFAULT_SIZE,
 ) -> Response:
     """The radiograph, through the model's grey chain, as PNG."""
     return await _picture(
-        context, session, principal, study_id, image_id, heatmap=False, max_size=max_size
+        context, reader, session, principal, study_id, image_id, heatmap=False, max_size=max_size
     )
 
 
@@ -242,13 +246,14 @@ async def heatmap(
     study_id: StudyId,
     image_id: ImageId,
     principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     context: ContextDep,
     max_size: MaxSize = DEFAULT_SIZE,
 ) -> Response:
     """The radiograph with its Grad-CAM heat map blended in colour, as PNG."""
     return await _picture(
-        context, session, principal, study_id, image_id, heatmap=True, max_size=max_size
+        context, reader, session, principal, study_id, image_id, heatmap=True, max_size=max_size
     )
 
 
@@ -291,12 +296,12 @@ def review_study(
     """
     if principal.kind is not PrincipalKind.USER:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "reviews are given by people, not tokens")
-    study = _study_or_404(session, principal, study_id)
+    study = _study_or_404(session, session, principal, study_id)  # a write: all in one
     existing = review_for_key(session, principal.id, idempotency_key) if idempotency_key else None
     if existing is None:
         try:
             review = create_review(
-                session, context.store, study, principal.id, body, idempotency_key=idempotency_key
+                session, study, principal.id, body, idempotency_key=idempotency_key
             )
         except ReviewRejected as exc:
             session.rollback()

@@ -8,8 +8,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import stats
-from api.deps import ContextDep, CurrentUser, SessionDep
+from api.deps import ContextDep, CurrentUser, ReaderDep
 from api.schemas import AUTH_RESPONSES, HealthOut, ModelStatusOut, StatsOut
+from db.engine import reading
 from db.jobs import queue_depths
 
 router = APIRouter(tags=["system"])
@@ -19,7 +20,7 @@ router = APIRouter(tags=["system"])
 def health(context: ContextDep) -> HealthOut:
     """Liveness, plus whether the database answers and the model's state (never loads it)."""
     try:
-        with context.sessions() as session:
+        with reading(context.sessions) as session:
             session.execute(text("SELECT 1"))
         database = "ok"
     except SQLAlchemyError as exc:  # reported, not raised: health must answer
@@ -46,8 +47,7 @@ def metrics(request: Request) -> Response:
 
 
 @router.get("/api/stats", response_model=StatsOut, responses=AUTH_RESPONSES, tags=["stats"])
-def get_stats(principal: CurrentUser, session: SessionDep, context: ContextDep) -> StatsOut:
+def get_stats(principal: CurrentUser, reader: ReaderDep, context: ContextDep) -> StatsOut:
     """Counts by status, turnaround, queue depths and the AI's agreement with reviewers."""
-    session.commit()  # the queue depths are read in a session of their own
     depths = queue_depths(context.sessions)
-    return stats.collect(session, depths)
+    return stats.collect(reader, depths)
