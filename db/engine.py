@@ -2,9 +2,10 @@
 
 Two kinds of transaction, chosen by the caller:
 
-- :func:`reading`: a read-only transaction. On SQLite a deferred ``BEGIN`` with
+- :func:`reading`: a read-only transaction on one snapshot. On SQLite a deferred ``BEGIN`` with
   ``PRAGMA query_only``, so a WAL reader runs beside the writer and never takes the write lock;
-  on PostgreSQL a ``READ ONLY`` transaction. Readers never delay ingest, however long they stay.
+  on PostgreSQL ``REPEATABLE READ, READ ONLY``. Readers never delay ingest, however long they
+  stay open.
 - :func:`writing`: a short write transaction. On SQLite ``BEGIN IMMEDIATE`` takes the write lock
   at once, so a read-then-write transaction never fails to upgrade. No file I/O belongs inside:
   read files before, write them after.
@@ -99,6 +100,9 @@ def read_only_engine(engine: Engine) -> Engine:
     """The same engine (same pool) whose transactions are read-only (see :func:`reading`)."""
     options: dict[str, Any] = {TRANSACTION_MODE: _READ}
     if engine.dialect.name == "postgresql":
+        # One snapshot for the whole transaction, as a SQLite reader has; a read-only
+        # REPEATABLE READ transaction never fails to serialise.
+        options["isolation_level"] = "REPEATABLE READ"
         options["postgresql_readonly"] = True
     return engine.execution_options(**options)
 
