@@ -82,6 +82,8 @@ class ClaimedJob:
 def _claim(
     factory: sessionmaker[Session], *, lease_s: float, now: datetime | None, job_id: int | None
 ) -> ClaimedJob | None:
+    if not JOBS.any_due(factory, now=now, row_id=job_id):
+        return None  # an idle poll does not take the write lock
     with writing(factory) as session:
         claims = JOBS.claim_in(session, lease_s=lease_s, now=now, row_id=job_id)
         if not claims:

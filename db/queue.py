@@ -160,6 +160,20 @@ class Queue:
         )
 
     # Claiming --------------------------------------------------------------------------------
+    def any_due(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        now: datetime | None = None,
+        row_id: int | None = None,
+    ) -> bool:
+        """Whether a row looks due, read without the write lock (a claim may still find none)."""
+        conditions = [self.due_condition(now or utcnow())]
+        if row_id is not None:
+            conditions.append(self._id == row_id)
+        with reading(sessions) as session:
+            return session.scalar(select(self._id).where(*conditions).limit(1)) is not None
+
     def claim_in(
         self,
         session: Session,
@@ -223,7 +237,12 @@ class Queue:
         now: datetime | None = None,
         row_id: int | None = None,
     ) -> list[Claim]:
-        """Claim up to ``limit`` due rows in a transaction of its own (see :meth:`claim_in`)."""
+        """Claim up to ``limit`` due rows in a transaction of its own (see :meth:`claim_in`).
+
+        An idle poll only reads: the write transaction is begun when a row looks due.
+        """
+        if not self.any_due(sessions, now=now, row_id=row_id):
+            return []
         with writing(sessions) as session:
             return self.claim_in(session, lease_s=lease_s, limit=limit, now=now, row_id=row_id)
 

@@ -197,6 +197,8 @@ def claim_due(
     counted, so a crash while sending still counts towards ``max_attempts``. Rows of a study
     whose patient identity is in conflict wait, untouched, until the conflict is resolved.
     """
+    if not OUTBOX.any_due(sessions, now=now):
+        return []  # an idle poll does not take the write lock
     with writing(sessions) as session:
         claims = OUTBOX.claim_in(session, lease_s=lease_s, limit=limit, now=now)
         if not claims:

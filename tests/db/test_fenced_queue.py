@@ -168,7 +168,8 @@ def test_manual_retry_keeps_created_at_and_counts_age_from_the_retry(
         with reading(db.sessions) as session:
             row = session.get_one(OutboxEntry, delivery.outbox_id)
             assert row.created_at == created
-            assert row.retried_at is not None and row.retried_at > created
+            assert row.retried_at is not None
+            assert row.retried_at > created
             assert (row.state, row.attempts) == (OutboxState.PENDING, 0)
         # A transient failure after the retry is retried again: the age counts from the retry.
         (again,) = claim_due(db.sessions, limit=1, lease_s=60)
@@ -194,12 +195,13 @@ def test_failed_job_is_retried_by_hand_from_its_first_attempt(
     assert row.created_at == failed.created_at
     assert row.retried_at is not None
     again = jobs.claim(sessions, job_id, lease_s=60)
-    assert again is not None and again.attempt == 1
+    assert again is not None
+    assert again.attempt == 1
 
 
 def test_reading_sessions_refuse_to_write(sessions: sessionmaker[Session]) -> None:
     (job_id,) = add_jobs(sessions, 1)
-    with pytest.raises(DBAPIError, match="(?i)read.?only"), reading(sessions) as session:
+    with pytest.raises(DBAPIError, match=r"(?i)read.?only"), reading(sessions) as session:
         session.execute(update(Job).values(last_error="written by a reader"))
     assert job_row(sessions, job_id).last_error is None
 
@@ -215,7 +217,8 @@ def test_heartbeat_renews_the_lease_until_the_work_ends(sessions: sessionmaker[S
     with jobs.heartbeat(sessions, claimed, lease_s=lease_s) as beat:
         wait_until(lambda: beat.beats >= 4, 10, "four heartbeats")
         renewed = job_row(sessions, claimed.id).lease_expires_at
-        assert renewed is not None and renewed > first_expiry + timedelta(seconds=lease_s)
+        assert renewed is not None
+        assert renewed > first_expiry + timedelta(seconds=lease_s)
         # Past the first lease, nobody can take the job while the heartbeat runs.
         assert jobs.claim_next(sessions, lease_s=lease_s) is None
         assert not beat.lost
@@ -264,8 +267,8 @@ def test_two_workers_never_run_one_job_at_the_same_time(
 ) -> None:
     ids = add_jobs(sessions, 4)
     # Each job takes about three leases: only the heartbeat keeps another worker off it.
-    settings = JobSettings(workers=2, lease_s=0.4, poll_interval_s=0.05)
-    tracker = Tracker(work_s=1.2)
+    settings = JobSettings(workers=2, lease_s=1.0, poll_interval_s=0.05)
+    tracker = Tracker(work_s=3.0)
     executors = [InProcessExecutor(sessions, tracker, settings) for _ in range(2)]
     for executor in executors:
         executor.start()
@@ -339,7 +342,8 @@ def test_a_job_whose_worker_died_is_run_again_once_after_its_lease(
         executor.stop()
     row = job_row(sessions, job_id)
     assert dict(tracker.runs) == {job_id: [2]}  # once, as its second attempt
-    assert row.finished_at is not None and row.finished_at >= lease_end
+    assert row.finished_at is not None
+    assert row.finished_at >= lease_end
 
 
 CLAIMER = (

@@ -151,9 +151,7 @@ def test_too_old_rows_become_dead_letters(db: ResultsDb) -> None:
     add_results(db, 1, ["pacs"])
     later = utcnow() + timedelta(seconds=SETTINGS.max_age_s + 1)
     (delivery,) = claim_due(db.sessions, limit=1, lease_s=60, now=later)
-    state = record_outcome(
-        db.sessions, delivery, DeliveryOutcome.RETRY, SETTINGS, now=later
-    )
+    state = record_outcome(db.sessions, delivery, DeliveryOutcome.RETRY, SETTINGS, now=later)
     assert state is OutboxState.DEAD_LETTER
 
 
@@ -242,9 +240,7 @@ def test_outcome_for_a_row_settled_by_another_sender_is_ignored(db: ResultsDb) -
     (slow,) = claim_due(db.sessions, limit=1, lease_s=1, now=now)
     (fast,) = claim_due(db.sessions, limit=1, lease_s=60, now=now + timedelta(seconds=2))
     record_outcome(db.sessions, fast, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
-    state = record_outcome(
-        db.sessions, slow, DeliveryOutcome.RETRY, SETTINGS, error="timeout"
-    )
+    state = record_outcome(db.sessions, slow, DeliveryOutcome.RETRY, SETTINGS, error="timeout")
     assert state is OutboxState.SENT
     (view,) = list_outbox(db.sessions)
     assert (view.state, view.last_error) == (OutboxState.SENT, None)

@@ -2,8 +2,8 @@
 
 The node runs with a short SQLite busy timeout, so a reader that took the write lock (as every
 transaction once did, with ``BEGIN IMMEDIATE``) would make the C-STORE wait for it and then
-fail with A700 within seconds instead of passing. Also: ingest keeps each image's Rows and Columns, and start-up
-fills them in for instances recorded before it did.
+fail with A700 within seconds instead of passing. Also: ingest keeps each image's Rows and
+Columns, and start-up fills them in for instances recorded before it did.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def test_a_cstore_succeeds_while_a_reader_holds_its_transaction_open(
         # As long as a C-STORE takes without a reader (association included), well within
         # the busy timeout a writer waiting for a lock would use up.
         assert elapsed < max(2 * normal_s, normal_s + 0.5) < BUSY_TIMEOUT_S
-        assert reader.is_alive() and not stop_reading.is_set()  # still reading meanwhile
+        assert reader.is_alive()
+        assert not stop_reading.is_set()
         with reading(node.sessions) as session:
             assert len(session.scalars(select(Instance)).all()) == 2  # committed
     finally:
