@@ -185,8 +185,8 @@ class Queue:
     ) -> list[Claim]:
         """Claim up to ``limit`` due rows (only ``row_id``, if given) in the caller's write
         transaction; oldest due first."""
-        if lease_s <= 0 or limit < 1:
-            raise ValueError(f"lease and limit must be positive: {lease_s}, {limit}")
+        if lease_s < 0 or limit < 1:
+            raise ValueError(f"the lease must be >= 0 and the limit >= 1: {lease_s}, {limit}")
         now = now or utcnow()
         conditions = [self.due_condition(now)]
         if self._held is not None:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import pydicom
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from config.settings import Destination, OutboxSettings, RoutingRule, Settings
-from db.jobs import ClaimedJob
+from db import jobs
+from db.base import utcnow
+from db.jobs import ClaimedJob, LeaseLostError
 from db.models import (
     Eligibility,
     ImagePrediction,
@@ -169,7 +172,14 @@ def record_analysis(
                 n_images=len(probabilities),
             )
         )
-    return ClaimedJob(job_id, study.study_id, generation or 0, "analyse_study", 1)
+    return claimed_job(db, job_id)
+
+
+def claimed_job(db: ResultsDb, job_id: int) -> ClaimedJob:
+    """The job, claimed as a worker would claim it (the step checks the claim's token)."""
+    claimed = jobs.claim(db.sessions, job_id, lease_s=600)
+    assert claimed is not None
+    return claimed
 
 
 @pytest.fixture
@@ -270,6 +280,22 @@ def test_delivered_objects_are_not_queued_again(study: AnalysedStudy) -> None:
     assert {v.state for v in list_outbox(db.sessions)} == {OutboxState.SENT}
 
 
+def test_a_worker_whose_lease_lapsed_publishes_nothing(study: AnalysedStudy) -> None:
+    db = study.db
+    stale = record_analysis(study, [0.9, 0.1])
+    with db.sessions() as session, session.begin():  # the stale worker stopped renewing
+        session.execute(
+            update(Job).where(Job.id == stale.id).values(lease_expires_at=utcnow() - timedelta(1))
+        )
+    current = jobs.claim(db.sessions, stale.id, lease_s=600)
+    assert current is not None
+    with pytest.raises(LeaseLostError):
+        make_step(db, ["pacs"])(stale)
+    assert result_rows(db) == []
+    make_step(db, ["pacs"])(current)
+    assert len(result_rows(db)) == 3
+
+
 def test_a_new_model_version_gives_new_objects(study: AnalysedStudy) -> None:
     db = study.db
     step = make_step(db, ["pacs"])
@@ -342,7 +368,7 @@ def test_nothing_is_published_without_analysed_images(study: AnalysedStudy) -> N
             )
         )
         job_id = job.id
-    make_step(db, ["pacs"])(ClaimedJob(job_id, study.study_id, 0, "analyse_study", 1))
+    make_step(db, ["pacs"])(claimed_job(db, job_id))
     assert result_rows(db) == []
 
 
