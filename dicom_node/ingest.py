@@ -47,6 +47,8 @@ _HEADER_KEYWORDS = (
     "IssuerOfPatientID",
     "PatientName",
     "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
     "AccessionNumber",
     "StudyDate",
     "StudyDescription",
@@ -86,6 +88,8 @@ class InstanceHeader:
     instance_number: int | None
     issuer_of_patient_id: str | None = None
     patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    patient_age: str | None = None
 
     @property
     def identity(self) -> PatientIdentity:
@@ -198,6 +202,8 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
         instance_number=_int(ds, "InstanceNumber"),
         issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
         patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_age=_text(ds, "PatientAge", 4),
     )
 
 
@@ -479,6 +485,8 @@ def _get_or_create_study(session: Session, header: InstanceHeader) -> Study:
             patient_name=header.patient_name,
             issuer_of_patient_id=header.issuer_of_patient_id,
             patient_birth_date=header.patient_birth_date,
+            patient_sex=header.patient_sex,
+            patient_age=header.patient_age,
             accession_number=header.accession_number,
             study_date=header.study_date,
             study_description=header.study_description,
