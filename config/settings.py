@@ -31,6 +31,9 @@ DEFAULT_HOME = Path("fracture-gateway-data")
 #: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
+#: The default largest P-DATA-TF PDU the node receives (1 MiB).
+MAXIMUM_PDU_SIZE_DEFAULT = 1024 * 1024
+
 #: Where the bundled model package lives, relative to the installed source tree.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fracture-lite0"
 
@@ -85,13 +88,30 @@ class NodeSettings(BaseModel):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
-    maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
+    #: The longest P-DATA-TF we accept (the "maximum length received" we announce, PS3.8 D.1);
+    #: a longer declared PDU is refused before its body is read. 4096 is dcmtk's minimum.
+    maximum_pdu_size: int = Field(MAXIMUM_PDU_SIZE_DEFAULT, ge=4096, le=64 * 1024 * 1024)
+    #: Seconds a new connection has to finish TLS and deliver its A-ASSOCIATE-RQ (PS3.8 9.1.5).
+    artim_timeout: float = Field(5.0, gt=0, le=120)
+    #: Connections accepted but not yet through the AE checks, in all and from one address.
+    max_pending: int = Field(128, ge=1, le=4096)
+    max_pending_per_peer: int = Field(16, ge=1, le=4096)
     known_sources: list[KnownSource] = Field(default_factory=list)
     accept_any_calling_ae: bool = False
     reject_out_of_scope: bool = False
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @field_validator("maximum_pdu_size", mode="before")
+    @classmethod
+    def _refuse_unlimited_pdu(cls, value: Any) -> Any:
+        if value == 0:
+            raise ValueError(
+                "0 (unlimited) is not allowed: a peer could make the node read gigabytes into "
+                "memory; give a size in bytes (default 1048576)"
+            )
+        return value
 
     @property
     def is_loopback(self) -> bool:
