@@ -78,6 +78,44 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"
 
 
+class TlsVersion(StrEnum):
+    """The oldest TLS version accepted (PS3.15 Annex B's BCP 195 profiles forbid older)."""
+
+    TLS_1_2 = "1.2"
+    TLS_1_3 = "1.3"
+
+
+class TlsSettings(BaseModel):
+    """DICOM TLS (PS3.15 Annex B, BCP 195): the SCP's listener and our side of result delivery.
+
+    The certificate and key identify the node both as a server (to senders) and as a client (to
+    destinations with ``tls = true``); ``ca_certificates`` are the authorities whose
+    certificates we trust for senders and destinations (for destinations, the system's when
+    unset).
+    """
+
+    #: The SCP speaks TLS only: plain TCP connections to its port fail the handshake.
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+    minimum_version: TlsVersion = TlsVersion.TLS_1_2
+
+    @model_validator(mode="after")
+    def _check_complete(self) -> Self:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("node.tls.certificate and node.tls.private_key go together")
+        if self.enabled and self.certificate is None:
+            raise ValueError("node.tls.enabled needs node.tls.certificate and private_key")
+        if self.enabled and self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "node.tls.require_client_certificate needs node.tls.ca_certificates, the "
+                "authorities that sign the senders' certificates"
+            )
+        return self
+
+
 class NodeSettings(BaseModel):
     """The DICOM node: our AE, where it listens, and who may call it."""
 
@@ -100,6 +138,7 @@ class NodeSettings(BaseModel):
     accept_any_calling_ae: bool = False
     reject_out_of_scope: bool = False
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
 
@@ -161,6 +200,10 @@ class Destination(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str | None = None
+    #: Send over TLS (``node.tls``: our certificate, the authorities we trust, minimum version).
+    tls: bool = False
+    #: The name the destination's certificate must carry; its ``host`` when unset.
+    tls_server_name: str | None = None
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
 

@@ -28,6 +28,7 @@ from dicom_node.conformance import (
 )
 from dicom_node.ingest import IngestRefusedError, ingest_encoded
 from dicom_node.storage import InstanceStore, StorageError
+from dicom_node.tls import server_context
 from dicom_node.transport import GuardedAssociationServer
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,16 @@ def start_scp(
 
     Connections are admitted by :mod:`dicom_node.admission` (AE titles and addresses checked
     before an association slot is taken) and PDU reads are bounded (:mod:`dicom_node.transport`).
+    With ``node.tls.enabled`` the listener speaks TLS only, the handshake in each connection's
+    own thread under the ARTIM timer.
     """
     ae = build_ae(settings)
     handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [ctx])]
     address = (settings.node.bind_address, settings.node.port if port is None else port)
+    tls = server_context(settings.node.tls) if settings.node.tls.enabled else None
     server = ae.make_server(
         address,
+        ssl_context=tls,
         evt_handlers=handlers,
         server_class=GuardedAssociationServer,
         settings=settings,

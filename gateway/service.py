@@ -106,6 +106,7 @@ class Service:
                 self.settings.destinations,
                 self.settings.outbox,
                 calling_ae_title=self.settings.node.ae_title,
+                tls=self.settings.node.tls,
             )
             outbox.start()
             self.extra.append(outbox)

@@ -139,3 +139,26 @@ def test_config_show_reports_invalid_configuration(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 2
     assert "configuration error" in result.output
+
+
+def test_tls_settings_must_be_complete(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.certificate"):
+        Settings(node={"tls": {"enabled": True}})
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(node={"tls": {"certificate": str(pem)}})
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.ca_certificates"):
+        Settings(node={"tls": {"enabled": True, "certificate": str(pem), "private_key": str(pem)}})
+    with pytest.raises(ValidationError, match="minimum_version"):
+        Settings(node={"tls": {"minimum_version": "1.1"}})
+    ok = Settings(
+        node={
+            "tls": {
+                "enabled": True,
+                "certificate": str(pem),
+                "private_key": str(pem),
+                "require_client_certificate": False,
+            }
+        }
+    )
+    assert ok.node.tls.minimum_version == "1.2"
