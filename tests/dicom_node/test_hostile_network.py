@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from pynetdicom.pdu import P_DATA_TF
 from sqlalchemy import func, select
 
 from db.models import Instance
+from dicom_node.admission import AdmissionCounts
 from dicom_node.conformance import DX_PRESENTATION_STORAGE, VERIFICATION_SOP_CLASS, StoreStatus
 from dicom_node.pdu import (
+    CALLING_AE_NOT_RECOGNISED,
     HEADER,
     LOCAL_LIMIT_EXCEEDED,
     MAX_ASSOCIATE_LENGTH,
@@ -141,6 +144,19 @@ def test_p_data_of_exactly_the_announced_maximum_is_received(start_node: NodeFac
     assert max(lengths) == 16384  # the variable field of a full P-DATA-TF, as announced
 
 
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def admission(service: Service) -> AdmissionCounts:
+    assert service.scp is not None
+    return service.scp.admission.counts()
+
+
 def instance_count(service: Service) -> int:
     with service.sessions() as session:
         return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
@@ -168,9 +184,7 @@ def test_idle_and_vanishing_connections_do_not_lock_out_the_pacs(
 
     attacker = threading.Thread(target=connect_then_close, daemon=True)
     attacker.start()
-    deadline = time.monotonic() + 30
-    while vanished < 16 and time.monotonic() < deadline:  # enough to fill every slot before
-        time.sleep(0.01)
+    assert eventually(lambda: vanished >= 16, 30)  # enough to have filled every slot before
     failures: list[str] = []
     statuses: list[int] = []
     try:
@@ -197,14 +211,10 @@ def test_idle_and_vanishing_connections_do_not_lock_out_the_pacs(
 
 def test_silent_connection_is_closed_after_the_artim_timeout(start_node: NodeFactory) -> None:
     node = start_node(node={"artim_timeout": 0.5})
-    assert node.scp is not None
     with connect(node.dicom_port) as sock:
         waited = wait_closed(sock, timeout_s=10)
     assert 0.4 <= waited < 5
-    deadline = time.monotonic() + 5
-    while node.scp.admission.counts().pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert node.scp.admission.counts().pending == 0
+    assert eventually(lambda: admission(node).pending == 0)
 
 
 def test_connections_beyond_the_per_peer_limit_are_closed_at_once(
@@ -214,10 +224,7 @@ def test_connections_beyond_the_per_peer_limit_are_closed_at_once(
     port = node.dicom_port
     held = [connect(port, source="127.0.0.2") for _ in range(4)]
     try:
-        assert node.scp is not None
-        deadline = time.monotonic() + 5
-        while node.scp.admission.counts().pending < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert eventually(lambda: admission(node).pending == 4)
         with connect(port, source="127.0.0.2") as extra:
             assert wait_closed(extra, timeout_s=10) < 5
         with connect(port, source="127.0.0.3") as other:
@@ -237,18 +244,13 @@ def test_connections_beyond_the_pending_limit_are_closed_at_once(
     port = node.dicom_port
     held = [connect(port, source=f"127.0.3.{i}") for i in range(1, 4)]
     try:
-        assert node.scp is not None
-        deadline = time.monotonic() + 5
-        while node.scp.admission.counts().pending < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert eventually(lambda: admission(node).pending == 3)
         with connect(port, source="127.0.3.9") as extra:
             assert wait_closed(extra, timeout_s=10) < 5
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 5
-    while node.scp.admission.counts().pending and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert eventually(lambda: admission(node).pending == 0)
     assert echo(port)
 
 
@@ -274,13 +276,12 @@ def test_slots_are_taken_by_admitted_associations_only(start_node: NodeFactory) 
         stranger.add_requested_context(VERIFICATION_SOP_CLASS)
         unknown = request_association(stranger, "127.0.0.1", port, CALLED)
         assert unknown.rejection is not None
-        assert unknown.rejection.result == 0x01  # permanent: calling AE title not recognised
+        assert (unknown.rejection.result, unknown.rejection.diagnostic) == (
+            CALLING_AE_NOT_RECOGNISED.result,
+            CALLING_AE_NOT_RECOGNISED.reason,
+        )
     finally:
         first.close()
         second.close()
-    deadline = time.monotonic() + 10
-    assert node.scp is not None
-    while node.scp.admission.counts().admitted and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert node.scp.admission.counts().admitted == 0
+    assert eventually(lambda: admission(node).admitted == 0)
     assert echo(port, calling="PACS1")

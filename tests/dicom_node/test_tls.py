@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from config.settings import Destination, OutboxSettings, TlsSettings
+from config.settings import Destination, TlsSettings
 from db.models import Instance
 from db.results import OutboxState
 from dicom_node.conformance import VERIFICATION_SOP_CLASS
@@ -27,11 +28,14 @@ from dicom_node.outbox import OutboxWorker, list_outbox
 from dicom_node.peer import request_association
 from dicom_node.tls import TlsConfigurationError, server_context
 from gateway.service import Service
-from tests.helpers.dcmtk import run_storescp
+from tests.dicom_node.test_outbox_delivery import FAST, db
+from tests.helpers.dcmtk import StoreSCP, run_storescp
 from tests.helpers.node import NodeFactory
-from tests.helpers.results_db import ResultsDb, add_results, open_results_db
+from tests.helpers.results_db import ResultsDb, add_results
 from tests.helpers.tls import KeyPair, Pki, make_pki
 from tests.helpers.tools import require_program
+
+__all__ = ["db"]
 
 pytestmark = pytest.mark.integration
 
@@ -247,22 +251,6 @@ def test_silent_tls_client_is_closed_after_the_artim_timeout(
 
 # Result delivery ---------------------------------------------------------------------------
 
-FAST = OutboxSettings(
-    max_attempts=3,
-    backoff_base_s=0.05,
-    backoff_max_s=0.2,
-    poll_interval_s=0.05,
-    association_timeout_s=5,
-    lease_s=1.0,
-)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[ResultsDb]:
-    opened = open_results_db(f"sqlite:///{tmp_path / 'outbox.sqlite3'}", tmp_path / "storage")
-    yield opened
-    opened.engine.dispose()
-
 
 def client_tls(pki: Pki) -> TlsSettings:
     """The node's TLS settings as a sender of results: its certificate, the test authority."""
@@ -273,72 +261,52 @@ def client_tls(pki: Pki) -> TlsSettings:
     )
 
 
-def storescp_tls(pki: Pki, identity: KeyPair) -> tuple[str, ...]:
-    """storescp options: TLS with ``identity``, client certificates required from our CA."""
-    return ("+tls", str(identity.private_key), str(identity.certificate), "+cf", str(pki.ca))
+@contextmanager
+def tls_storescp(pki: Pki, identity: KeyPair, folder: Path) -> Iterator[StoreSCP]:
+    """dcmtk ``storescp +tls`` presenting ``identity``, requiring client certificates from our CA.
+
+    Its readiness probe trusts any server certificate, as the impostor's is from another CA.
+    """
+    probe = pki.client_context(pki.sender)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    options = ("+tls", str(identity.private_key), str(identity.certificate), "+cf", str(pki.ca))
+    with run_storescp(folder, extra_args=options, tls_args=(probe, "localhost")) as scp:
+        yield scp
+
+
+def deliver_once(db: ResultsDb, pki: Pki, scp: StoreSCP, **destination: Any) -> int:
+    """One outbox batch to ``scp`` over TLS as destination ``pacs``; how many rows it claimed."""
+    pacs = Destination(
+        name="pacs", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port, tls=True, **destination
+    )
+    worker = OutboxWorker(
+        db.sessions, db.store, [pacs], FAST, calling_ae_title=CALLED, tls=client_tls(pki)
+    )
+    return worker.run_once()
 
 
 def test_results_are_delivered_over_tls(db: ResultsDb, pki: Pki, tmp_path: Path) -> None:
     uids = add_results(db, 2, ["pacs"])
-    ready = (pki.client_context(pki.sender), "localhost")
-    with run_storescp(
-        tmp_path / "received", extra_args=storescp_tls(pki, pki.destination), tls_args=ready
-    ) as scp:
-        pacs = Destination(
-            name="pacs", ae_title="STORESCP", host="127.0.0.1", port=scp.port, tls=True
-        )
-        worker = OutboxWorker(
-            db.sessions, db.store, [pacs], FAST, calling_ae_title=CALLED, tls=client_tls(pki)
-        )
-        assert worker.run_once() == 2
+    with tls_storescp(pki, pki.destination, tmp_path / "received") as scp:
+        assert deliver_once(db, pki, scp) == 2
         assert sorted(v.state for v in list_outbox(db.sessions)) == [OutboxState.SENT] * 2
         assert scp.received_sop_instance_uids() == dict.fromkeys(uids, 1)
 
 
-def test_destination_with_an_untrusted_certificate_gets_nothing(
-    db: ResultsDb, pki: Pki, tmp_path: Path
+@pytest.mark.parametrize(
+    ("presented", "destination"),
+    [("impostor", {}), ("destination", {"tls_server_name": "pacs.example.org"})],
+    ids=["unknown-authority", "another-name"],
+)
+def test_destination_with_a_certificate_we_cannot_trust_gets_nothing(
+    db: ResultsDb, pki: Pki, tmp_path: Path, presented: str, destination: dict[str, Any]
 ) -> None:
+    """A certificate from an unknown authority, or naming another host: nothing is sent."""
     add_results(db, 1, ["pacs"])
-    # The impostor's certificate is signed by an authority we do not trust.
-    ready = (pki.client_context(pki.sender), "localhost")
-    ready[0].check_hostname = False
-    ready[0].verify_mode = ssl.CERT_NONE
-    with run_storescp(
-        tmp_path / "received", extra_args=storescp_tls(pki, pki.impostor), tls_args=ready
-    ) as scp:
-        pacs = Destination(
-            name="pacs", ae_title="STORESCP", host="127.0.0.1", port=scp.port, tls=True
-        )
-        worker = OutboxWorker(
-            db.sessions, db.store, [pacs], FAST, calling_ae_title=CALLED, tls=client_tls(pki)
-        )
-        assert worker.run_once() == 1
+    with tls_storescp(pki, getattr(pki, presented), tmp_path / "received") as scp:
+        assert deliver_once(db, pki, scp, **destination) == 1
         [view] = list_outbox(db.sessions)
         assert view.state is OutboxState.PENDING  # retried later: the certificate may be fixed
         assert "TLS handshake failed" in (view.last_error or "")
-        assert scp.received_files() == []
-
-
-def test_destination_with_another_name_in_its_certificate_gets_nothing(
-    db: ResultsDb, pki: Pki, tmp_path: Path
-) -> None:
-    add_results(db, 1, ["pacs"])
-    ready = (pki.client_context(pki.sender), "localhost")
-    with run_storescp(
-        tmp_path / "received", extra_args=storescp_tls(pki, pki.destination), tls_args=ready
-    ) as scp:
-        pacs = Destination(
-            name="pacs",
-            ae_title="STORESCP",
-            host="127.0.0.1",
-            port=scp.port,
-            tls=True,
-            tls_server_name="pacs.example.org",
-        )
-        worker = OutboxWorker(
-            db.sessions, db.store, [pacs], FAST, calling_ae_title=CALLED, tls=client_tls(pki)
-        )
-        assert worker.run_once() == 1
-        [view] = list_outbox(db.sessions)
-        assert view.state is OutboxState.PENDING
         assert scp.received_files() == []
