@@ -35,6 +35,17 @@ def test_defaults_match_the_documentation(tmp_path: Path) -> None:
     assert settings.storage_folder == tmp_path / "fracture-gateway-data" / "storage"
     assert settings.grouping.quiet_period_s == 10
     assert settings.node.duplicate_policy is DuplicatePolicy.KEEP_FIRST
+    assert settings.node.maximum_pdu_size == 1024 * 1024
+    assert settings.node.artim_timeout == 5
+    assert (settings.node.max_pending, settings.node.max_pending_per_peer) == (128, 16)
+
+
+def test_unlimited_pdu_size_is_refused() -> None:
+    """0 would mean "any length": a peer could make the node read gigabytes into memory."""
+    with pytest.raises(ValidationError, match="0 \\(unlimited\\) is not allowed"):
+        Settings(node={"maximum_pdu_size": 0})
+    with pytest.raises(ValidationError, match="greater than or equal to 4096"):
+        Settings(node={"maximum_pdu_size": 1000})
 
 
 def test_home_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -128,3 +139,26 @@ def test_config_show_reports_invalid_configuration(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 2
     assert "configuration error" in result.output
+
+
+def test_tls_settings_must_be_complete(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.certificate"):
+        Settings(node={"tls": {"enabled": True}})
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(node={"tls": {"certificate": str(pem)}})
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.ca_certificates"):
+        Settings(node={"tls": {"enabled": True, "certificate": str(pem), "private_key": str(pem)}})
+    with pytest.raises(ValidationError, match="minimum_version"):
+        Settings(node={"tls": {"minimum_version": "1.1"}})
+    ok = Settings(
+        node={
+            "tls": {
+                "enabled": True,
+                "certificate": str(pem),
+                "private_key": str(pem),
+                "require_client_certificate": False,
+            }
+        }
+    )
+    assert ok.node.tls.minimum_version == "1.2"
