@@ -13,7 +13,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -192,8 +192,15 @@ class JobSettings(BaseModel):
     poll_interval_s: float = Field(0.5, gt=0.0)
 
 
+#: The result objects a destination can receive: the study's TID 1500 SR, each image's heat-map
+#: Secondary Capture, each image's Grayscale Softcopy Presentation State with the boxes.
+ResultObjectName = Literal["sr", "sc", "gsps"]
+#: What a destination receives unless it says otherwise (the objects sent before GSPS existed).
+DEFAULT_RESULT_OBJECTS: Final[tuple[ResultObjectName, ...]] = ("sr", "sc")
+
+
 class Destination(BaseModel):
-    """A DICOM node results are sent to."""
+    """A DICOM node results are sent to, and which result objects it receives."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     ae_title: str
@@ -204,8 +211,19 @@ class Destination(BaseModel):
     tls: bool = False
     #: The name the destination's certificate must carry; its ``host`` when unset.
     tls_server_name: str | None = None
+    objects: list[ResultObjectName] = Field(
+        default_factory=lambda: list(DEFAULT_RESULT_OBJECTS), min_length=1
+    )
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @field_validator("objects")
+    @classmethod
+    def _unique_objects(cls, value: list[ResultObjectName]) -> list[ResultObjectName]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"result objects named more than once: {repeated}")
+        return value
 
 
 class RoutingRule(BaseModel):

@@ -72,6 +72,8 @@ def test_toml_file_and_environment_precedence(
         '[node]\nport = 5000\nae_title = "FROMTOML"\n'
         '[[node.known_sources]]\nae_title = "PACS1"\nhost = "10.0.0.5"\n'
         '[[destinations]]\nname = "pacs"\nae_title = "PACS1"\nhost = "10.0.0.5"\nport = 104\n'
+        '[[destinations]]\nname = "viewer"\nae_title = "VIEW"\nhost = "10.0.0.6"\nport = 104\n'
+        'objects = ["sr", "sc", "gsps"]\n'
     )
     monkeypatch.setenv("FRACTURE_GATEWAY_CONFIG", str(config))
     monkeypatch.setenv("FRACTURE_GATEWAY_NODE__PORT", "6000")
@@ -80,12 +82,26 @@ def test_toml_file_and_environment_precedence(
     assert settings.node.port == 6000  # the environment wins over the file
     assert settings.node.known_sources[0].host == "10.0.0.5"
     assert settings.destinations[0].port == 104
+    assert settings.destinations[0].objects == ["sr", "sc"]  # the default: SR and SCs
+    assert settings.destinations[1].objects == ["sr", "sc", "gsps"]
+
+
+def test_destination_objects_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "FRACTURE_GATEWAY_DESTINATIONS",
+        '[{"name": "viewer", "ae_title": "VIEW", "host": "10.0.0.6", "port": 104,'
+        ' "objects": ["gsps"]}]',
+    )
+    assert load_settings().destinations[0].objects == ["gsps"]
 
 
 def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRACTURE_GATEWAY_CONFIG", "/nonexistent/gw.toml")
     with pytest.raises(FileNotFoundError, match=r"/nonexistent/gw\.toml"):
         load_settings()
+
+
+DESTINATION = {"name": "pacs", "ae_title": "PACS1", "host": "10.0.0.5", "port": 104}
 
 
 @pytest.mark.parametrize(
@@ -97,6 +113,9 @@ def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         ({"node": {"known_sources": [{"ae_title": "X", "host": "not-an-ip"}]}}, "not-an-ip"),
         ({"routing": [{"when": "always", "destinations": ["nowhere"]}]}, "unknown destinations"),
         ({"api": {"environment": "production"}}, "secret_key"),
+        ({"destinations": [{**DESTINATION, "objects": ["pdf"]}]}, "'sr', 'sc' or 'gsps'"),
+        ({"destinations": [{**DESTINATION, "objects": ["sr", "sr"]}]}, "more than once"),
+        ({"destinations": [{**DESTINATION, "objects": []}]}, "at least 1 item"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_bad_value(
