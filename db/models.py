@@ -64,6 +64,10 @@ class Study(Base):
     patient_name: Mapped[str | None] = mapped_column(String(324))
     issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    #: Patient's Sex (0010,0040), a Code String: M, F or O.
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    #: Patient's Age (0010,1010), an Age String such as ``045Y`` (PS3.5 6.2).
+    patient_age: Mapped[str | None] = mapped_column(String(4))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))

@@ -1,4 +1,4 @@
-"""Result objects we created (SR, heat-map SCs) and their delivery to each destination.
+"""Result objects we created (SR, heat-map SCs, presentation states) and their delivery.
 
 A result object is recorded once per SOP Instance UID: UIDs are derived deterministically
 (:mod:`reporting.uids`), so re-analysing a study with the same model finds the same rows and
@@ -19,10 +19,12 @@ from db.models import UID
 
 
 class ResultObjectKind(StrEnum):
-    """What a result object is: the study's SR or one image's Grad-CAM Secondary Capture."""
+    """What a result object is: the study's SR, one image's Grad-CAM Secondary Capture, or one
+    image's Grayscale Softcopy Presentation State with its suspected fractures."""
 
     SR = "sr"
     SC = "sc"
+    GSPS = "gsps"
 
 
 class OutboxState(StrEnum):

@@ -47,6 +47,8 @@ _HEADER_KEYWORDS = (
     "IssuerOfPatientID",
     "PatientName",
     "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
     "AccessionNumber",
     "StudyDate",
     "StudyDescription",
@@ -88,6 +90,8 @@ class InstanceHeader:
     instance_number: int | None
     issuer_of_patient_id: str | None = None
     patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    patient_age: str | None = None
     #: Rows and Columns (0028,0010-0011) of an image, kept so views need not open the file.
     rows: int | None = None
     columns: int | None = None
@@ -209,6 +213,8 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
         instance_number=_int(ds, "InstanceNumber"),
         issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
         patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_age=_text(ds, "PatientAge", 4),
         rows=image_dimension(ds, "Rows"),
         columns=image_dimension(ds, "Columns"),
     )
@@ -495,6 +501,8 @@ def _get_or_create_study(session: Session, header: InstanceHeader) -> Study:
             patient_name=header.patient_name,
             issuer_of_patient_id=header.issuer_of_patient_id,
             patient_birth_date=header.patient_birth_date,
+            patient_sex=header.patient_sex,
+            patient_age=header.patient_age,
             accession_number=header.accession_number,
             study_date=header.study_date,
             study_description=header.study_description,

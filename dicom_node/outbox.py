@@ -23,6 +23,7 @@ second copy.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Destination, OutboxSettings
+from config.settings import Destination, OutboxSettings, TlsSettings
 from db.base import utcnow
 from db.engine import reading, writing
 from db.models import Study
@@ -47,6 +48,7 @@ from db.queue import MAX_ERROR_LENGTH, Claim, Queue, QueueStates, RetryPolicy
 from db.results import OutboxEntry, OutboxState, ResultObject
 from dicom_node.peer import request_association
 from dicom_node.storage import InstanceStore
+from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +312,17 @@ def send_to_destination(
     calling_ae_title: str,
     timeout_s: float,
     maximum_pdu_size: int = 0,
+    tls_context: ssl.SSLContext | None = None,
 ) -> list[AttemptResult]:
     """Send the stored files of ``deliveries`` over one association to ``destination``.
 
     Only the presentation contexts needed are proposed: each object's SOP class with its stored
-    file's transfer syntax (PS3.8 9.3.2.2), so files go out byte for byte as stored.
+    file's transfer syntax (PS3.8 9.3.2.2), so files go out byte for byte as stored. A
+    destination with ``tls`` is reached through ``tls_context``
+    (:func:`dicom_node.tls.client_context`).
     """
+    if destination.tls and tls_context is None:
+        raise ValueError(f"destination {destination.name} needs TLS but no TLS context was given")
     results: list[AttemptResult] = []
     prepared: list[_Prepared] = []
     for delivery in deliveries:
@@ -345,7 +352,12 @@ def send_to_destination(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's bytes, never re-encode
     try:
-        request = request_association(ae, destination.host, destination.port, destination.ae_title)
+        tls_args = None
+        if destination.tls and tls_context is not None:
+            tls_args = (tls_context, destination.tls_server_name or destination.host)
+        request = request_association(
+            ae, destination.host, destination.port, destination.ae_title, tls_args=tls_args
+        )
         assoc = request.assoc
         if not request.established and assoc.rejected_contexts and not assoc.accepted_contexts:
             # The peer answered but accepts none of the contexts: a resend cannot change that.
@@ -420,6 +432,7 @@ class OutboxWorker:
         *,
         calling_ae_title: str,
         maximum_pdu_size: int = 0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -427,6 +440,9 @@ class OutboxWorker:
         self._settings = settings
         self._calling_ae_title = calling_ae_title
         self._maximum_pdu_size = maximum_pdu_size
+        self._tls_context: ssl.SSLContext | None = None
+        if any(d.tls for d in destinations):
+            self._tls_context = client_context(tls or TlsSettings())
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
@@ -482,6 +498,7 @@ class OutboxWorker:
                 calling_ae_title=destination.calling_ae_title or self._calling_ae_title,
                 timeout_s=self._settings.association_timeout_s,
                 maximum_pdu_size=self._maximum_pdu_size,
+                tls_context=self._tls_context,
             )
         except Exception as exc:  # an unexpected fault of the network stack: retry the batch
             log.exception("sending to %s failed unexpectedly", name)

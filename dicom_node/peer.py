@@ -10,6 +10,7 @@ result, source and reason.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from pynetdicom import AE, evt
@@ -45,6 +46,9 @@ class AssociationRequest:
 
     assoc: Association
     rejection: Rejection | None
+    #: Whether the transport connection (and TLS handshake, if any) was established.
+    connected: bool = True
+    tls: bool = False
 
     @property
     def established(self) -> bool:
@@ -56,6 +60,10 @@ class AssociationRequest:
 
     def failure(self, peer: str = "peer") -> str:
         """Why the association was not established, for logs and outbox rows (no patient data)."""
+        if not self.connected:
+            if self.tls:
+                return f"{peer} not reachable, or the TLS handshake failed (certificate, version)"
+            return f"{peer} not reachable (connection refused or timed out)"
         if self.rejection is not None:
             return f"association rejected by the {peer} ({self.rejection})"
         if self.assoc.is_rejected:
@@ -65,16 +73,37 @@ class AssociationRequest:
         return f"{peer} not reachable (connection refused or timed out)"
 
 
-def request_association(ae: AE, host: str, port: int, called_ae: str) -> AssociationRequest:
-    """Ask ``host:port`` for an association with ``ae``'s requested contexts."""
+def request_association(
+    ae: AE,
+    host: str,
+    port: int,
+    called_ae: str,
+    *,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
+) -> AssociationRequest:
+    """Ask ``host:port`` for an association with ``ae``'s requested contexts.
+
+    ``tls_args`` (a client context and the name the peer's certificate must carry) makes the
+    connection TLS; a failed handshake reads as "not reachable".
+    """
     seen: list[Rejection] = []
+    opened: list[bool] = []
+
+    def on_open(_event: Event) -> None:
+        opened.append(True)
 
     def on_pdu(event: Event) -> None:
         pdu = event.pdu  # type: ignore[attr-defined]
         if isinstance(pdu, A_ASSOCIATE_RJ):
             seen.append(Rejection.from_pdu(pdu))
 
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assoc = ae.associate(
+        host,
+        port,
+        ae_title=called_ae,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_CONN_OPEN, on_open)],
+        tls_args=tls_args,
+    )
     if not assoc.is_established:
         # In the race above the RJ was decoded before the socket closed, so it is already seen.
         # If the ACSE gave up on its own (its timeout) while an RJ was arriving, the DUL thread
@@ -82,4 +111,6 @@ def request_association(ae: AE, host: str, port: int, called_ae: str) -> Associa
         dul = assoc.dul
         if dul.is_alive():
             dul.join(timeout=1.0)
-    return AssociationRequest(assoc, seen[0] if seen else None)
+    return AssociationRequest(
+        assoc, seen[0] if seen else None, connected=bool(opened), tls=tls_args is not None
+    )

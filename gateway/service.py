@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +24,7 @@ from dicom_node.reconcile import ReconcileReport, reconcile_storage
 from dicom_node.scp import StoreContext, start_scp
 from dicom_node.sizes import fill_image_sizes
 from dicom_node.storage import InstanceStore
+from dicom_node.transport import GuardedAssociationServer
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
 from gateway.worker import InProcessExecutor
 
@@ -66,7 +66,7 @@ class Service:
     engine: Engine = field(init=False)
     sessions: sessionmaker[Session] = field(init=False)
     store: InstanceStore = field(init=False)
-    scp: ThreadedAssociationServer | None = field(init=False, default=None)
+    scp: GuardedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
     executor: InProcessExecutor | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
@@ -113,6 +113,7 @@ class Service:
                 self.settings.destinations,
                 self.settings.outbox,
                 calling_ae_title=self.settings.node.ae_title,
+                tls=self.settings.node.tls,
             )
             outbox.start()
             self.extra.append(outbox)

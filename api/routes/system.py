@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import stats
 from api.deps import ContextDep, CurrentUser, ReaderDep
-from api.schemas import AUTH_RESPONSES, HealthOut, ModelStatusOut, StatsOut
+from api.model_slot import ModelUnavailable
+from api.schemas import (
+    AUTH_RESPONSES,
+    ErrorBody,
+    HealthOut,
+    ModelCardOut,
+    ModelStatusOut,
+    OperatingPointOut,
+    StatsOut,
+)
 from db.engine import reading
 from db.jobs import queue_depths
 
@@ -32,6 +41,40 @@ def health(context: ContextDep) -> HealthOut:
         model=ModelStatusOut(
             state=model.state.value, name=model.name, version=model.version, reason=model.reason
         ),
+    )
+
+
+@router.get(
+    "/api/model",
+    response_model=ModelCardOut,
+    responses={
+        **AUTH_RESPONSES,
+        503: {"model": ErrorBody, "description": "No model card can be read"},
+    },
+)
+def model_card(_principal: CurrentUser, context: ContextDep) -> ModelCardOut:
+    """The configured model's operating points (thresholds and validation figures) and scope.
+
+    Read from the package's card; the model itself is not loaded.
+    """
+    try:
+        card = context.model.card()
+    except ModelUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    return ModelCardOut(
+        name=card.name,
+        version=card.version,
+        operating_point=context.settings.inference.operating_point,
+        operating_points=[
+            OperatingPointOut(
+                name=name.value,
+                threshold=point.threshold,
+                sensitivity=point.sensitivity,
+                specificity=point.specificity,
+            )
+            for name, point in sorted(card.operating_points.items())
+        ],
+        body_parts=list(card.body_parts),
     )
 
 
