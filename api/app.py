@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import audit
 from api.audit import Actor, Code, EventId, EventType
+from api.csp import CONTENT_SECURITY_POLICY
 from api.deps import AppContext
+from api.docs import add_api_docs
 from api.metrics import make_registry
 from api.model_slot import ModelSlot
 from api.routes import admin, auth, predict, studies, system
@@ -29,12 +31,6 @@ if TYPE_CHECKING:
     from inference.predictor import Predictor
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-#: The web page loads only its own files; images are shown from blob: URLs.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
 
 
 def _record_activity(sessions: sessionmaker[Session], event_type: Code) -> None:
@@ -89,6 +85,9 @@ def create_app(
         title="fracture-gateway",
         version="0.1.0",
         summary="Review API and worklist for the fracture-detection DICOM node",
+        # FastAPI's pages load their assets from a CDN; add_api_docs serves them from here.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = AppContext(
         settings=settings,
@@ -118,6 +117,7 @@ def create_app(
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    add_api_docs(app)  # before /static: its assets are mounted under /static/api-docs
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,8 +1,11 @@
-"""Dependencies every route shares: the application context, a session, the caller.
+"""Dependencies every route shares: the application context, sessions, the caller.
 
-``SessionDep`` is one session per request; audit events go into it and commit with the work
-(SQLite has a single writer, so a request never opens a second writing session). ``CurrentUser``
-accepts a person's JWT or a machine token; ``AdminUser`` additionally requires the admin role.
+Each request has two sessions. ``ReaderDep`` reads (``db.engine.reading``: never SQLite's write
+lock, so a radiologist browsing never slows ingest); ``SessionDep`` writes, in short
+transactions begun at first use (``BEGIN IMMEDIATE`` on SQLite): audit events go into it and
+commit with the work they describe. A route reads with the reader, then records and commits;
+it never reads files while the writer's transaction is open. ``CurrentUser`` accepts a person's
+JWT or a machine token; ``AdminUser`` additionally requires the admin role.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import audit
@@ -29,6 +32,7 @@ from api.security import (
 )
 from config.settings import Settings
 from db.base import utcnow
+from db.engine import reading
 from db.review import ApiToken, AuditAction, AuditOutcome, Role, User
 from dicom_node.storage import InstanceStore
 
@@ -60,6 +64,14 @@ def get_session(context: ContextDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_reader(context: ContextDep) -> Iterator[Session]:
+    with reading(context.sessions) as session:
+        yield session
+
+
+ReaderDep = Annotated[Session, Depends(get_reader)]
 
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl="/api/auth/login",
@@ -123,8 +135,10 @@ def _refuse(session: Session, request: Request, reason: str) -> HTTPException:
     return _unauthorised("invalid or expired credentials")
 
 
-def _machine_principal(session: Session, request: Request, token: str) -> Principal:
-    row = session.scalar(
+def _machine_principal(
+    reader: Session, session: Session, request: Request, token: str
+) -> Principal:
+    row = reader.scalar(
         select(ApiToken).where(ApiToken.token_sha256 == machine_token_digest(token))
     )
     now = utcnow()
@@ -134,7 +148,7 @@ def _machine_principal(session: Session, request: Request, token: str) -> Princi
         raise _refuse(session, request, f"revoked machine token id {row.id}")
     if row.expires_at is not None and row.expires_at <= now:
         raise _refuse(session, request, f"expired machine token id {row.id}")
-    row.last_used_at = now
+    session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
     principal = Principal(PrincipalKind.TOKEN, row.id, row.name, Role(row.role), client_ip(request))
     audit.record(
         session,
@@ -153,6 +167,7 @@ def _machine_principal(session: Session, request: Request, token: str) -> Princi
 def current_principal(
     request: Request,
     context: ContextDep,
+    reader: ReaderDep,
     session: SessionDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
@@ -160,12 +175,12 @@ def current_principal(
     if not token:
         raise _unauthorised()
     if is_machine_token(token):
-        return _machine_principal(session, request, token)
+        return _machine_principal(reader, session, request, token)
     try:
         claims = decode_access_token(context.signing_key, token)
     except InvalidCredentials:
         raise _refuse(session, request, "invalid or expired access token") from None
-    user = session.get(User, claims.user_id)
+    user = reader.get(User, claims.user_id)
     if user is None or not user.active:
         raise _refuse(
             session, request, f"access token of unknown or disabled user id {claims.user_id}"

@@ -5,6 +5,7 @@ Layout (what ``training.datasets`` reads as class folders)::
     <out>/Fractured/<pseudonym>.png
     <out>/Non_fractured/<pseudonym>.png
     <out>/reviews.csv
+    <out>/findings.csv
 
 De-identification follows the Basic Application Level Confidentiality Profile (DICOM PS3.15
 Annex E): the PNGs hold only pixels of the original radiograph through
@@ -13,6 +14,11 @@ Annotation is not ``NO`` are left out (the Clean Pixel Data option is not offere
 Secondary Captures are never exported, and the sidecar CSV keeps no identifiers, dates or free
 text: file names are keyed hashes of the SOP Instance UID (E.1.1 "replace with a dummy value"
 consistent within this installation, so a new export overwrites rather than duplicates).
+
+``findings.csv`` holds the readers' per-finding feedback on the exported images: each of the
+model's boxes judged right or wrong, and each box drawn where the model missed a fracture, in
+the exported picture's pixels. A reader's latest verdict on a box counts; missed boxes are all
+kept. No free text, no reader names.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import audit
 from api.audit import Actor, EventId
+from db.engine import reading, writing
 from db.models import Eligibility, Instance, Series
-from db.review import AuditAction, FractureLabel, Review
+from db.review import AuditAction, FindingFeedback, FindingVerdict, FractureLabel, Review
 from dicom_node.storage import InstanceStore
 from inference.errors import NotAnalysable
 from inference.pixels import display_grey
@@ -62,6 +69,19 @@ SIDECAR_COLUMNS = (
     "body_part",
     "location_x",
     "location_y",
+)
+FINDINGS_SIDECAR = "findings.csv"
+FINDINGS_COLUMNS = (
+    "file",
+    "verdict",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "ai_probability",
+    "operating_points",
+    "model_name",
+    "model_version",
 )
 #: Longest side of an exported picture (the trainer resizes further).
 EXPORT_MAX_SIZE = 2048
@@ -129,6 +149,49 @@ def _items(session: Session) -> Iterator[_Item]:
             yield _Item(review, instance, modality, body_part)
 
 
+def _feedback(session: Session, instance_ids: list[int]) -> dict[int, list[FindingFeedback]]:
+    """Each image's finding feedback: a reader's latest verdict per box, every missed box."""
+    latest: dict[tuple[int, int, int], FindingFeedback] = {}
+    missed: list[FindingFeedback] = []
+    for feedback in session.scalars(
+        select(FindingFeedback)
+        .where(FindingFeedback.instance_id.in_(instance_ids))
+        .order_by(FindingFeedback.id)
+    ):
+        if feedback.verdict == FindingVerdict.MISSED or feedback.region_index is None:
+            missed.append(feedback)
+        else:
+            key = (feedback.instance_id, feedback.reviewer_id, feedback.region_index)
+            latest[key] = feedback
+    found: dict[int, list[FindingFeedback]] = {}
+    for feedback in sorted([*latest.values(), *missed], key=lambda f: f.id):
+        found.setdefault(feedback.instance_id, []).append(feedback)
+    return found
+
+
+def _finding_row(file: str, feedback: FindingFeedback, scale: float) -> dict[str, object]:
+    return {
+        "file": file,
+        "verdict": str(feedback.verdict),
+        **{name: f"{getattr(feedback, name) * scale:.1f}" for name in ("x0", "y0", "x1", "y1")},
+        "ai_probability": ""
+        if feedback.ai_probability is None
+        else f"{feedback.ai_probability:.4f}",
+        "operating_points": feedback.operating_points or "",
+        "model_name": feedback.model_name or "",
+        "model_version": feedback.model_version or "",
+    }
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, object]]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
 def _write_png(path: Path, grey: np.ndarray) -> None:
     pixels = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
     ok, encoded = cv2.imencode(".png", pixels)
@@ -152,8 +215,10 @@ def export_reviews(
     for folder in CLASS_FOLDERS.values():
         (out / folder).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    with sessions() as session:
+    finding_rows: list[dict[str, object]] = []
+    with reading(sessions) as session:
         items = list(_items(session))
+        feedback = _feedback(session, [item.instance.id for item in items])
     for item in items:
         try:
             ds = dcmread(store.absolute(item.instance.storage_path))
@@ -178,6 +243,10 @@ def export_reviews(
                 (out / other / name).unlink(missing_ok=True)
         summary.written[folder] += 1
         scale = max(grey.shape) / max(int(ds.Rows), int(ds.Columns))
+        finding_rows.extend(
+            _finding_row(f"{folder}/{name}", found, scale)
+            for found in feedback.get(item.instance.id, [])
+        )
         on_image = item.review.instance_id == item.instance.id
         rows.append(
             {
@@ -208,19 +277,16 @@ def export_reviews(
                 ),
             }
         )
-    tmp = out / f"{SIDECAR}.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SIDECAR_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / SIDECAR)
-    with sessions() as session, session.begin():
+    _write_csv(out / SIDECAR, SIDECAR_COLUMNS, rows)
+    _write_csv(out / FINDINGS_SIDECAR, FINDINGS_COLUMNS, finding_rows)
+    with writing(sessions) as session:
         audit.record(
             session,
             actor,
             EventId.EXPORT,
             AuditAction.READ,
             object_type="review_export",
-            detail=f"{summary.total} reviewed images exported as de-identified PNG",
+            detail=f"{summary.total} reviewed images exported as de-identified PNG, "
+            f"{len(finding_rows)} finding verdicts",
         )
     return summary

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import reading
 from db.models import (
     Eligibility,
     ImagePrediction,
@@ -47,7 +48,7 @@ class DatabaseCollector(Collector):
         self._sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
-        with self._sessions() as session:
+        with reading(self._sessions) as session:
             yield from self._collect(session)
 
     def _collect(self, session: Session) -> Iterator[Metric]:

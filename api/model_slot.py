@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from inference.model_package import ModelCard
     from inference.predictor import Predictor
 
 CARD_FILE = "model.json"
@@ -68,6 +69,20 @@ class ModelSlot:
                 ModelState.UNAVAILABLE, reason="no model package at the configured path"
             )
         return ModelStatus(ModelState.NOT_LOADED)
+
+    def card(self) -> ModelCard:
+        """The model's card (the loaded one, else read from the package without loading)."""
+        from inference.model_package import ModelPackageError, read_card
+
+        if not self._enabled:
+            raise ModelUnavailable("inference is disabled in the settings")
+        predictor = self._predictor
+        if predictor is not None:
+            return predictor.card
+        try:
+            return read_card(self._path)
+        except (ModelPackageError, OSError) as exc:
+            raise ModelUnavailable(f"the model card cannot be read: {type(exc).__name__}") from exc
 
     def get(self) -> Predictor:
         """The predictor, loading the package the first time; raises :class:`ModelUnavailable`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import dcmread
@@ -18,7 +19,15 @@ from dicom_node.storage import InstanceStore
 from gateway.heatmaps import heatmap_on_original_grid
 from inference.errors import NotAnalysable
 from inference.pixels import display_grey
-from reporting.render import blend_heatmap, grey_to_rgb, render_png, resize_plane
+from reporting.render import (
+    HEAT_FLOOR,
+    blend_heatmap,
+    grey_to_rgb,
+    heat_alpha,
+    heat_colours,
+    render_png,
+    resize_plane,
+)
 
 #: Default and largest long side of a rendering, in pixels.
 DEFAULT_SIZE = 1024
@@ -45,14 +54,40 @@ def preview_png(store: InstanceStore, storage_path: str, max_size: int = DEFAULT
     return render_png(grey_to_rgb(grey_of(store.absolute(storage_path), max_size)))
 
 
-def heatmap_png(
-    store: InstanceStore, storage_path: str, heatmap_path: str, max_size: int = DEFAULT_SIZE
-) -> bytes:
-    """The radiograph with its stored heat map blended in colour, as PNG."""
-    grey = grey_of(store.absolute(storage_path), max_size)
+def _heat(store: InstanceStore, heatmap_path: str, shape: tuple[int, int]) -> NDArray[np.float32]:
     try:
         heat = heatmap_on_original_grid(store, heatmap_path)
     except (OSError, KeyError, ValueError) as exc:
         raise PictureUnavailable(f"the heat map cannot be read ({type(exc).__name__})") from exc
-    heat = resize_plane(np.clip(heat, 0.0, 1.0).astype(np.float32), *grey.shape)
+    return resize_plane(np.clip(heat, 0.0, 1.0).astype(np.float32), *shape)
+
+
+def heatmap_png(
+    store: InstanceStore,
+    storage_path: str,
+    heatmap_path: str,
+    max_size: int = DEFAULT_SIZE,
+    *,
+    overlay: bool = False,
+) -> bytes:
+    """The radiograph with its stored heat map blended in colour, as PNG.
+
+    With ``overlay`` only the heat colours, on a transparent background (RGBA): the viewer lays
+    them over its own windowed radiograph at the reader's opacity.
+    """
+    grey = grey_of(store.absolute(storage_path), max_size)
+    heat = _heat(store, heatmap_path, grey.shape)
+    if overlay:
+        return overlay_png(heat)
     return render_png(blend_heatmap(grey, heat))
+
+
+def overlay_png(heat: NDArray[np.float32]) -> bytes:
+    """The heat colours with their blending opacity (scaled to full) as alpha, RGBA PNG."""
+    alpha = heat_alpha(heat, max_alpha=1.0)
+    alpha[~(heat > HEAT_FLOOR)] = 0.0
+    rgba = np.dstack([heat_colours(heat), np.rint(alpha * 255.0).astype(np.uint8)])
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]]))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return bytes(encoded.tobytes())

@@ -9,10 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.schemas import ReviewIn
-from api.worklist import image_size, latest_study_prediction
+from api.worklist import latest_study_prediction
 from db.models import Instance, Series, Study
 from db.review import FractureLabel, Review, Verdict
-from dicom_node.storage import InstanceStore
 
 
 class ReviewRejected(ValueError):  # noqa: N818 - reads as what happened
@@ -61,7 +60,6 @@ def _label_of(positive: bool) -> FractureLabel:
 
 def create_review(
     session: Session,
-    store: InstanceStore,
     study: Study,
     reviewer_id: int,
     body: ReviewIn,
@@ -114,10 +112,9 @@ def create_review(
         )
     if body.location is not None:
         assert instance is not None  # checked by ReviewIn
-        size = image_size(store, instance)
-        if size is None:
-            raise ReviewRejected("location", "the image's size cannot be read")
-        rows, columns = size
+        rows, columns = instance.rows, instance.columns
+        if rows is None or columns is None:
+            raise ReviewRejected("location", "the image's size is not known")
         if not (body.location.x < columns and body.location.y < rows):
             raise ReviewRejected(
                 "location", f"the point lies outside the image of {columns} x {rows} pixels"

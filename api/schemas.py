@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from db.review import AuditAction, FractureLabel, Role, Verdict
+from db.review import AuditAction, FindingVerdict, FractureLabel, Role, Verdict
 from dicom_node.identity import ConflictDecision as IdentityDecision
 
 _ORM = ConfigDict(from_attributes=True)
@@ -57,6 +57,8 @@ class StudyResultOut(BaseModel):
     operating_point: str
     threshold: float
     positive_high_specificity: bool | None
+    #: Positive at the high-sensitivity point: some analysed image reached its threshold.
+    positive_high_sensitivity: bool | None = None
     model_name: str
     model_version: str
     n_images: int
@@ -77,6 +79,11 @@ class WorklistItem(BaseModel):
     status: str
     patient_name: str | None
     patient_id: str | None
+    patient_sex: str | None
+    patient_age: str | None = Field(
+        description="Patient's Age (an Age String such as 045Y), else the age in years at the "
+        "study date from the birth date"
+    )
     accession_number: str | None
     study_date: str | None
     study_description: str | None
@@ -86,6 +93,12 @@ class WorklistItem(BaseModel):
     first_received_at: datetime
     last_received_at: datetime
     result: StudyResultOut | None
+    turnaround_s: float | None = Field(
+        description="Seconds from the first received image to the first AI result"
+    )
+    not_applicable_reason: str | None = Field(
+        description="Why the study has no fracture probability (no image the model covers)"
+    )
     reviewed: bool
     latest_review: ReviewSummary | None
     identity_conflict: bool = Field(
@@ -99,6 +112,12 @@ class Worklist(BaseModel):
     limit: int
     offset: int
     items: list[WorklistItem]
+
+
+class WorklistVersion(BaseModel):
+    """A fingerprint of everything the worklist shows: it changes when any row would."""
+
+    version: str
 
 
 class RegionOut(BaseModel):
@@ -129,6 +148,58 @@ class ImageResultOut(BaseModel):
     created_at: datetime
 
 
+class Box(BaseModel):
+    """A rectangle on an image in original pixel coordinates (x along columns)."""
+
+    x0: float = Field(ge=0, allow_inf_nan=False)
+    y0: float = Field(ge=0, allow_inf_nan=False)
+    x1: float = Field(ge=0, allow_inf_nan=False)
+    y1: float = Field(ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise ValueError("a box needs x0 < x1 and y0 < y1")
+        return self
+
+
+class FindingFeedbackIn(BaseModel):
+    """A verdict on one of the image's boxes (``region_index``), or a box the model missed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: FindingVerdict
+    region_index: int | None = Field(
+        None, ge=0, le=255, description="The box's position in the image result's regions"
+    )
+    box: Box | None = Field(None, description="Where the missed fracture is (missed only)")
+    comment: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _what_is_judged(self) -> FindingFeedbackIn:
+        if self.verdict is FindingVerdict.MISSED:
+            if self.box is None or self.region_index is not None:
+                raise ValueError("a missed fracture needs a box and no region_index")
+        elif self.region_index is None or self.box is not None:
+            raise ValueError("a verdict on a box needs its region_index and no box")
+        return self
+
+
+class FindingFeedbackOut(BaseModel):
+    id: int
+    image_id: int
+    reviewer: str
+    verdict: FindingVerdict
+    region_index: int | None
+    box: Box
+    ai_probability: float | None
+    operating_points: list[str]
+    model_name: str | None
+    model_version: str | None
+    comment: str | None
+    created_at: datetime
+
+
 class ImageOut(BaseModel):
     id: int
     series_id: int
@@ -143,6 +214,9 @@ class ImageOut(BaseModel):
     result: ImageResultOut | None
     preview_url: str
     heatmap_url: str | None
+    pixels_url: str
+    #: Readers' verdicts on this image's boxes and the fractures they drew, oldest first.
+    feedback: list[FindingFeedbackOut] = []
 
 
 class DeliveryOut(BaseModel):
@@ -363,6 +437,25 @@ class PredictOut(BaseModel):
     heatmap_png_base64: str | None
     stored: bool
     study_id: int | None
+
+
+class OperatingPointOut(BaseModel):
+    """A threshold on the probability and what it reached on the validation data."""
+
+    name: str
+    threshold: float
+    sensitivity: float
+    specificity: float
+
+
+class ModelCardOut(BaseModel):
+    """What the reader needs to know about the configured model (read from its card)."""
+
+    name: str
+    version: str
+    operating_point: str = Field(description="The point a study's AI result is read at")
+    operating_points: list[OperatingPointOut]
+    body_parts: list[str]
 
 
 class ModelStatusOut(BaseModel):

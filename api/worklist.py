@@ -1,7 +1,8 @@
 """The radiologist worklist and the study view, assembled from the database.
 
-Priority order: AI positive first, then by probability (highest first), then oldest first;
-studies without a result come last. Only internal ids appear in the URLs built here.
+Priority order (the default sort): positive at the high-specificity point first, then positive
+at the configured point, then negative, then no result; within each, studies nobody reviewed
+before reviewed ones, then oldest first. Only internal ids appear in the URLs built here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import ColumnElement, Row, Select, case, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
+from api.findings import feedback_by_image
 from api.schemas import (
     DeliveryOut,
     ImageOut,
@@ -30,13 +31,35 @@ from api.schemas import (
     StudyResultOut,
     Worklist,
     WorklistItem,
+    WorklistVersion,
 )
-from db.models import ImagePrediction, Instance, Series, Study, StudyPrediction, StudyStatus
+from db.models import (
+    Eligibility,
+    ImagePrediction,
+    Instance,
+    Series,
+    Study,
+    StudyPrediction,
+    StudyStatus,
+)
 from db.results import OutboxEntry, ResultObject
 from db.review import FractureLabel, Review, User, Verdict
-from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
+
+_OrderBy = ColumnElement[Any] | InstrumentedAttribute[Any]
+
+#: An image positive at the high-sensitivity point.
+_SENSITIVE = ImagePrediction.positive_high_sensitivity.is_(True)
+
+
+class WorklistSort(StrEnum):
+    """The worklist's order."""
+
+    PRIORITY = "priority"  # positives, then unreviewed, then oldest first (the default)
+    OLDEST = "oldest"  # first received first
+    NEWEST = "newest"  # last received first
+    PROBABILITY = "probability"  # highest probability first
 
 
 class AiResult(StrEnum):
@@ -70,6 +93,26 @@ def study_url(study_id: int) -> str:
 
 def image_url(study_id: int, image_id: int, picture: str) -> str:
     return f"/api/studies/{study_id}/images/{image_id}/{picture}.png"
+
+
+def pixels_url(study_id: int, image_id: int) -> str:
+    return f"/api/studies/{study_id}/images/{image_id}/pixels"
+
+
+def age_at_study(study: Study) -> str | None:
+    """Patient's Age as sent, else whole years from the birth date to the study date (``045Y``).
+
+    Both dates are DA values (``YYYYMMDD``, PS3.5 6.2); anything else gives no age.
+    """
+    if study.patient_age:
+        return study.patient_age
+    try:
+        born = datetime.strptime(study.patient_birth_date or "", "%Y%m%d").date()
+        seen = datetime.strptime(study.study_date or "", "%Y%m%d").date()
+    except ValueError:
+        return None
+    years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return f"{years:03d}Y" if 0 <= years <= 999 else None
 
 
 def _latest_prediction_ids() -> Select[int, int]:
@@ -119,8 +162,32 @@ def _conditions(
     return where
 
 
-def worklist(session: Session, flt: WorklistFilter, *, limit: int, offset: int) -> Worklist:
-    """One page of the worklist in priority order, and the number of matching studies."""
+def _order(sort: WorklistSort, prediction: type[StudyPrediction]) -> list[_OrderBy]:
+    if sort is WorklistSort.OLDEST:
+        return [Study.first_received_at, Study.id]
+    if sort is WorklistSort.NEWEST:
+        return [Study.last_received_at.desc(), Study.id.desc()]
+    if sort is WorklistSort.PROBABILITY:
+        return [prediction.probability.desc().nulls_last(), Study.first_received_at, Study.id]
+    priority = case(
+        (prediction.positive_high_specificity.is_(True), 0),
+        (prediction.positive.is_(True), 1),
+        (prediction.positive.is_(False), 2),
+        else_=3,
+    )
+    reviewed = case((exists(select(Review.id).where(Review.study_id == Study.id)), 1), else_=0)
+    return [priority, reviewed, Study.first_received_at, Study.id]
+
+
+def worklist(
+    session: Session,
+    flt: WorklistFilter,
+    *,
+    limit: int,
+    offset: int,
+    sort: WorklistSort = WorklistSort.PRIORITY,
+) -> Worklist:
+    """One page of the worklist in ``sort`` order, and the number of matching studies."""
     latest = _latest_prediction_ids().subquery()
     prediction = aliased(StudyPrediction)
     base = (
@@ -130,21 +197,33 @@ def worklist(session: Session, flt: WorklistFilter, *, limit: int, offset: int) 
         .where(*_conditions(flt, prediction))
     )
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    priority = case(
-        (prediction.positive.is_(True), 0), (prediction.positive.is_(False), 1), else_=2
-    )
     rows = session.execute(
-        base.order_by(
-            priority,
-            prediction.probability.desc().nulls_last(),
-            Study.first_received_at,
-            Study.id,
-        )
-        .limit(limit)
-        .offset(offset)
+        base.order_by(*_order(sort, prediction)).limit(limit).offset(offset)
     ).all()
     items = _items(session, [(row[0], row[1]) for row in rows])
     return Worklist(total=int(total), limit=limit, offset=offset, items=items)
+
+
+def worklist_version(session: Session) -> WorklistVersion:
+    """A fingerprint of what the worklist shows, from a few indexed aggregates.
+
+    New studies and images, completions, reopenings, results, reviews and resolved identity
+    conflicts each move one of the numbers, so a page can poll this cheaply and fetch the
+    worklist only when it changed.
+    """
+    row = session.execute(
+        select(
+            select(func.count(Study.id)).scalar_subquery(),
+            select(func.max(Study.last_received_at)).scalar_subquery(),
+            select(func.max(Study.completed_at)).scalar_subquery(),
+            select(func.sum(Study.generation)).scalar_subquery(),
+            select(func.count(Study.id)).where(Study.identity_conflict.is_(True)).scalar_subquery(),
+            select(func.max(Instance.id)).scalar_subquery(),
+            select(func.max(StudyPrediction.id)).scalar_subquery(),
+            select(func.max(Review.id)).scalar_subquery(),
+        )
+    ).one()
+    return WorklistVersion(version="|".join("" if value is None else str(value) for value in row))
 
 
 def _pairs(rows: Iterable[Row[int, int]]) -> dict[int, int]:
@@ -175,6 +254,22 @@ def _items(
             .group_by(Instance.study_id)
         )
     )
+    job_ids = [prediction.job_id for _, prediction in rows if prediction is not None]
+    sensitive: dict[int, bool] = {
+        int(job_id): bool(positive)
+        for job_id, positive in session.execute(
+            select(ImagePrediction.job_id, func.max(case((_SENSITIVE, 1), else_=0)))
+            .where(ImagePrediction.job_id.in_(job_ids))
+            .group_by(ImagePrediction.job_id)
+        )
+    }
+    scope: dict[int, list[tuple[str, str | None]]] = defaultdict(list)
+    for study_id, eligibility, reason in session.execute(
+        select(Instance.study_id, Instance.eligibility, Instance.eligibility_reason).where(
+            Instance.study_id.in_(ids)
+        )
+    ):
+        scope[study_id].append((str(eligibility), reason))
     latest_reviews: dict[int, ReviewSummary] = {}
     for review, username in session.execute(
         select(Review, User.username)
@@ -197,9 +292,29 @@ def _items(
             sorted(modalities[study.id]),
             int(counts.get(study.id, 0)),
             latest_reviews.get(study.id),
+            sensitive.get(prediction.job_id) if prediction is not None else None,
+            not_applicable(prediction, scope[study.id]),
         )
         for study, prediction in rows
     ]
+
+
+def not_applicable(
+    prediction: StudyPrediction | None, images: list[tuple[str, str | None]]
+) -> str | None:
+    """Why a study has no probability: every image is outside what the model covers.
+
+    ``images`` holds each image's eligibility and reason. A study still waiting for analysis
+    (an image pending or eligible without a result) has no such reason.
+    """
+    if prediction is not None and prediction.probability is not None:
+        return None
+    if not images or any(
+        eligibility in (Eligibility.PENDING, Eligibility.ELIGIBLE) for eligibility, _ in images
+    ):
+        return None
+    reasons = sorted({reason or eligibility.replace("_", " ") for eligibility, reason in images})
+    return "; ".join(reasons)[:512]
 
 
 def _item(
@@ -209,13 +324,24 @@ def _item(
     modalities: list[str],
     n_images: int,
     latest_review: ReviewSummary | None,
+    positive_high_sensitivity: bool | None,
+    not_applicable_reason: str | None,
 ) -> WorklistItem:
+    result = None
+    turnaround = None
+    if prediction is not None:
+        result = StudyResultOut.model_validate(prediction)
+        if prediction.probability is not None:
+            result.positive_high_sensitivity = positive_high_sensitivity
+        turnaround = (prediction.created_at - study.first_received_at).total_seconds()
     return WorklistItem(
         id=study.id,
         url=study_url(study.id),
         status=str(study.status),
         patient_name=study.patient_name,
         patient_id=study.patient_id,
+        patient_sex=study.patient_sex,
+        patient_age=age_at_study(study),
         accession_number=study.accession_number,
         study_date=study.study_date,
         study_description=study.study_description,
@@ -224,7 +350,9 @@ def _item(
         n_images=n_images,
         first_received_at=study.first_received_at,
         last_received_at=study.last_received_at,
-        result=StudyResultOut.model_validate(prediction) if prediction is not None else None,
+        result=result,
+        turnaround_s=turnaround,
+        not_applicable_reason=not_applicable_reason,
         reviewed=latest_review is not None,
         latest_review=latest_review,
         identity_conflict=study.identity_conflict,
@@ -249,22 +377,8 @@ def latest_image_prediction(session: Session, instance_id: int) -> ImagePredicti
     ).first()
 
 
-def image_size(store: InstanceStore, instance: Instance) -> tuple[int, int] | None:
-    """``(rows, columns)`` from the stored file's header, or None if it cannot be read."""
-    try:
-        ds = dcmread(
-            store.absolute(instance.storage_path),
-            stop_before_pixels=True,
-            specific_tags=["Rows", "Columns"],
-        )
-        return int(ds.Rows), int(ds.Columns)
-    except (OSError, InvalidDicomError, AttributeError, ValueError, TypeError):
-        log.warning("the header of stored image id %d cannot be read", instance.id)
-        return None
-
-
-def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyDetail:
-    """Everything the study view shows."""
+def study_detail(session: Session, study: Study) -> StudyDetail:
+    """Everything the study view shows, from the database only (no file is opened)."""
     prediction = latest_study_prediction(session, study.id)
     item = _items(session, [(study, prediction)])[0]
     instances = session.execute(
@@ -273,10 +387,10 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
         .where(Instance.study_id == study.id)
         .order_by(Series.series_number, Instance.instance_number, Instance.id)
     )
+    feedback = feedback_by_image(session, study.id)
     images: list[ImageOut] = []
     for instance, series in instances:
         result = latest_image_prediction(session, instance.id)
-        size = image_size(store, instance)
         images.append(
             ImageOut(
                 id=instance.id,
@@ -286,8 +400,8 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
                 body_part=series.body_part_examined,
                 eligibility=str(instance.eligibility),
                 eligibility_reason=instance.eligibility_reason,
-                rows=size[0] if size else None,
-                columns=size[1] if size else None,
+                rows=instance.rows,
+                columns=instance.columns,
                 received_at=instance.received_at,
                 result=ImageResultOut.model_validate(result) if result is not None else None,
                 preview_url=image_url(study.id, instance.id, "preview"),
@@ -296,6 +410,8 @@ def study_detail(session: Session, store: InstanceStore, study: Study) -> StudyD
                     if result is not None and result.heatmap_path
                     else None
                 ),
+                pixels_url=pixels_url(study.id, instance.id),
+                feedback=feedback.get(instance.id, []),
             )
         )
     results = [

@@ -13,7 +13,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -30,6 +30,9 @@ DEFAULT_HOME = Path("fracture-gateway-data")
 
 #: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+#: The default largest P-DATA-TF PDU the node receives (1 MiB).
+MAXIMUM_PDU_SIZE_DEFAULT = 1024 * 1024
 
 #: Where the bundled model package lives, relative to the installed source tree.
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fracture-lite0"
@@ -75,6 +78,44 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"
 
 
+class TlsVersion(StrEnum):
+    """The oldest TLS version accepted (PS3.15 Annex B's BCP 195 profiles forbid older)."""
+
+    TLS_1_2 = "1.2"
+    TLS_1_3 = "1.3"
+
+
+class TlsSettings(BaseModel):
+    """DICOM TLS (PS3.15 Annex B, BCP 195): the SCP's listener and our side of result delivery.
+
+    The certificate and key identify the node both as a server (to senders) and as a client (to
+    destinations with ``tls = true``); ``ca_certificates`` are the authorities whose
+    certificates we trust for senders and destinations (for destinations, the system's when
+    unset).
+    """
+
+    #: The SCP speaks TLS only: plain TCP connections to its port fail the handshake.
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+    minimum_version: TlsVersion = TlsVersion.TLS_1_2
+
+    @model_validator(mode="after")
+    def _check_complete(self) -> Self:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("node.tls.certificate and node.tls.private_key go together")
+        if self.enabled and self.certificate is None:
+            raise ValueError("node.tls.enabled needs node.tls.certificate and private_key")
+        if self.enabled and self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "node.tls.require_client_certificate needs node.tls.ca_certificates, the "
+                "authorities that sign the senders' certificates"
+            )
+        return self
+
+
 class NodeSettings(BaseModel):
     """The DICOM node: our AE, where it listens, and who may call it."""
 
@@ -85,13 +126,31 @@ class NodeSettings(BaseModel):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
-    maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
+    #: The longest P-DATA-TF we accept (the "maximum length received" we announce, PS3.8 D.1);
+    #: a longer declared PDU is refused before its body is read. 4096 is dcmtk's minimum.
+    maximum_pdu_size: int = Field(MAXIMUM_PDU_SIZE_DEFAULT, ge=4096, le=64 * 1024 * 1024)
+    #: Seconds a new connection has to finish TLS and deliver its A-ASSOCIATE-RQ (PS3.8 9.1.5).
+    artim_timeout: float = Field(5.0, gt=0, le=120)
+    #: Connections accepted but not yet through the AE checks, in all and from one address.
+    max_pending: int = Field(128, ge=1, le=4096)
+    max_pending_per_peer: int = Field(16, ge=1, le=4096)
     known_sources: list[KnownSource] = Field(default_factory=list)
     accept_any_calling_ae: bool = False
     reject_out_of_scope: bool = False
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @field_validator("maximum_pdu_size", mode="before")
+    @classmethod
+    def _refuse_unlimited_pdu(cls, value: Any) -> Any:
+        if value == 0:
+            raise ValueError(
+                "0 (unlimited) is not allowed: a peer could make the node read gigabytes into "
+                "memory; give a size in bytes (default 1048576)"
+            )
+        return value
 
     @property
     def is_loopback(self) -> bool:
@@ -112,6 +171,9 @@ class DatabaseSettings(BaseModel):
 
     url: SecretStr | None = None
     echo: bool = False
+    sqlite_busy_timeout_s: float = Field(
+        30.0, gt=0.0, description="how long a SQLite writer waits for another writer's lock"
+    )
 
 
 class GroupingSettings(BaseModel):
@@ -129,20 +191,49 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(5.0, ge=0.0)
     backoff_max_s: float = Field(600.0, ge=0.0)
-    lease_s: float = Field(900.0, gt=0.0, description="a running job older than this is retaken")
+    lease_s: float = Field(
+        60.0,
+        gt=0.0,
+        description=(
+            "a running job's lease; its worker renews it every lease_s / 3 while it works, so "
+            "a job whose worker died is retaken at most this long after the last renewal"
+        ),
+    )
     poll_interval_s: float = Field(0.5, gt=0.0)
 
 
+#: The result objects a destination can receive: the study's TID 1500 SR, each image's heat-map
+#: Secondary Capture, each image's Grayscale Softcopy Presentation State with the boxes.
+ResultObjectName = Literal["sr", "sc", "gsps"]
+#: What a destination receives unless it says otherwise (the objects sent before GSPS existed).
+DEFAULT_RESULT_OBJECTS: Final[tuple[ResultObjectName, ...]] = ("sr", "sc")
+
+
 class Destination(BaseModel):
-    """A DICOM node results are sent to."""
+    """A DICOM node results are sent to, and which result objects it receives."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str | None = None
+    #: Send over TLS (``node.tls``: our certificate, the authorities we trust, minimum version).
+    tls: bool = False
+    #: The name the destination's certificate must carry; its ``host`` when unset.
+    tls_server_name: str | None = None
+    objects: list[ResultObjectName] = Field(
+        default_factory=lambda: list(DEFAULT_RESULT_OBJECTS), min_length=1
+    )
 
     _check_ae = field_validator("ae_title")(_validate_ae_title)
+
+    @field_validator("objects")
+    @classmethod
+    def _unique_objects(cls, value: list[ResultObjectName]) -> list[ResultObjectName]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"result objects named more than once: {repeated}")
+        return value
 
 
 class RoutingRule(BaseModel):
@@ -167,7 +258,12 @@ class OutboxSettings(BaseModel):
     poll_interval_s: float = Field(1.0, gt=0.0)
     association_timeout_s: float = Field(30.0, gt=0)
     lease_s: float = Field(
-        600.0, gt=0, description="a row left 'sending' longer than this is retaken (after a crash)"
+        60.0,
+        gt=0,
+        description=(
+            "a 'sending' row's lease, renewed every lease_s / 3 while it is sent; a row whose "
+            "sender died is retaken once it lapses"
+        ),
     )
 
 

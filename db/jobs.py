@@ -1,138 +1,174 @@
-"""The job queue's queries: claim with a lease, complete, fail with backoff, recover leases.
+"""The analysis job queue: the ``jobs`` table as a fenced :class:`db.queue.Queue`.
 
 Used by the in-process worker pool and by any distributed executor; the queue's state lives
-only here, in the ``jobs`` table.
+only in the ``jobs`` table. Every change a worker makes carries its claim's fencing token, so a
+worker whose lease lapsed while another took the job can neither complete nor fail it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.base import utcnow
+from db.engine import writing
 from db.models import Job, JobState, Study
+from db.queue import (
+    MAX_ERROR_LENGTH,
+    Claim,
+    Heartbeat,
+    LeaseLostError,
+    Queue,
+    QueueStates,
+    RetryPolicy,
+    backoff_delay,
+)
 
-#: Errors are stored truncated; they never contain patient data (callers pass type and reason).
-MAX_ERROR_LENGTH = 2000
+__all__ = [
+    "JOBS",
+    "MAX_ERROR_LENGTH",
+    "ClaimedJob",
+    "LeaseLostError",
+    "backoff_delay",
+    "claim",
+    "claim_next",
+    "complete",
+    "ensure_held",
+    "fail",
+    "heartbeat",
+    "hold",
+    "queue_depths",
+    "retry_failed",
+]
+
+
+def _identity_conflict() -> ColumnElement[bool]:
+    # Jobs of a study with an unresolved patient identity conflict wait, pending.
+    return exists(
+        select(Study.id).where(Study.id == Job.study_id, Study.identity_conflict.is_(True))
+    )
+
+
+#: The job queue: pending → running → done, or failed (its dead state) after ``max_attempts``.
+JOBS = Queue(
+    Job,
+    QueueStates(JobState.PENDING, JobState.RUNNING, JobState.DONE, JobState.FAILED),
+    due="next_run_at",
+    started="started_at",
+    finished="finished_at",
+    max_attempts="max_attempts",
+    held=_identity_conflict,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """A job taken by a worker, with the attempt number it is running."""
+    """A job taken by a worker: what to run, the attempt, and the claim's fencing token."""
 
     id: int
     study_id: int
     generation: int
     kind: str
     attempt: int
+    token: int
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.id, self.token, self.attempt)
+
+
+def _claim(
+    factory: sessionmaker[Session], *, lease_s: float, now: datetime | None, job_id: int | None
+) -> ClaimedJob | None:
+    if not JOBS.any_due(factory, now=now, row_id=job_id):
+        return None  # an idle poll does not take the write lock
+    with writing(factory) as session:
+        claims = JOBS.claim_in(session, lease_s=lease_s, now=now, row_id=job_id)
+        if not claims:
+            return None
+        (taken,) = claims
+        study_id, generation, kind = session.execute(
+            select(Job.study_id, Job.generation, Job.kind).where(Job.id == taken.id)
+        ).one()
+        return ClaimedJob(taken.id, study_id, generation, kind, taken.attempt, taken.token)
 
 
 def claim_next(
     factory: sessionmaker[Session], *, lease_s: float, now: datetime | None = None
 ) -> ClaimedJob | None:
-    """Take the oldest due job (pending, or running with an expired lease) and lease it.
+    """Take the oldest due job (pending and due, or running with a lapsed lease) and lease it.
 
     Jobs of a study with an unresolved patient identity conflict are not taken: they wait,
     pending, until the conflict is resolved.
     """
-    now = now or utcnow()
-    held = exists(
-        select(Study.id).where(Study.id == Job.study_id, Study.identity_conflict.is_(True))
-    )
-    with factory() as session, session.begin():
-        job = session.scalars(
-            select(Job)
-            .where(
-                or_(
-                    (Job.state == JobState.PENDING) & (Job.next_run_at <= now),
-                    (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now),
-                ),
-                ~held,
-            )
-            .order_by(Job.next_run_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
-        if job is None:
-            return None
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.started_at = now
-        job.lease_expires_at = now + timedelta(seconds=lease_s)
-        return ClaimedJob(job.id, job.study_id, job.generation, job.kind, job.attempts)
+    return _claim(factory, lease_s=lease_s, now=now, job_id=None)
 
 
-def complete(factory: sessionmaker[Session], job_id: int) -> None:
-    """Mark a job done."""
-    with factory() as session, session.begin():
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None)
-        )
+def claim(
+    factory: sessionmaker[Session], job_id: int, *, lease_s: float, now: datetime | None = None
+) -> ClaimedJob | None:
+    """Take one named job if it is due (for a message that carries only the job's id)."""
+    return _claim(factory, lease_s=lease_s, now=now, job_id=job_id)
 
 
-def hold(factory: sessionmaker[Session], job_id: int, reason: str) -> None:
+def heartbeat(factory: sessionmaker[Session], job: ClaimedJob, *, lease_s: float) -> Heartbeat:
+    """Keep ``job`` leased while the ``with`` block runs (renewed every ``lease_s / 3``)."""
+    return JOBS.heartbeat(factory, [job.claim], lease_s=lease_s)
+
+
+def ensure_held(session: Session, job: ClaimedJob) -> None:
+    """Raise :class:`LeaseLostError` unless ``job`` is still this claim's (locks its row)."""
+    JOBS.ensure_held(session, job.claim)
+
+
+def complete(factory: sessionmaker[Session], job: ClaimedJob) -> bool:
+    """Mark a job done; False when the claim is stale (another worker has the job now)."""
+    return JOBS.complete(factory, job.claim)
+
+
+def hold(factory: sessionmaker[Session], job: ClaimedJob, reason: str) -> bool:
     """Put a running job back to pending without using up an attempt.
 
     For a job that must not go on for now (its study's patient identity is in conflict):
     :func:`claim_next` leaves it alone until the cause is gone, then it runs again in full.
+    False when the claim is stale.
     """
-    with factory() as session, session.begin():
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise LookupError(f"job {job_id} does not exist")
-        job.state = JobState.PENDING
-        job.attempts = max(0, job.attempts - 1)
-        job.lease_expires_at = None
-        job.next_run_at = utcnow()
-        job.last_error = reason[:MAX_ERROR_LENGTH]
-
-
-def backoff_delay(attempt: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff: ``base * 2**(attempt-1)``, capped at ``max_s``."""
-    if attempt < 1:
-        raise ValueError(f"attempt numbers start at 1, got {attempt}")
-    return float(min(max_s, base_s * (2 ** min(attempt - 1, 32))))
+    return JOBS.release(factory, job.claim, reason)
 
 
 def fail(
     factory: sessionmaker[Session],
-    job_id: int,
+    job: ClaimedJob,
     error: str,
     *,
     base_s: float,
     max_s: float,
     permanent: bool = False,
     now: datetime | None = None,
-) -> JobState:
-    """Record a failed attempt: retry later with backoff, or fail for good; returns the state."""
-    now = now or utcnow()
-    with factory() as session, session.begin():
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise LookupError(f"job {job_id} does not exist")
-        job.last_error = error[:MAX_ERROR_LENGTH]
-        job.lease_expires_at = None
-        if permanent or job.attempts >= job.max_attempts:
-            job.state = JobState.FAILED
-            job.finished_at = now
-        else:
-            job.state = JobState.PENDING
-            delay = backoff_delay(job.attempts, base_s=base_s, max_s=max_s)
-            job.next_run_at = now + timedelta(seconds=delay)
-        return job.state
+) -> JobState | None:
+    """Record a failed attempt: retry later with backoff, or fail for good.
+
+    Returns the job's new state, or None when the claim is stale (nothing was changed).
+    """
+    state = JOBS.fail(
+        factory,
+        job.claim,
+        error,
+        RetryPolicy(backoff_base_s=base_s, backoff_max_s=max_s),
+        permanent=permanent,
+        now=now,
+    )
+    return None if state is None else JobState(state)
+
+
+def retry_failed(factory: sessionmaker[Session], job_id: int | None = None) -> list[int]:
+    """Queue failed jobs (one, or all) again, from their first attempt; returns their ids."""
+    where = [] if job_id is None else [Job.id == job_id]
+    return JOBS.retry_dead(factory, *where)
 
 
 def queue_depths(factory: sessionmaker[Session]) -> dict[str, int]:
     """Number of jobs in each state."""
-    from sqlalchemy import func
-
-    with factory() as session:
-        rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-    depths = {state.value: 0 for state in JobState}
-    depths.update({str(state): int(count) for state, count in rows})
-    return depths
+    return JOBS.depths(factory)

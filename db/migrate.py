@@ -30,3 +30,15 @@ def current_revisions(engine: Engine) -> tuple[str, ...]:
 
     with engine.connect() as connection:
         return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+def is_applied(engine: Engine, revision: str) -> bool:
+    """Whether ``revision`` is applied: it is a current head or an ancestor of one."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    return any(
+        step.revision == revision
+        for head in current_revisions(engine)
+        for step in script.iterate_revisions(head, "base")
+    )

@@ -64,6 +64,10 @@ class Study(Base):
     patient_name: Mapped[str | None] = mapped_column(String(324))
     issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    #: Patient's Sex (0010,0040), a Code String: M, F or O.
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    #: Patient's Age (0010,1010), an Age String such as ``045Y`` (PS3.5 6.2).
+    patient_age: Mapped[str | None] = mapped_column(String(4))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
@@ -118,12 +122,18 @@ class Instance(Base):
         enum_column(Eligibility), default=Eligibility.PENDING
     )
     eligibility_reason: Mapped[str | None] = mapped_column(String(256))
+    #: Rows and Columns (0028,0010-0011) of the stored image, kept at ingest so views need not
+    #: open the file; None for objects without them (or not yet read, see ``dicom_node.sizes``).
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
 class Job(Base):
+    """An analysis of one generation of a study: a row of the fenced queue ``db.jobs.JOBS``."""
+
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,7 +145,11 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     next_run_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: The fencing token: incremented by every claim; a worker's changes must match it.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: When an administrator last queued the failed job again (``created_at`` is kept).
+    retried_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,4 +1,4 @@
-"""Result objects we created (SR, heat-map SCs) and their delivery to each destination.
+"""Result objects we created (SR, heat-map SCs, presentation states) and their delivery.
 
 A result object is recorded once per SOP Instance UID: UIDs are derived deterministically
 (:mod:`reporting.uids`), so re-analysing a study with the same model finds the same rows and
@@ -19,10 +19,12 @@ from db.models import UID
 
 
 class ResultObjectKind(StrEnum):
-    """What a result object is: the study's SR or one image's Grad-CAM Secondary Capture."""
+    """What a result object is: the study's SR, one image's Grad-CAM Secondary Capture, or one
+    image's Grayscale Softcopy Presentation State with its suspected fractures."""
 
     SR = "sr"
     SC = "sc"
+    GSPS = "gsps"
 
 
 class OutboxState(StrEnum):
@@ -74,10 +76,14 @@ class OutboxEntry(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     #: While ``sending``: when the sender's claim lapses and another sender may retake the row.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: The fencing token: incremented by every claim; a sender's outcome must match it.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
     #: The last DIMSE status the destination answered (PS3.7 Annex C), if it answered.
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: When an administrator last queued the dead letter again; the age limit counts from it.
+    retried_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 

@@ -173,6 +173,52 @@ class Review(Base):
     )
 
 
+class FindingVerdict(StrEnum):
+    """A reader's word on one suspected fracture region, or on a fracture the model missed."""
+
+    CORRECT = "correct"  # this box is a fracture
+    WRONG = "wrong"  # this box is not a fracture
+    MISSED = "missed"  # a fracture here that the model did not box
+
+
+class FindingFeedback(Base):
+    """A reader's verdict on one of the model's boxes, or a box the reader drew (missed).
+
+    A snapshot of what was judged is kept (the box, its probability and operating points,
+    the model), so the feedback keeps its meaning after a re-analysis. Boxes are in the
+    image's original pixel coordinates (x along columns).
+    """
+
+    __tablename__ = "finding_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    verdict: Mapped[FindingVerdict] = mapped_column(enum_column(FindingVerdict))
+    #: The image prediction whose box is judged (None for a missed fracture without one).
+    image_prediction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("image_predictions.id", ondelete="SET NULL")
+    )
+    #: The box's position in that prediction's regions (None for a missed fracture).
+    region_index: Mapped[int | None] = mapped_column(Integer)
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    ai_probability: Mapped[float | None] = mapped_column(Float)
+    #: The operating points the box was positive at, comma-separated.
+    operating_points: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_finding_feedback_instance_created", "instance_id", "created_at"),)
+
+
 class AuditEvent(Base):
     """One audited event, coded with the DICOM audit vocabulary (PS3.15 A.5, CID 400-403).
 

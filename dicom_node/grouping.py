@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.base import utcnow
+from db.engine import reading, writing
 from db.models import Job, Study, StudyStatus
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,19 @@ def complete_quiet_studies(
     now = now or utcnow()
     cutoff = now - timedelta(seconds=quiet_period_s)
     created: list[int] = []
-    with factory() as session, session.begin():
+    quiet = (
+        Study.status.in_([StudyStatus.RECEIVING, StudyStatus.REOPENED]),
+        Study.last_received_at <= cutoff,
+        Study.identity_conflict.is_(False),
+    )
+    # Look first without the write lock: most polls find nothing, and ingest is not kept waiting.
+    with reading(factory) as session:
+        if session.scalar(select(Study.id).where(*quiet).limit(1)) is None:
+            return created
+    with writing(factory) as session:
         studies = session.scalars(
             select(Study)
-            .where(
-                Study.status.in_([StudyStatus.RECEIVING, StudyStatus.REOPENED]),
-                Study.last_received_at <= cutoff,
-                Study.identity_conflict.is_(False),
-            )
+            .where(*quiet)
             .order_by(Study.last_received_at)
             .with_for_update(skip_locked=True)
         ).all()

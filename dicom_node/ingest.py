@@ -47,6 +47,8 @@ _HEADER_KEYWORDS = (
     "IssuerOfPatientID",
     "PatientName",
     "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
     "AccessionNumber",
     "StudyDate",
     "StudyDescription",
@@ -54,6 +56,8 @@ _HEADER_KEYWORDS = (
     "BodyPartExamined",
     "SeriesNumber",
     "InstanceNumber",
+    "Rows",
+    "Columns",
     "SpecificCharacterSet",
 )
 _HEADER_TAG_LIST: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_KEYWORDS]
@@ -86,6 +90,11 @@ class InstanceHeader:
     instance_number: int | None
     issuer_of_patient_id: str | None = None
     patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    patient_age: str | None = None
+    #: Rows and Columns (0028,0010-0011) of an image, kept so views need not open the file.
+    rows: int | None = None
+    columns: int | None = None
 
     @property
     def identity(self) -> PatientIdentity:
@@ -172,6 +181,12 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def image_dimension(ds: Dataset, keyword: str) -> int | None:
+    """Rows or Columns (US, PS3.3 C.7.6.3) when present and positive, else None."""
+    value = _int(ds, keyword)
+    return value if value is not None and 0 < value <= 0xFFFF else None
+
+
 def _uid(ds: Dataset, keyword: str) -> str:
     value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
     if not value:
@@ -198,6 +213,10 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
         instance_number=_int(ds, "InstanceNumber"),
         issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
         patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_age=_text(ds, "PatientAge", 4),
+        rows=image_dimension(ds, "Rows"),
+        columns=image_dimension(ds, "Columns"),
     )
 
 
@@ -307,6 +326,7 @@ def _record(
             existing.sha256 = digest.sha256
             existing.size_bytes = digest.size_bytes
             existing.transfer_syntax_uid = transfer_syntax_uid
+            existing.rows, existing.columns = header.rows, header.columns
             existing.received_at = utcnow()
             existing.eligibility, existing.eligibility_reason = _initial_eligibility(
                 header.sop_class_uid
@@ -346,6 +366,8 @@ def _add_instance(
         sop_class_uid=header.sop_class_uid,
         transfer_syntax_uid=transfer_syntax_uid,
         instance_number=header.instance_number,
+        rows=header.rows,
+        columns=header.columns,
         storage_path=relative,
         sha256=digest.sha256,
         size_bytes=digest.size_bytes,
@@ -479,6 +501,8 @@ def _get_or_create_study(session: Session, header: InstanceHeader) -> Study:
             patient_name=header.patient_name,
             issuer_of_patient_id=header.issuer_of_patient_id,
             patient_birth_date=header.patient_birth_date,
+            patient_sex=header.patient_sex,
+            patient_age=header.patient_age,
             accession_number=header.accession_number,
             study_date=header.study_date,
             study_description=header.study_description,

@@ -11,19 +11,24 @@ presentation contexts the batch needs, sends each file as stored, and records wh
   out of resources) -> ``pending`` again after an exponential backoff, and ``dead_letter``
   after ``max_attempts`` attempts or ``max_age_s`` seconds.
 
-State lives only in the database: a row left ``sending`` by a process that died is retaken once
-its lease lapses, so nothing is lost across restarts. Result UIDs are deterministic, so a resend
-after a lost response reaches the PACS as the same instance, never a second copy.
+The queue itself is :data:`OUTBOX`, a fenced :class:`db.queue.Queue` like the job queue: the
+sender renews its rows' leases while it sends (a heartbeat), and records each outcome with its
+claim's fencing token, so a sender whose lease lapsed cannot overwrite the outcome of the sender
+that retook the row. State lives only in the database: a row left ``sending`` by a process that
+died is retaken once its lease lapses, so nothing is lost across restarts. Result UIDs are
+deterministic, so a resend after a lost response reaches the PACS as the same instance, never a
+second copy.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import IntEnum, StrEnum
 from pathlib import Path
 
@@ -31,22 +36,21 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Destination, OutboxSettings
+from config.settings import Destination, OutboxSettings, TlsSettings
 from db.base import utcnow
-from db.jobs import backoff_delay
+from db.engine import reading, writing
 from db.models import Study
+from db.queue import MAX_ERROR_LENGTH, Claim, Queue, QueueStates, RetryPolicy
 from db.results import OutboxEntry, OutboxState, ResultObject
 from dicom_node.peer import request_association
 from dicom_node.storage import InstanceStore
+from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
-
-#: Errors are stored truncated; they never contain patient data (only statuses and reasons).
-MAX_ERROR_LENGTH = 2000
 
 
 class DeliveryOutcome(StrEnum):
@@ -149,9 +153,29 @@ def classify_store_status(status: int) -> DeliveryOutcome:
 
 
 # Queue queries --------------------------------------------------------------------------------
+def _identity_conflict() -> ColumnElement[bool]:
+    # Deliveries of a study whose patient identity is in conflict wait, untouched.
+    return OutboxEntry.result_object_id.in_(
+        select(ResultObject.id)
+        .join(Study, Study.id == ResultObject.study_id)
+        .where(Study.identity_conflict.is_(True))
+    )
+
+
+#: The delivery queue: pending → sending → sent, or dead_letter.
+OUTBOX = Queue(
+    OutboxEntry,
+    QueueStates(
+        OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT, OutboxState.DEAD_LETTER
+    ),
+    due="next_attempt_at",
+    held=_identity_conflict,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A claimed outbox row and what is needed to send its object."""
+    """A claimed outbox row, its claim's fencing token, and what is needed to send its object."""
 
     outbox_id: int
     destination: str
@@ -159,6 +183,11 @@ class Delivery:
     sop_class_uid: str
     sop_instance_uid: str
     storage_path: str
+    token: int = 0
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.outbox_id, self.token, self.attempt)
 
 
 def claim_due(
@@ -166,55 +195,41 @@ def claim_due(
 ) -> list[Delivery]:
     """Take up to ``limit`` due rows (pending and due, or sending with a lapsed lease).
 
-    Each claimed row becomes ``sending`` with a lease and one more attempt counted, so a crash
-    while sending still counts towards ``max_attempts``. Rows of a study whose patient identity
-    is in conflict wait, untouched, until the conflict is resolved.
+    Each claimed row becomes ``sending`` with a lease, a new fencing token and one more attempt
+    counted, so a crash while sending still counts towards ``max_attempts``. Rows of a study
+    whose patient identity is in conflict wait, untouched, until the conflict is resolved.
     """
-    now = now or utcnow()
-    held = (
-        select(ResultObject.id)
-        .join(Study, Study.id == ResultObject.study_id)
-        .where(Study.identity_conflict.is_(True))
-    )
-    with sessions() as session, session.begin():
-        rows = session.scalars(
-            select(OutboxEntry)
-            .where(
-                or_(
-                    (OutboxEntry.state == OutboxState.PENDING)
-                    & (OutboxEntry.next_attempt_at <= now),
-                    (OutboxEntry.state == OutboxState.SENDING)
-                    & (OutboxEntry.lease_expires_at < now),
-                ),
-                OutboxEntry.result_object_id.not_in(held),
+    if not OUTBOX.any_due(sessions, now=now):
+        return []  # an idle poll does not take the write lock
+    with writing(sessions) as session:
+        claims = OUTBOX.claim_in(session, lease_s=lease_s, limit=limit, now=now)
+        if not claims:
+            return []
+        found = {
+            row_id: (destination, obj)
+            for row_id, destination, obj in session.execute(
+                select(OutboxEntry.id, OutboxEntry.destination, ResultObject)
+                .join(ResultObject, ResultObject.id == OutboxEntry.result_object_id)
+                .where(OutboxEntry.id.in_([c.id for c in claims]))
             )
-            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=OutboxEntry)
-        ).all()
-        claimed = []
-        for row in rows:
-            row.state = OutboxState.SENDING
-            row.attempts += 1
-            row.lease_expires_at = now + timedelta(seconds=lease_s)
-            row.updated_at = now
-            obj = session.get_one(ResultObject, row.result_object_id)
-            claimed.append(
-                Delivery(
-                    outbox_id=row.id,
-                    destination=row.destination,
-                    attempt=row.attempts,
-                    sop_class_uid=obj.sop_class_uid,
-                    sop_instance_uid=obj.sop_instance_uid,
-                    storage_path=obj.storage_path,
-                )
+        }
+        return [
+            Delivery(
+                outbox_id=c.id,
+                destination=found[c.id][0],
+                attempt=c.attempt,
+                sop_class_uid=found[c.id][1].sop_class_uid,
+                sop_instance_uid=found[c.id][1].sop_instance_uid,
+                storage_path=found[c.id][1].storage_path,
+                token=c.token,
             )
-        return claimed
+            for c in claims
+        ]
 
 
 def record_outcome(
     sessions: sessionmaker[Session],
-    outbox_id: int,
+    delivery: Delivery,
     outcome: DeliveryOutcome,
     settings: OutboxSettings,
     *,
@@ -222,42 +237,45 @@ def record_outcome(
     error: str | None = None,
     now: datetime | None = None,
 ) -> OutboxState:
-    """Write the result of one attempt of a ``sending`` row; returns the row's new state.
+    """Write the result of one attempt of a claimed row; returns the row's state afterwards.
 
     A retry becomes a dead letter once the row has used ``max_attempts`` attempts or has been
-    queued for ``max_age_s`` seconds.
+    queued for ``max_age_s`` seconds (since queued, or since an administrator's retry). The
+    change carries the claim's fencing token: when the row was retaken by another sender after
+    this one's lease lapsed, nothing is written and the state the other sender left is returned.
     """
     now = now or utcnow()
-    with sessions() as session, session.begin():
-        row = session.get(OutboxEntry, outbox_id, with_for_update=True)
-        if row is None:
-            raise LookupError(f"outbox row {outbox_id} does not exist")
-        if row.state != OutboxState.SENDING:
-            # Retaken after a lapsed lease and settled by another sender: theirs stands.
-            return OutboxState(row.state)
-        row.last_status = status
-        row.last_error = error[:MAX_ERROR_LENGTH] if error else None
-        row.lease_expires_at = None
-        row.updated_at = now
-        if outcome is DeliveryOutcome.DELIVERED:
-            row.state = OutboxState.SENT
-            row.sent_at = now
-        elif outcome is DeliveryOutcome.DEAD_LETTER:
-            row.state = OutboxState.DEAD_LETTER
-        elif (
-            row.attempts >= settings.max_attempts
-            or (now - row.created_at).total_seconds() >= settings.max_age_s
-        ):
-            row.state = OutboxState.DEAD_LETTER
-            reason = f"gave up after {row.attempts} attempts"
-            row.last_error = f"{reason}: {error}"[:MAX_ERROR_LENGTH] if error else reason
-        else:
-            row.state = OutboxState.PENDING
-            delay = backoff_delay(
-                max(row.attempts, 1), base_s=settings.backoff_base_s, max_s=settings.backoff_max_s
-            )
-            row.next_attempt_at = now + timedelta(seconds=delay)
-        return row.state
+    claim = delivery.claim
+    values: dict[str, object] = {"last_status": status, "updated_at": now}
+    state: StrEnum | None
+    if outcome is DeliveryOutcome.DELIVERED:
+        values["last_error"] = error[:MAX_ERROR_LENGTH] if error else None
+        values["sent_at"] = now
+        done = OUTBOX.complete(sessions, claim, now=now, values=values)
+        state = OutboxState.SENT if done else None
+    else:
+        state = OUTBOX.fail(
+            sessions,
+            claim,
+            error or "no reason given",
+            RetryPolicy(
+                backoff_base_s=settings.backoff_base_s,
+                backoff_max_s=settings.backoff_max_s,
+                max_attempts=settings.max_attempts,
+                max_age_s=settings.max_age_s,
+            ),
+            permanent=outcome is DeliveryOutcome.DEAD_LETTER,
+            now=now,
+            values=values,
+        )
+    if state is not None:
+        return OutboxState(state)
+    with reading(sessions) as session:
+        current = session.scalar(select(OutboxEntry.state).where(OutboxEntry.id == claim.id))
+    if current is None:
+        raise LookupError(f"outbox row {claim.id} does not exist")
+    log.warning("outbox %d attempt %d: lease lost, outcome not recorded", claim.id, claim.attempt)
+    return OutboxState(current)
 
 
 # Sending --------------------------------------------------------------------------------------
@@ -294,12 +312,17 @@ def send_to_destination(
     calling_ae_title: str,
     timeout_s: float,
     maximum_pdu_size: int = 0,
+    tls_context: ssl.SSLContext | None = None,
 ) -> list[AttemptResult]:
     """Send the stored files of ``deliveries`` over one association to ``destination``.
 
     Only the presentation contexts needed are proposed: each object's SOP class with its stored
-    file's transfer syntax (PS3.8 9.3.2.2), so files go out byte for byte as stored.
+    file's transfer syntax (PS3.8 9.3.2.2), so files go out byte for byte as stored. A
+    destination with ``tls`` is reached through ``tls_context``
+    (:func:`dicom_node.tls.client_context`).
     """
+    if destination.tls and tls_context is None:
+        raise ValueError(f"destination {destination.name} needs TLS but no TLS context was given")
     results: list[AttemptResult] = []
     prepared: list[_Prepared] = []
     for delivery in deliveries:
@@ -329,7 +352,12 @@ def send_to_destination(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's bytes, never re-encode
     try:
-        request = request_association(ae, destination.host, destination.port, destination.ae_title)
+        tls_args = None
+        if destination.tls and tls_context is not None:
+            tls_args = (tls_context, destination.tls_server_name or destination.host)
+        request = request_association(
+            ae, destination.host, destination.port, destination.ae_title, tls_args=tls_args
+        )
         assoc = request.assoc
         if not request.established and assoc.rejected_contexts and not assoc.accepted_contexts:
             # The peer answered but accepts none of the contexts: a resend cannot change that.
@@ -404,6 +432,7 @@ class OutboxWorker:
         *,
         calling_ae_title: str,
         maximum_pdu_size: int = 0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -411,6 +440,9 @@ class OutboxWorker:
         self._settings = settings
         self._calling_ae_title = calling_ae_title
         self._maximum_pdu_size = maximum_pdu_size
+        self._tls_context: ssl.SSLContext | None = None
+        if any(d.tls for d in destinations):
+            self._tls_context = client_context(tls or TlsSettings())
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
@@ -423,27 +455,33 @@ class OutboxWorker:
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in claimed:
             by_destination[delivery.destination].append(delivery)
-        for name, deliveries in by_destination.items():
-            deliveries.sort(key=lambda d: d.outbox_id)
-            for result in self._attempt(name, deliveries):
-                state = record_outcome(
-                    self._sessions,
-                    result.delivery.outbox_id,
-                    result.outcome,
-                    self._settings,
-                    status=result.status,
-                    error=result.error,
-                )
-                log.log(
-                    logging.WARNING if state is OutboxState.DEAD_LETTER else logging.INFO,
-                    "outbox %d to %s attempt %d: %s%s",
-                    result.delivery.outbox_id,
-                    name,
-                    result.delivery.attempt,
-                    state.value,
-                    f" ({result.error})" if result.error else "",
-                )
+        with OUTBOX.heartbeat(
+            self._sessions, [d.claim for d in claimed], lease_s=self._settings.lease_s
+        ):
+            for name, deliveries in by_destination.items():
+                deliveries.sort(key=lambda d: d.outbox_id)
+                self._deliver(name, deliveries)
         return len(claimed)
+
+    def _deliver(self, name: str, deliveries: list[Delivery]) -> None:
+        for result in self._attempt(name, deliveries):
+            state = record_outcome(
+                self._sessions,
+                result.delivery,
+                result.outcome,
+                self._settings,
+                status=result.status,
+                error=result.error,
+            )
+            log.log(
+                logging.WARNING if state is OutboxState.DEAD_LETTER else logging.INFO,
+                "outbox %d to %s attempt %d: %s%s",
+                result.delivery.outbox_id,
+                name,
+                result.delivery.attempt,
+                state.value,
+                f" ({result.error})" if result.error else "",
+            )
 
     def _attempt(self, name: str, deliveries: list[Delivery]) -> list[AttemptResult]:
         destination = self._destinations.get(name)
@@ -460,6 +498,7 @@ class OutboxWorker:
                 calling_ae_title=destination.calling_ae_title or self._calling_ae_title,
                 timeout_s=self._settings.association_timeout_s,
                 maximum_pdu_size=self._maximum_pdu_size,
+                tls_context=self._tls_context,
             )
         except Exception as exc:  # an unexpected fault of the network stack: retry the batch
             log.exception("sending to %s failed unexpectedly", name)
@@ -529,7 +568,7 @@ def list_outbox(
     if state is not None:
         query = query.where(OutboxEntry.state == state)
     query = query.order_by(OutboxEntry.id.desc()).limit(limit).offset(offset)
-    with sessions() as session:
+    with reading(sessions) as session:
         return [
             OutboxView(
                 id=row.id,
@@ -551,47 +590,21 @@ def list_outbox(
         ]
 
 
-def _requeue_values(now: datetime) -> dict[str, object]:
-    # A manual retry starts the row afresh: attempts and age are counted from now.
-    return {
-        "state": OutboxState.PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-
-
 def retry_dead_letter(sessions: sessionmaker[Session], outbox_id: int) -> bool:
-    """Queue one dead letter again; returns whether the row existed and was a dead letter."""
-    now = utcnow()
-    with sessions() as session, session.begin():
-        result = session.execute(
-            update(OutboxEntry)
-            .where(OutboxEntry.id == outbox_id, OutboxEntry.state == OutboxState.DEAD_LETTER)
-            .values(**_requeue_values(now))
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    """Queue one dead letter again; returns whether the row existed and was a dead letter.
+
+    The row starts afresh (no attempts used, its age counted from now, in ``retried_at``);
+    ``created_at`` keeps when it was first queued.
+    """
+    return bool(OUTBOX.retry_dead(sessions, OutboxEntry.id == outbox_id))
 
 
 def retry_all_dead_letters(sessions: sessionmaker[Session], destination: str | None = None) -> int:
     """Queue every dead letter (of one destination, if named) again; returns how many."""
-    now = utcnow()
-    query = update(OutboxEntry).where(OutboxEntry.state == OutboxState.DEAD_LETTER)
-    if destination is not None:
-        query = query.where(OutboxEntry.destination == destination)
-    with sessions() as session, session.begin():
-        result = session.execute(query.values(**_requeue_values(now)))
-        return int(result.rowcount)  # type: ignore[attr-defined]
+    where = [] if destination is None else [OutboxEntry.destination == destination]
+    return len(OUTBOX.retry_dead(sessions, *where))
 
 
 def outbox_depths(sessions: sessionmaker[Session]) -> dict[str, int]:
     """Number of outbox rows in each state (for metrics and health)."""
-    with sessions() as session:
-        rows = session.execute(
-            select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state)
-        ).all()
-    depths = {state.value: 0 for state in OutboxState}
-    depths.update({str(state): int(count) for state, count in rows})
-    return depths
+    return OUTBOX.depths(sessions)

@@ -10,12 +10,15 @@ result, source and reason.
 pynetdicom also reports a TCP connection that never opened (nothing listening, host down) as an
 aborted association, and keeps the socket error to its log. Whether the transport opened is
 watched for here too (``EVT_CONN_OPEN``); when it did not, one TCP connection attempt says why
-(refused, timed out, no route), so "connection refused" is reported as such.
+(refused, timed out, no route), so "connection refused" is reported as such. Over TLS the
+connection counts as open only after the handshake: when TCP connects but no open was seen, the
+handshake failed (an untrusted certificate, another name, an old version).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 
 from pynetdicom import AE, evt
@@ -56,7 +59,7 @@ class AssociationRequest:
 
     assoc: Association
     rejection: Rejection | None
-    #: Why the TCP connection could not be made (None when it was).
+    #: Why the transport connection could not be made (None when it was).
     connection_failure: str | None = None
 
     @property
@@ -80,28 +83,48 @@ class AssociationRequest:
         return f"{peer} not reachable (connection refused or timed out)"
 
 
-def request_association(ae: AE, host: str, port: int, called_ae: str) -> AssociationRequest:
-    """Ask ``host:port`` for an association with ``ae``'s requested contexts."""
+def request_association(
+    ae: AE,
+    host: str,
+    port: int,
+    called_ae: str,
+    *,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
+) -> AssociationRequest:
+    """Ask ``host:port`` for an association with ``ae``'s requested contexts.
+
+    ``tls_args`` (a client context and the name the peer's certificate must carry) makes the
+    connection TLS; pynetdicom then reports the connection open only after the handshake, so a
+    TCP connection that opens but whose handshake fails reads as "TLS handshake failed".
+    """
     quiet_peer_faults()
     seen: list[Rejection] = []
     opened: list[bool] = []
+
+    def on_open(_event: Event) -> None:
+        opened.append(True)
 
     def on_pdu(event: Event) -> None:
         pdu = event.pdu  # type: ignore[attr-defined]
         if isinstance(pdu, A_ASSOCIATE_RJ):
             seen.append(Rejection.from_pdu(pdu))
 
-    def on_open(_event: Event) -> None:
-        opened.append(True)
-
     assoc = ae.associate(
         host,
         port,
         ae_title=called_ae,
         evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_CONN_OPEN, on_open)],
+        tls_args=tls_args,
     )
     if not opened:
-        return AssociationRequest(assoc, None, diagnose_connection(host, port))
+        reason = diagnose_connection(host, port)
+        if reason is None:
+            reason = (
+                "TLS handshake failed (certificate, name or version)"
+                if tls_args is not None
+                else f"the connection to {host}:{port} failed (it is accepted again now)"
+            )
+        return AssociationRequest(assoc, None, reason)
     if not assoc.is_established:
         # In the race above the RJ was decoded before the socket closed, so it is already seen.
         # If the ACSE gave up on its own (its timeout) while an RJ was arriving, the DUL thread
@@ -112,8 +135,9 @@ def request_association(ae: AE, host: str, port: int, called_ae: str) -> Associa
     return AssociationRequest(assoc, seen[0] if seen else None)
 
 
-def diagnose_connection(host: str, port: int, timeout_s: float = DIAGNOSIS_TIMEOUT_S) -> str:
-    """Why a TCP connection to ``host:port`` fails, from one attempt (no DICOM is sent)."""
+def diagnose_connection(host: str, port: int, timeout_s: float = DIAGNOSIS_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to ``host:port`` fails, from one attempt (no DICOM is sent);
+    None when the connection opens now."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
@@ -123,4 +147,4 @@ def diagnose_connection(host: str, port: int, timeout_s: float = DIAGNOSIS_TIMEO
         return f"no answer from {host}:{port} within {timeout_s:g} s (connection timed out)"
     except OSError as exc:
         return f"cannot connect to {host}:{port} ({exc.strerror or type(exc).__name__})"
-    return f"the connection to {host}:{port} failed (it is accepted again now)"
+    return None

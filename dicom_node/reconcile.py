@@ -33,6 +33,7 @@ from pydicom.filewriter import write_file_meta_info
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import reading, writing
 from db.models import Instance, StorageReconciliation
 from dicom_node.ingest import (
     HeaderError,
@@ -80,7 +81,7 @@ def reconcile_storage(sessions: sessionmaker[Session], store: InstanceStore) -> 
         if path.is_file() or path.is_symlink():
             path.unlink(missing_ok=True)
             removed_temporary += 1
-    with sessions() as session:
+    with reading(sessions) as session:
         known = set(session.scalars(select(Instance.storage_path)))
     recorded = kept_aside = removed_partial = 0
     for path in sorted(p for p in store.instances_dir.rglob("*") if p.is_file()):
@@ -105,7 +106,7 @@ def reconcile_storage(sessions: sessionmaker[Session], store: InstanceStore) -> 
         elif outcome is IngestOutcome.CONFLICT_KEPT:
             kept_aside += 1
     report = ReconcileReport(recorded, kept_aside, removed_temporary, removed_partial)
-    with sessions() as session, session.begin():
+    with writing(sessions) as session:
         session.add(
             StorageReconciliation(
                 recorded=report.recorded,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,7 +16,6 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,11 +29,10 @@ from dicom_node.conformance import (
 from dicom_node.ingest import IngestRefusedError, ingest_encoded
 from dicom_node.netlog import quiet_peer_faults
 from dicom_node.storage import InstanceStore, StorageError
+from dicom_node.tls import server_context
+from dicom_node.transport import GuardedAssociationServer
 
 log = logging.getLogger(__name__)
-
-#: A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised (PS3.8 9.3.4).
-_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 
 @dataclass(frozen=True)
@@ -58,19 +55,6 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
             continue
         contexts.append(build_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES)))
     return contexts
-
-
-def handle_requested(event: Event, settings: Settings) -> None:
-    """Reject associations from calling AE titles (and hosts) we do not know."""
-    primitive = event.assoc.requestor.primitive
-    assert primitive is not None  # EVT_REQUESTED fires only once the request is received
-    calling = str(primitive.calling_ae_title).strip()
-    host = str(event.assoc.requestor.address)
-    if not settings.calling_ae_allowed(calling, host):
-        log.warning("association from unknown calling AE title rejected (peer %s)", host)
-        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
-        event.assoc.is_rejected = True
-        event.assoc.kill()
 
 
 def handle_store(event: Event, ctx: StoreContext) -> int:
@@ -104,17 +88,6 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     return int(StoreStatus.SUCCESS)
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """An association server that lets several processes listen on one port (SO_REUSEPORT)."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
-
-
 def build_ae(settings: Settings) -> AE:
     """The application entity with our timeouts, limits and accepted contexts."""
     quiet_peer_faults()
@@ -131,15 +104,26 @@ def build_ae(settings: Settings) -> AE:
 
 def start_scp(
     settings: Settings, ctx: StoreContext, *, port: int | None = None
-) -> ThreadedAssociationServer:
-    """Start listening in background threads; returns the server (``.shutdown()`` to stop)."""
+) -> GuardedAssociationServer:
+    """Start listening in background threads; returns the server (``.shutdown()`` to stop).
+
+    Connections are admitted by :mod:`dicom_node.admission` (AE titles and addresses checked
+    before an association slot is taken) and PDU reads are bounded (:mod:`dicom_node.transport`).
+    With ``node.tls.enabled`` the listener speaks TLS only, the handshake in each connection's
+    own thread under the ARTIM timer.
+    """
     ae = build_ae(settings)
-    handlers: list[Any] = [
-        (evt.EVT_REQUESTED, handle_requested, [settings]),
-        (evt.EVT_C_STORE, handle_store, [ctx]),
-    ]
+    handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [ctx])]
     address = (settings.node.bind_address, settings.node.port if port is None else port)
-    server = ae.make_server(address, evt_handlers=handlers, server_class=ReusePortServer)
+    tls = server_context(settings.node.tls) if settings.node.tls.enabled else None
+    server = ae.make_server(
+        address,
+        ssl_context=tls,
+        evt_handlers=handlers,
+        server_class=GuardedAssociationServer,
+        settings=settings,
+    )
+    assert isinstance(server, GuardedAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)  # so ae.shutdown() stops it too, as start_server() does

@@ -16,7 +16,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
-from db.jobs import ClaimedJob
+from db.engine import reading, writing
+from db.jobs import ClaimedJob, ensure_held
 from db.models import Eligibility, Instance
 from db.models import ImagePrediction as ImagePredictionRow
 from db.models import StudyPrediction as StudyPredictionRow
@@ -62,7 +63,7 @@ class AnalyseStep:
         return self.predictor.card
 
     def __call__(self, job: ClaimedJob) -> None:
-        with self.sessions() as session:
+        with reading(self.sessions) as session:
             instances = session.scalars(
                 select(Instance)
                 .where(
@@ -93,7 +94,9 @@ class AnalyseStep:
         study = StudyPrediction.from_images(predictions, self.card, None) if predictions else None
         threshold = self.card.operating_point(self.operating_point).threshold
 
-        with self.sessions() as session, session.begin():
+        with writing(self.sessions) as session:
+            # Only while the job is still ours: a worker whose lease lapsed writes nothing.
+            ensure_held(session, job)
             # A retried attempt replaces what an interrupted one may have written.
             session.execute(delete(ImagePredictionRow).where(ImagePredictionRow.job_id == job.id))
             session.execute(delete(StudyPredictionRow).where(StudyPredictionRow.job_id == job.id))

@@ -16,7 +16,8 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.jobs import ClaimedJob
+from db.engine import reading, writing
+from db.jobs import ClaimedJob, ensure_held
 from db.models import Eligibility, Instance, Study
 from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
@@ -71,7 +72,9 @@ class ClassifyStep:
     store: InstanceStore
 
     def __call__(self, job: ClaimedJob) -> None:
-        with self.sessions() as session, session.begin():
+        # Files are read between two transactions: the read one lists, the short write one
+        # records, and only for instances still pending (ingest may have changed one meanwhile).
+        with reading(self.sessions) as session:
             hold_if_identity_conflict(session, job.study_id)
             pending = session.scalars(
                 select(Instance).where(
@@ -79,10 +82,18 @@ class ClassifyStep:
                     Instance.eligibility == Eligibility.PENDING,
                 )
             ).all()
-            for instance in pending:
-                instance.eligibility, instance.eligibility_reason = classify_instance(
-                    self.store, instance
+        decided = {instance.id: classify_instance(self.store, instance) for instance in pending}
+        if not decided:
+            return
+        with writing(self.sessions) as session:
+            ensure_held(session, job)
+            hold_if_identity_conflict(session, job.study_id)
+            for instance in session.scalars(
+                select(Instance).where(
+                    Instance.id.in_(decided), Instance.eligibility == Eligibility.PENDING
                 )
+            ):
+                instance.eligibility, instance.eligibility_reason = decided[instance.id]
                 if instance.eligibility is Eligibility.OUT_OF_SCOPE:
                     log.info(
                         "instance %d out of scope: %s", instance.id, instance.eligibility_reason

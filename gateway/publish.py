@@ -1,4 +1,5 @@
-"""The pipeline's results step: build the SR and heat-map SCs, store them, queue their delivery.
+"""The pipeline's results step: build the SR, heat-map SCs and presentation states, store them,
+queue their delivery.
 
 Runs after :class:`gateway.analysis.AnalyseStep`, from the predictions that step recorded for
 the job. Result UIDs are derived from the study, the model and the sources
@@ -6,23 +7,33 @@ the job. Result UIDs are derived from the study, the model and the sources
 study by the same model, finds its objects already recorded and queues nothing twice. Objects
 are written to ``<storage>/results/`` durably (temporary file, fsync, atomic rename) before they
 are recorded, and recorded before they are queued, so the outbox never points at a missing file.
+
+Each destination receives the kinds of object it is configured for (``objects``: ``sr``, ``sc``,
+``gsps``; by default the SR and the SCs). The SR and SCs are always made; a Grayscale Softcopy
+Presentation State is made for each image with suspected fracture regions when at least one
+destination receives presentation states.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import RoutingRule, Settings
-from db.jobs import ClaimedJob
+from config.settings import DEFAULT_RESULT_OBJECTS, RoutingRule, Settings
+from db.engine import reading, writing
+from db.jobs import ClaimedJob, ensure_held
 from db.models import ImagePrediction, Instance, Study, StudyPrediction
 from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
@@ -41,12 +52,16 @@ from reporting.findings import (
     OperatingPoint,
     StudyFindings,
 )
+from reporting.gsps import build_gsps
 from reporting.sc import build_gradcam_sc
 from reporting.sr import build_sr
 
 log = logging.getLogger(__name__)
 
 RESULTS_FOLDER = "results"
+
+#: What a destination receives when the step is not told otherwise.
+DEFAULT_OBJECTS = frozenset(ResultObjectKind(name) for name in DEFAULT_RESULT_OBJECTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +167,8 @@ class PublishStep:
     uid_root: str | None = None
     #: Called after new deliveries were queued (wakes the outbox worker).
     on_queued: Callable[[], None] | None = None
+    #: The kinds of object each destination receives; :data:`DEFAULT_OBJECTS` for one not named.
+    objects: Mapping[str, frozenset[ResultObjectKind]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
@@ -171,10 +188,23 @@ class PublishStep:
             tuple(settings.routing),
             card,
             on_queued=on_queued,
+            objects={
+                d.name: frozenset(ResultObjectKind(name) for name in d.objects)
+                for d in settings.destinations
+            },
         )
 
+    def objects_for(self, destination: str) -> frozenset[ResultObjectKind]:
+        """The kinds of result object ``destination`` receives."""
+        return self.objects.get(destination, DEFAULT_OBJECTS)
+
+    @property
+    def makes_presentation_states(self) -> bool:
+        """Whether any destination receives presentation states, so they are made at all."""
+        return any(ResultObjectKind.GSPS in self.objects_for(name) for name in self.destinations)
+
     def __call__(self, job: ClaimedJob) -> None:
-        with self.sessions() as session:
+        with reading(self.sessions) as session:
             study = session.get(Study, job.study_id)
             if study is None:
                 raise PermanentJobError(f"study {job.study_id} no longer exists")
@@ -221,7 +251,8 @@ class PublishStep:
     def _plan(
         self, study_uid: str, prediction: StudyPrediction, analysed: Sequence[_Analysed]
     ) -> list[PlannedObject]:
-        """The objects this analysis yields, SCs first (the SR references them)."""
+        """The objects this analysis yields, SCs first (the SR references them), then the SR,
+        then a presentation state per image with regions if any destination receives them."""
         name, version, root = prediction.model_name, prediction.model_version, self.uid_root
         sc_series = uids.sc_series_uid(study_uid, name, version, root=root)
         planned = [
@@ -244,12 +275,26 @@ class PublishStep:
                 None,
             )
         )
+        if self.makes_presentation_states:
+            gsps_series = uids.gsps_series_uid(study_uid, name, version, root=root)
+            planned.extend(
+                PlannedObject(
+                    ResultObjectKind.GSPS,
+                    uids.gsps_instance_uid(
+                        study_uid, name, version, item.instance.sop_instance_uid, root=root
+                    ),
+                    gsps_series,
+                    item.instance.id,
+                )
+                for item in analysed
+                if item.prediction.regions
+            )
         return planned
 
     def _missing(self, planned: Sequence[PlannedObject]) -> set[str]:
         """SOP Instance UIDs of planned objects not yet recorded, or whose file is gone."""
         wanted = {p.sop_instance_uid for p in planned}
-        with self.sessions() as session:
+        with reading(self.sessions) as session:
             recorded = session.execute(
                 select(ResultObject.sop_instance_uid, ResultObject.storage_path).where(
                     ResultObject.sop_instance_uid.in_(wanted)
@@ -317,6 +362,20 @@ class PublishStep:
                 series_instance_uid=sr_plan.series_instance_uid,
                 sop_instance_uid=sr_plan.sop_instance_uid,
             )
+        by_instance = {
+            item.instance.id: finding
+            for item, finding in zip(analysed, findings.images, strict=True)
+        }
+        gsps_plans = [p for p in planned if p.kind is ResultObjectKind.GSPS]
+        for number, plan in enumerate(gsps_plans, start=1):
+            if plan.sop_instance_uid in missing and plan.source_instance_id is not None:
+                datasets[plan.sop_instance_uid] = build_gsps(
+                    by_instance[plan.source_instance_id],
+                    findings,
+                    series_instance_uid=plan.series_instance_uid,
+                    sop_instance_uid=plan.sop_instance_uid,
+                    instance_number=number,
+                )
         for plan in planned:
             if plan.sop_instance_uid in missing:
                 data = encode_file(datasets[plan.sop_instance_uid])
@@ -336,9 +395,11 @@ class PublishStep:
         )
         targets = choose_destinations(self.destinations, self.routing, outcome)
         queued = 0
-        with self.sessions() as session, session.begin():
-            # Nothing is recorded or queued for a study whose patient identity is in conflict.
+        with writing(self.sessions) as session:
+            # Nothing is recorded or queued for a study whose patient identity is in conflict,
+            # nor by a worker whose lease lapsed (the job's row is locked after the study's).
             hold_if_identity_conflict(session, job.study_id, lock=True)
+            ensure_held(session, job)
             existing = {
                 obj.sop_instance_uid: obj
                 for obj in session.scalars(
@@ -376,7 +437,7 @@ class PublishStep:
                     )
                 )
                 for name in targets:
-                    if name not in routed:
+                    if name not in routed and plan.kind in self.objects_for(name):
                         session.add(OutboxEntry(result_object_id=obj.id, destination=name))
                         queued += 1
         return queued
@@ -386,4 +447,5 @@ class PublishStep:
 SOP_CLASSES = {
     ResultObjectKind.SC: SecondaryCaptureImageStorage,
     ResultObjectKind.SR: Comprehensive3DSRStorage,
+    ResultObjectKind.GSPS: GrayscaleSoftcopyPresentationStateStorage,
 }

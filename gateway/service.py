@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +22,9 @@ from dicom_node.grouping import GroupingTimer
 from dicom_node.outbox import OutboxWorker
 from dicom_node.reconcile import ReconcileReport, reconcile_storage
 from dicom_node.scp import StoreContext, start_scp
+from dicom_node.sizes import fill_image_sizes
 from dicom_node.storage import InstanceStore
+from dicom_node.transport import GuardedAssociationServer
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
 from gateway.worker import InProcessExecutor
 
@@ -65,7 +66,7 @@ class Service:
     engine: Engine = field(init=False)
     sessions: sessionmaker[Session] = field(init=False)
     store: InstanceStore = field(init=False)
-    scp: ThreadedAssociationServer | None = field(init=False, default=None)
+    scp: GuardedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
     executor: InProcessExecutor | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
@@ -77,7 +78,11 @@ class Service:
 
     def __post_init__(self) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(self.settings.database_url, echo=self.settings.database.echo)
+        self.engine = make_engine(
+            self.settings.database_url,
+            echo=self.settings.database.echo,
+            busy_timeout_s=self.settings.database.sqlite_busy_timeout_s,
+        )
         upgrade(self.engine)
         self.sessions = make_session_factory(self.engine)
         self.store = InstanceStore(self.settings.storage_folder)
@@ -93,11 +98,13 @@ class Service:
 
         The process that receives (``dicom``) first reconciles the storage folder with the
         database, before any association is accepted: files a crash left without a row are
-        recorded or removed (:mod:`dicom_node.reconcile`). Other roles leave the folder alone,
+        recorded or removed (:mod:`dicom_node.reconcile`), and instances recorded before ingest
+        kept image sizes get theirs (:mod:`dicom_node.sizes`). Other roles leave the folder alone,
         since a receiving process may be writing to it.
         """
         if dicom:
             self.reconciliation = reconcile_storage(self.sessions, self.store)
+            fill_image_sizes(self.sessions, self.store)
         on_jobs = None
         if worker:
             outbox = OutboxWorker(
@@ -106,6 +113,7 @@ class Service:
                 self.settings.destinations,
                 self.settings.outbox,
                 calling_ae_title=self.settings.node.ae_title,
+                tls=self.settings.node.tls,
             )
             outbox.start()
             self.extra.append(outbox)

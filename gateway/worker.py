@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import JobSettings
 from db import jobs
-from db.jobs import ClaimedJob
+from db.jobs import ClaimedJob, LeaseLostError
 from db.models import JobState
 
 log = logging.getLogger(__name__)
@@ -45,40 +45,55 @@ class Executor(Protocol):
 
 
 def run_one(factory: sessionmaker[Session], runner: JobRunner, settings: JobSettings) -> bool:
-    """Claim one due job and run it; returns whether a job was found.
+    """Claim one due job and run it, keeping its lease alive; returns whether a job was found.
 
-    Success marks the job done; :class:`PermanentJobError` fails it at once; any other exception
-    is a failed attempt, retried with backoff until ``max_attempts``. The recorded error is the
-    exception's type and message, which our code keeps free of patient data.
+    While the runner works, a heartbeat thread renews the lease every ``lease_s / 3``; a job
+    whose worker dies is retaken once the lease lapses. Success marks the job done;
+    :class:`PermanentJobError` fails it at once; any other exception is a failed attempt, retried
+    with backoff until ``max_attempts``. Every change carries the claim's fencing token: when
+    another worker has taken the job meanwhile (:class:`LeaseLostError`), this one changes nothing.
+    The recorded error is the exception's type and message, which our code keeps free of
+    patient data.
     """
     job = jobs.claim_next(factory, lease_s=settings.lease_s)
     if job is None:
         return False
-    try:
-        runner(job)
-    except JobHeldError as exc:
-        jobs.hold(factory, job.id, f"JobHeldError: {exc}")
-        log.warning("job %d held: %s", job.id, exc)
-    except PermanentJobError as exc:
-        jobs.fail(factory, job.id, f"PermanentJobError: {exc}", base_s=0, max_s=0, permanent=True)
-        log.error("job %d failed permanently: %s", job.id, exc)
-    except Exception as exc:
-        state = jobs.fail(
-            factory,
-            job.id,
-            f"{type(exc).__name__}: {exc}",
-            base_s=settings.backoff_base_s,
-            max_s=settings.backoff_max_s,
-        )
-        if state is JobState.FAILED:
-            log.error(
-                "job %d failed after %d attempts: %s", job.id, job.attempt, type(exc).__name__
+    level = logging.INFO
+    with jobs.heartbeat(factory, job, lease_s=settings.lease_s):
+        try:
+            runner(job)
+        except LeaseLostError as exc:
+            log.warning("job %d attempt %d abandoned: %s", job.id, job.attempt, exc)
+            return True
+        except JobHeldError as exc:
+            level = logging.WARNING
+            held = jobs.hold(factory, job, f"JobHeldError: {exc}")
+            outcome = f"held: {exc}" if held else None
+        except PermanentJobError as exc:
+            level = logging.ERROR
+            reason = f"PermanentJobError: {exc}"
+            state = jobs.fail(factory, job, reason, base_s=0, max_s=0, permanent=True)
+            outcome = None if state is None else f"failed permanently: {exc}"
+        except Exception as exc:
+            state = jobs.fail(
+                factory,
+                job,
+                f"{type(exc).__name__}: {exc}",
+                base_s=settings.backoff_base_s,
+                max_s=settings.backoff_max_s,
             )
+            level = logging.ERROR if state is JobState.FAILED else logging.WARNING
+            outcome = None
+            if state is JobState.FAILED:
+                outcome = f"failed after {job.attempt} attempts: {type(exc).__name__}"
+            elif state is not None:
+                outcome = f"failed, will retry: {exc}"
         else:
-            log.warning("job %d attempt %d failed, will retry: %s", job.id, job.attempt, exc)
+            outcome = "done" if jobs.complete(factory, job) else None
+    if outcome is None:
+        log.warning("job %d attempt %d: lease lost, outcome not recorded", job.id, job.attempt)
     else:
-        jobs.complete(factory, job.id)
-        log.info("job %d done", job.id)
+        log.log(level, "job %d attempt %d %s", job.id, job.attempt, outcome)
     return True
 
 

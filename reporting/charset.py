@@ -111,7 +111,9 @@ def _without_code_extensions(term: str) -> str | None:
 
 
 def _text_values(dataset: Dataset, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every text value of ``dataset`` and its items, with where it is (for comparison)."""
+    """Every non-empty text value of ``dataset`` and its items, with where it is (for
+    comparison). Empty values are left out: an empty element is ``None`` before it is written
+    and an empty string after it is read, and has no characters to encode either way."""
     for element in dataset:
         where = f"{path}{element.tag}"
         if element.VR == "SQ":
@@ -120,7 +122,9 @@ def _text_values(dataset: Dataset, path: str = "") -> Iterator[tuple[str, str]]:
         elif element.VR in _TEXT_VRS and element.value is not None:
             values = element.value if isinstance(element.value, MultiValue) else [element.value]
             for value in values:
-                yield where, str(value)
+                text = str(value)
+                if text:
+                    yield where, text
 
 
 def _is_ascii(dataset: Dataset) -> bool:

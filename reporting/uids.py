@@ -36,6 +36,8 @@ class ResultKind(StrEnum):
     SR_INSTANCE = "sr-instance"
     SC_SERIES = "sc-series"
     SC_INSTANCE = "sc-instance"
+    GSPS_SERIES = "gsps-series"
+    GSPS_INSTANCE = "gsps-instance"
     TRACKING = "tracking"
     DEVICE = "device"
 
@@ -157,6 +159,34 @@ def sc_instance_uid(
     """SOP Instance UID of the heat-map Secondary Capture of one source image."""
     return result_uid(
         ResultKind.SC_INSTANCE,
+        study_instance_uid,
+        model_name,
+        model_version,
+        source_sop_instance_uid,
+        root=root,
+    )
+
+
+def gsps_series_uid(
+    study_instance_uid: str, model_name: str, model_version: str, *, root: str | None = None
+) -> str:
+    """Series Instance UID of the presentation-state (GSPS) series of a study."""
+    return result_uid(
+        ResultKind.GSPS_SERIES, study_instance_uid, model_name, model_version, root=root
+    )
+
+
+def gsps_instance_uid(
+    study_instance_uid: str,
+    model_name: str,
+    model_version: str,
+    source_sop_instance_uid: str,
+    *,
+    root: str | None = None,
+) -> str:
+    """SOP Instance UID of the presentation state of one source image's findings."""
+    return result_uid(
+        ResultKind.GSPS_INSTANCE,
         study_instance_uid,
         model_name,
         model_version,

@@ -21,8 +21,10 @@ from training.names import Architecture
 GRADCAM_LAYER = "gradcam_features"
 #: Name of the model's output layer.
 OUTPUT_LAYER = "prediction"
-#: Name of the fracture-localisation output (a sigmoid map at 1/16 of the input resolution).
+#: Name of the fracture-localisation output (a sigmoid map at 1/8 of the input resolution).
 LOCALISATION_LAYER = "localisation"
+#: Name of the localisation head's 1/16 features (the pyramid's upper levels merged).
+LOCALISATION_CONTEXT_LAYER = "loc_relu"
 
 #: ImageNet channel statistics (RGB), as the applications' own preprocessing uses them.
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -148,13 +150,18 @@ def build_application(
     return keras.Model(inputs, _head(features, n_outputs, dropout), name=f"fracture_{arch.value}")
 
 
-def _localisation_head(stride16: keras.KerasTensor, head: keras.KerasTensor) -> keras.KerasTensor:
-    """Fracture map at 1/16 resolution: the head's features upsampled onto stage 5's.
+#: Channels of the localisation head's feature pyramid.
+LOCALISATION_WIDTH = 128
+#: Channels of the last 3 x 3 convolution at 1/8 resolution, before the map.
+LOCALISATION_FINE_WIDTH = 64
 
-    A two-level feature pyramid (the 1/32 head brings context, the 1/16 stage brings detail)
-    ending in one sigmoid channel, trained on masks of the annotated fracture boxes.
+
+def localisation_context(stride16: keras.KerasTensor, head: keras.KerasTensor) -> keras.KerasTensor:
+    """The pyramid's upper levels at 1/16: the head's features upsampled onto stage 5's.
+
+    The 1/32 head brings what the classifier saw, the 1/16 stage brings detail.
     """
-    width = 128
+    width = LOCALISATION_WIDTH
     top = layers.Conv2D(width, 1, use_bias=False, name="loc_top_conv")(head)
     top = layers.BatchNormalization(name="loc_top_bn")(top)
     top = layers.ReLU(name="loc_top_relu")(top)
@@ -165,7 +172,28 @@ def _localisation_head(stride16: keras.KerasTensor, head: keras.KerasTensor) -> 
     x = layers.Add(name="loc_merge")([top, lateral])
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="loc_conv")(x)
     x = layers.BatchNormalization(name="loc_bn")(x)
-    x = layers.ReLU(name="loc_relu")(x)
+    return layers.ReLU(name=LOCALISATION_CONTEXT_LAYER)(x)
+
+
+def localisation_map(context: keras.KerasTensor, stride8: keras.KerasTensor) -> keras.KerasTensor:
+    """Fracture map at 1/8 resolution (40 x 40 at 320 px): the context upsampled onto stage 3.
+
+    Most FracAtlas fracture boxes are smaller than a 1/16 cell (16 px at 320 px), so the map
+    needs the finer stage to place its peak inside them. One sigmoid channel, trained on masks
+    of the annotated fracture boxes.
+    """
+    up = layers.UpSampling2D(2, interpolation="bilinear", name="loc_fine_up")(context)
+    lateral = layers.Conv2D(LOCALISATION_WIDTH, 1, use_bias=False, name="loc_fine_lateral_conv")(
+        stride8
+    )
+    lateral = layers.BatchNormalization(name="loc_fine_lateral_bn")(lateral)
+    lateral = layers.ReLU(name="loc_fine_lateral_relu")(lateral)
+    x = layers.Add(name="loc_fine_merge")([up, lateral])
+    x = layers.Conv2D(
+        LOCALISATION_FINE_WIDTH, 3, padding="same", use_bias=False, name="loc_fine_conv"
+    )(x)
+    x = layers.BatchNormalization(name="loc_fine_bn")(x)
+    x = layers.ReLU(name="loc_fine_relu")(x)
     return layers.Conv2D(1, 1, activation="sigmoid", name=LOCALISATION_LAYER, dtype="float32")(x)
 
 
@@ -189,7 +217,8 @@ def build_lite(
     )(rgb)
     features = lite.backbone(scaled, variant, head_name=GRADCAM_LAYER)
     prediction = _head(features.head, n_outputs, dropout)
-    localisation = _localisation_head(features.stride16, features.head)
+    context = localisation_context(features.stride16, features.head)
+    localisation = localisation_map(context, features.stride8)
     model = keras.Model(
         inputs, [prediction, localisation], name=f"fracture_efficientnet_{variant.name}"
     )

@@ -66,12 +66,19 @@ def train(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
     ] = None,
+    localisation_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="EfficientNet-Lite: epochs of the second stage that refines the fracture map "
+            "on the boxes with the classifier frozen (0: none).",
+        ),
+    ] = 0,
 ) -> None:
     """Train a fracture classifier; by default also export its package and evaluate it on test."""
-    from training.datasets import Split
-    from training.evaluate import evaluate as run_evaluation
-    from training.export import add_card_metrics, export_package, load_trained
+    from training.export import load_trained
     from training.fit import TrainConfig
+    from training.localise import LocaliseConfig
     from training.pipeline import SPLIT_FILE, train_stage
 
     _logging()
@@ -110,8 +117,64 @@ def train(
         "learning_rate": learning_rate,
         "batch_size": batch_size,
     }
+    trained = load_trained(out)
+    if localisation_epochs and len(trained.outputs) == 2:
+        trained, training["localisation_stage"] = _localise(
+            trained, prepared, out, LocaliseConfig(epochs=localisation_epochs, seed=seed)
+        )
+    _export_and_evaluate(
+        trained,
+        prepared,
+        package_dir,
+        data=data,
+        split_file=out / SPLIT_FILE,
+        crop=crop,
+        name=name,
+        version=version,
+        training=training,
+    )
+
+
+def _localise(trained: Any, prepared: Any, out: Path, config: Any) -> tuple[Any, dict[str, Any]]:
+    """The second stage (:mod:`training.localise`) into ``out``; the model and its summary."""
+    from training.datasets import Split
+    from training.localise import refine_localisation, stage_summary
+
+    refined, state = refine_localisation(
+        trained,
+        prepared.parts[Split.TRAIN],
+        prepared.parts[Split.VAL],
+        prepared.dataset.positive_index,
+        out,
+        config,
+    )
+    typer.echo(
+        f"localisation stage: best validation peak in box {state.best_share:.3f} "
+        f"(epoch {state.best_epoch} of {state.epochs_done})"
+    )
+    return refined, stage_summary(state, config)
+
+
+def _export_and_evaluate(
+    trained: Any,
+    prepared: Any,
+    package_dir: Path,
+    *,
+    data: Path,
+    split_file: Path,
+    crop: bool,
+    name: str | None,
+    version: str,
+    training: dict[str, Any],
+) -> None:
+    """Write the package (calibrated on validation) and evaluate it on the test split."""
+    from training.datasets import Split
+    from training.evaluate import evaluate as run_evaluation
+    from training.export import add_card_metrics, export_package
+    from training.pipeline import SPLIT_FILE
+
     card = export_package(
-        load_trained(out),
+        trained,
         prepared,
         package_dir,
         crop=crop,
@@ -129,11 +192,92 @@ def train(
         data_root=data,
         title=f"{card.name} {card.version} on the held-out test split",
     )
-    shutil.copyfile(out / SPLIT_FILE, evaluation / SPLIT_FILE)
+    shutil.copyfile(split_file, evaluation / SPLIT_FILE)
     add_card_metrics(package_dir, "test", _summary(metrics))
     typer.echo(
         f"test AUROC {metrics['auroc']} (95% CI {metrics['auroc_ci']}); report in {evaluation}"
     )
+
+
+def localise(
+    model: Annotated[
+        Path, typer.Option(help="Trained model: a package folder, a run folder or a .keras file.")
+    ],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Run folder; re-running the command resumes it.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    seed: Annotated[
+        int | None, typer.Option(help="Split seed (default: the card's, or 42).")
+    ] = None,
+    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
+    package_out: Annotated[
+        Path | None, typer.Option(help="Package folder (default: OUT/package).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Package name (default: the card's).")] = None,
+    version: str = "1.0.0",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
+    ] = None,
+    branch_first_stage: Annotated[
+        int,
+        typer.Option(
+            min=1, max=4, help="First backbone stage (0-based) copied into the map's branch."
+        ),
+    ] = 3,
+) -> None:
+    """Refine a trained EfficientNet-Lite's fracture map on the boxes, classifier frozen."""
+    from inference.model_package import read_card
+    from training.export import load_trained, model_input_size
+    from training.localise import LocaliseConfig
+    from training.pipeline import SPLIT_FILE, default_cache_dir, prepare_data, record_data
+
+    _logging()
+    training: dict[str, Any] = {}
+    crop = True
+    if (model / "model.json").is_file():
+        card = read_card(model)
+        trained = load_trained(model / card.model_file)
+        crop = card.preprocessing.crop
+        name = name or card.name
+        training = {
+            key: value
+            for key, value in card.training_data.items()
+            if key not in ("localisation_stage",)
+        }
+    else:
+        trained = load_trained(model)
+    split_seed = seed if seed is not None else int(training.get("seed", 42))
+    training["seed"] = split_seed
+    prepared = prepare_data(
+        data,
+        image_size=model_input_size(trained),
+        crop=crop,
+        seed=split_seed,
+        cache_dir=cache_dir or default_cache_dir(out),
+    )
+    record_data(prepared, out)
+    config = LocaliseConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=split_seed,
+        branch_first_stage=branch_first_stage,
+    )
+    refined, training["localisation_stage"] = _localise(trained, prepared, out, config)
+    if export:
+        _export_and_evaluate(
+            refined,
+            prepared,
+            package_out or out / PACKAGE_DIR,
+            data=data,
+            split_file=out / SPLIT_FILE,
+            crop=crop,
+            name=name,
+            version=version,
+            training=training,
+        )
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -225,3 +369,4 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("evaluate")(evaluate)
     app.command("export")(export_command)
+    app.command("localise")(localise)

@@ -102,6 +102,8 @@ B0_STAGES = (
     Stage(4, 5, 2, 6, 112, 192),
     Stage(1, 3, 1, 6, 192, 320),
 )
+#: The stage whose output is at 1/8 of the input resolution (the localisation head's finest input).
+STRIDE8_STAGE = 2
 #: The stage whose output is at 1/16 of the input resolution (the localisation head's input).
 STRIDE16_STAGE = 4
 
@@ -177,8 +179,11 @@ def _relu6(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
     return layers.ReLU(max_value=6.0, name=name)(x)
 
 
-def _mbconv(x: keras.KerasTensor, block: Block, drop_rate: float) -> keras.KerasTensor:
-    p = f"block{block.index}"
+def mbconv(
+    x: keras.KerasTensor, block: Block, drop_rate: float, *, prefix: str = ""
+) -> keras.KerasTensor:
+    """One MBConv block; its layers are named ``<prefix>block<index>_...``."""
+    p = f"{prefix}block{block.index}"
     inputs = x
     expanded = block.filters_in * block.expand
     if block.expand != 1:
@@ -202,10 +207,20 @@ def _mbconv(x: keras.KerasTensor, block: Block, drop_rate: float) -> keras.Keras
 
 @dataclass(frozen=True, slots=True)
 class Backbone:
-    """The backbone's feature maps: 1/16 resolution (end of stage 5) and the head (1/32)."""
+    """The backbone's feature maps: 1/8 (end of stage 3), 1/16 (end of stage 5), head (1/32)."""
 
+    stride8: keras.KerasTensor
     stride16: keras.KerasTensor
     head: keras.KerasTensor
+
+
+def stage_output_layer(variant: Variant, stage: int) -> str:
+    """The name of the layer whose output ends ``stage`` (0-based) in ``variant``'s graph.
+
+    Lets a second training stage find the feature maps of a saved model by name.
+    """
+    last = [block for block in blocks_of(variant) if block.stage == stage][-1]
+    return f"block{last.index}_add" if last.residual else f"block{last.index}_project_bn"
 
 
 def backbone(
@@ -219,18 +234,22 @@ def backbone(
     x = _conv(x, STEM_FILTERS, 3, 2, "stem_conv")
     x = _relu6(_bn(x, "stem_bn"), "stem_relu")
     blocks = blocks_of(variant)
+    stride8: keras.KerasTensor | None = None
     stride16: keras.KerasTensor | None = None
     for block in blocks:
-        x = _mbconv(x, block, drop_connect * block.index / len(blocks))
+        x = mbconv(x, block, drop_connect * block.index / len(blocks))
         is_last_of_stage = block.index + 1 == len(blocks) or blocks[block.index + 1].stage != (
             block.stage
         )
+        if block.stage == STRIDE8_STAGE and is_last_of_stage:
+            stride8 = x
         if block.stage == STRIDE16_STAGE and is_last_of_stage:
             stride16 = x
     x = _conv(x, HEAD_FILTERS, 1, 1, "head_conv")
     x = _relu6(_bn(x, "head_bn"), head_name)
+    assert stride8 is not None
     assert stride16 is not None
-    return Backbone(stride16=stride16, head=x)
+    return Backbone(stride8=stride8, stride16=stride16, head=x)
 
 
 def imagenet_classifier(variant: Variant, size: int | None = None) -> keras.Model:

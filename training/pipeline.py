@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from inference.preprocess import GeometryTransform
 from training.boxes import YOLO_FOLDER, box_mask, read_yolo_boxes, yolo_path
-from training.cache import CachedImages, PictureProblem, build_cache
+from training.cache import CachedImages, PictureProblem, build_cache, transform_from_row
 from training.datasets import (
     Dataset,
     Example,
@@ -40,6 +41,15 @@ class PreparedSplit:
     #: data set has boxes; ``has_boxes`` says which pictures have a label file with boxes.
     masks: NDArray[np.uint8] | None = None
     has_boxes: NDArray[np.bool_] | None = None
+    #: Each picture's geometry row (``training.cache.transform_from_row``): where its content
+    #: lies on the model grid.
+    geometry: NDArray[np.float64] | None = None
+
+    def transform(self, index: int) -> GeometryTransform:
+        """The geometry of picture ``index`` of this split (original pixels <-> model input)."""
+        if self.geometry is None:
+            raise ValueError("this split was prepared without its geometry")
+        return transform_from_row(self.geometry[index], int(self.images.shape[1]))
 
     def positive(self, positive_index: int) -> NDArray[np.int64]:
         """0/1 labels, 1 for the positive class."""
@@ -96,6 +106,7 @@ def prepare_data(
             np.array([e.label for e in kept], dtype=np.int64),
             masks,
             has_boxes,
+            np.asarray(cached.geometry[rows], dtype=np.float64),
         )
     for problem in cached.problems:
         log.warning(

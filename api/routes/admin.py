@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api import audit, throttle
 from api.audit import AuditQuery, EventId
-from api.deps import AdminUser, ContextDep, SessionDep
+from api.deps import AdminUser, ContextDep, ReaderDep, SessionDep
 from api.schemas import (
     ADMIN_RESPONSES,
     NOT_FOUND,
@@ -71,7 +71,7 @@ def outbox(
         object_type="outbox",
         detail=f"state={state.value if state else 'any'}",
     )
-    session.commit()  # release the session before the outbox module opens its own
+    session.commit()
     depths = outbox_depths(context.sessions)
     total = depths.get(state.value, 0) if state is not None else sum(depths.values())
     rows = list_outbox(context.sessions, state, limit=limit, offset=offset)
@@ -109,12 +109,12 @@ def _outbox_state(session: Session, outbox_id: int) -> str | None:
 def retry(
     outbox_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     admin: AdminUser,
+    reader: ReaderDep,
     session: SessionDep,
     context: ContextDep,
 ) -> RetryOut:
     """Queue a dead-lettered delivery again."""
-    before = _outbox_state(session, outbox_id)
-    session.commit()
+    before = _outbox_state(reader, outbox_id)
     requeued = before is not None and retry_dead_letter(context.sessions, outbox_id)
     audit.record(
         session,
@@ -178,10 +178,10 @@ def resolve_identity_conflict(
 
 @router.get("/login-throttles", response_model=LoginThrottlePage)
 def login_throttles(
-    admin: AdminUser, session: SessionDep, context: ContextDep
+    admin: AdminUser, reader: ReaderDep, session: SessionDep, context: ContextDep
 ) -> LoginThrottlePage:
     """User names and client addresses with failed logins, locked ones first."""
-    rows = throttle.current(session, context.clock())
+    rows = throttle.current(reader, context.clock())
     page = LoginThrottlePage(items=[LoginThrottleOut.model_validate(row) for row in rows])
     audit.record(session, admin.actor, EventId.QUERY, AuditAction.EXECUTE, object_type="login")
     session.commit()
@@ -209,6 +209,7 @@ def lift_login_throttle(
 @router.get("/audit", response_model=AuditPage)
 def audit_trail(
     admin: AdminUser,
+    reader: ReaderDep,
     session: SessionDep,
     actor: Annotated[
         str | None, Query(max_length=96, description="e.g. user:alice or token:pacs")
@@ -236,7 +237,7 @@ def audit_trail(
         object_type=object_type,
         object_id=object_id,
     )
-    total, rows = audit.search(session, query, limit=limit, offset=offset)
+    total, rows = audit.search(reader, query, limit=limit, offset=offset)
     page = AuditPage(
         total=total,
         limit=limit,

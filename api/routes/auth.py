@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api import audit, throttle
 from api.audit import Actor, EventId, EventType
-from api.deps import ContextDep, CurrentUser, SessionDep, client_ip
+from api.deps import ContextDep, CurrentUser, ReaderDep, SessionDep, client_ip
 from api.schemas import AUTH_RESPONSES, AccessTokenOut, ErrorBody, MeOut
 from api.security import issue_access_token, verify_password
 from db.review import AuditAction, AuditOutcome, LoginThrottle, Role, ThrottleScope, User
@@ -87,6 +87,7 @@ def _refused(refusal: throttle.Refusal) -> HTTPException:
 def login(
     request: Request,
     context: ContextDep,
+    reader: ReaderDep,
     session: SessionDep,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
 ) -> AccessTokenOut:
@@ -94,14 +95,15 @@ def login(
 
     Failed logins are throttled per user name and per client address (:mod:`api.throttle`):
     429 with Retry-After inside a delay window, 423 once locked; the password is then not
-    checked.
+    checked. The attempt is counted in its own short write transaction before the password is
+    checked; the user is looked up with the reader and the password verified (slow on purpose)
+    with no write transaction open; the outcome (audit, throttle) is another short write.
     """
     policy = throttle.ThrottlePolicy.from_settings(context.settings.api.login_throttle)
     address = client_ip(request)
     subject = throttle.Subject.of(form.username, address)
     anonymous = Actor(audit.ANONYMOUS, None, address)
-    now = context.clock()
-    refusal = throttle.admit(session, policy, subject, now)
+    refusal = throttle.admit(session, policy, subject, context.clock())
     if refusal is not None:
         kind = "locked" if refusal.locked else "throttled"
         _audit_login(
@@ -111,8 +113,7 @@ def login(
         raise _refused(refusal)
     session.commit()  # the attempt is counted before the password is checked
 
-    user = session.scalar(select(User).where(User.username == form.username))
-    session.commit()  # no transaction (no write lock) held while the password is hashed
+    user = reader.scalar(select(User).where(User.username == form.username))
     ok = verify_password(user.password_hash if user else None, form.password)
     if user is None or not ok or not user.active:
         for row in throttle.failed(session, policy, subject, context.clock()):
@@ -132,7 +133,7 @@ def login(
         )
     throttle.succeeded(session, policy, subject)
     now = context.clock()
-    user.last_login_at = now
+    session.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     _audit_login(
         session,
         Actor(f"user:{user.username}", user.id, address),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
@@ -12,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.audit import EventId
-from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, SessionDep
+from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, ReaderDep, SessionDep
+from api.findings import FeedbackRejected, create_feedback, feedback_out
 from api.pictures import DEFAULT_SIZE, MAX_SIZE, PictureUnavailable, heatmap_png, preview_png
 from api.reviews import (
     IdempotencyKeyReused,
@@ -26,22 +28,29 @@ from api.schemas import (
     AUTH_RESPONSES,
     NOT_FOUND,
     ErrorBody,
+    FindingFeedbackIn,
+    FindingFeedbackOut,
     ReviewIn,
     ReviewOut,
     StudyDetail,
     Worklist,
+    WorklistVersion,
 )
+from api.viewer_pixels import viewer_pixels_of
 from api.worklist import (
     AiResult,
     WorklistFilter,
+    WorklistSort,
     latest_image_prediction,
     review_out,
     study_detail,
     study_url,
     worklist,
+    worklist_version,
 )
 from db.models import Instance, Study, StudyStatus
 from db.review import AuditAction, AuditOutcome
+from dicom_node.sizes import read_image_size
 
 router = APIRouter(prefix="/api/studies", tags=["studies"], responses=AUTH_RESPONSES)
 
@@ -62,8 +71,9 @@ def unprocessable(field: str, message: str) -> HTTPException:
     )
 
 
-def _study_or_404(session: Session, principal: Principal, study_id: int) -> Study:
-    study = session.get(Study, study_id)
+def _study_or_404(reader: Session, session: Session, principal: Principal, study_id: int) -> Study:
+    """The study read with ``reader``; a 404 (audited through ``session``) when there is none."""
+    study = reader.get(Study, study_id)
     if study is None:
         audit.record(
             session,
@@ -83,6 +93,7 @@ def _study_or_404(session: Session, principal: Principal, study_id: int) -> Stud
 @router.get("", response_model=Worklist)
 def list_studies(
     principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
     result: Annotated[AiResult | None, Query(description="The latest AI result")] = None,
@@ -99,8 +110,15 @@ def list_studies(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    sort: Annotated[
+        WorklistSort,
+        Query(
+            description="priority: positive at high specificity, then positive, negative, no "
+            "result; unreviewed before reviewed; oldest first"
+        ),
+    ] = WorklistSort.PRIORITY,
 ) -> Worklist:
-    """The worklist: AI positive first, then by probability; filtered and paginated."""
+    """The worklist, filtered, sorted and paginated (see ``sort``)."""
     for name, moment in (("received_from", received_from), ("received_to", received_to)):
         if moment is not None and moment.tzinfo is None:
             raise HTTPException(
@@ -126,7 +144,7 @@ def list_studies(
         reviewed=reviewed,
         identity_conflict=identity_conflict,
     )
-    page = worklist(session, flt, limit=limit, offset=offset)
+    page = worklist(reader, flt, limit=limit, offset=offset, sort=sort)
     audit.record(
         session,
         principal.actor,
@@ -139,13 +157,22 @@ def list_studies(
     return page
 
 
+@router.get("/version", response_model=WorklistVersion)
+def get_worklist_version(_principal: CurrentUser, reader: ReaderDep) -> WorklistVersion:
+    """A fingerprint of the worklist: poll it, and fetch the worklist only when it changes.
+
+    It holds counts and internal ids only, so it is not audited (the worklist fetch is).
+    """
+    return worklist_version(reader)
+
+
 @router.get("/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
 def get_study(
-    study_id: StudyId, principal: CurrentUser, session: SessionDep, context: ContextDep
+    study_id: StudyId, principal: CurrentUser, reader: ReaderDep, session: SessionDep
 ) -> StudyDetail:
     """A study: images, per-image and study results, result objects and deliveries, reviews."""
-    study = _study_or_404(session, principal, study_id)
-    detail = study_detail(session, context.store, study)
+    study = _study_or_404(reader, session, principal, study_id)
+    detail = study_detail(reader, study)
     audit.record(
         session,
         principal.actor,
@@ -160,6 +187,7 @@ def get_study(
 
 async def _picture(
     context: ContextDep,
+    reader: Session,
     session: Session,
     principal: Principal,
     study_id: int,
@@ -167,13 +195,15 @@ async def _picture(
     *,
     heatmap: bool,
     max_size: int,
+    overlay: bool = False,
+    values: bool = False,
 ) -> Response:
     def lookup() -> tuple[str, str | None] | None:
-        instance = session.get(Instance, image_id)
+        instance = reader.get(Instance, image_id)
         found = instance is not None and instance.study_id == study_id
         heatmap_path = None
         if instance is not None and found:
-            prediction = latest_image_prediction(session, instance.id)
+            prediction = latest_image_prediction(reader, instance.id)
             heatmap_path = prediction.heatmap_path if prediction is not None else None
         usable = found and (heatmap_path is not None or not heatmap)
         audit.record(
@@ -184,7 +214,7 @@ async def _picture(
             AuditOutcome.SUCCESS if usable else AuditOutcome.MINOR_FAILURE,
             object_type="image",
             object_id=image_id,
-            detail="heat map" if heatmap else "preview",
+            detail="heat map" if heatmap else ("values" if values else "preview"),
         )
         session.commit()
         if not usable or instance is None:
@@ -196,17 +226,27 @@ async def _picture(
         what = "heat map" if heatmap else "image"
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what} in this study")
     storage_path, heatmap_path = found
+    media_type = "image/png"
     try:
         if heatmap:
             assert heatmap_path is not None
-            png = await run_in_threadpool(
-                heatmap_png, context.store, storage_path, heatmap_path, max_size
+            body = await run_in_threadpool(
+                partial(heatmap_png, overlay=overlay),
+                context.store,
+                storage_path,
+                heatmap_path,
+                max_size,
+            )
+        elif values:
+            media_type = "application/octet-stream"
+            body = await run_in_threadpool(
+                viewer_pixels_of, context.store.absolute(storage_path), max_size
             )
         else:
-            png = await run_in_threadpool(preview_png, context.store, storage_path, max_size)
+            body = await run_in_threadpool(preview_png, context.store, storage_path, max_size)
     except PictureUnavailable as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
 
 
 MaxSize = Annotated[
@@ -223,13 +263,14 @@ async def preview(
     study_id: StudyId,
     image_id: ImageId,
     principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     context: ContextDep,
     max_size: MaxSize = DEFAULT_SIZE,
 ) -> Response:
     """The radiograph, through the model's grey chain, as PNG."""
     return await _picture(
-        context, session, principal, study_id, image_id, heatmap=False, max_size=max_size
+        context, reader, session, principal, study_id, image_id, heatmap=False, max_size=max_size
     )
 
 
@@ -242,14 +283,113 @@ async def heatmap(
     study_id: StudyId,
     image_id: ImageId,
     principal: CurrentUser,
+    reader: ReaderDep,
+    session: SessionDep,
+    context: ContextDep,
+    max_size: MaxSize = DEFAULT_SIZE,
+    overlay: Annotated[
+        bool, Query(description="Only the heat colours on a transparent background (RGBA)")
+    ] = False,
+) -> Response:
+    """The radiograph with its Grad-CAM heat map blended in colour, as PNG."""
+    return await _picture(
+        context,
+        reader,
+        session,
+        principal,
+        study_id,
+        image_id,
+        heatmap=True,
+        max_size=max_size,
+        overlay=overlay,
+    )
+
+
+@router.get(
+    "/{study_id}/images/{image_id}/pixels",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The image's modality values and its own window, for window/level "
+            "(format: api/viewer_pixels.py, docs/API.md)",
+        },
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "The values cannot be read from the stored data"},
+    },
+)
+async def pixels(
+    study_id: StudyId,
+    image_id: ImageId,
+    principal: CurrentUser,
+    reader: ReaderDep,
     session: SessionDep,
     context: ContextDep,
     max_size: MaxSize = DEFAULT_SIZE,
 ) -> Response:
-    """The radiograph with its Grad-CAM heat map blended in colour, as PNG."""
+    """The radiograph's values before windowing, quantised to 16 bits, for the viewer."""
     return await _picture(
-        context, session, principal, study_id, image_id, heatmap=True, max_size=max_size
+        context,
+        reader,
+        session,
+        principal,
+        study_id,
+        image_id,
+        heatmap=False,
+        max_size=max_size,
+        values=True,
     )
+
+
+@router.post(
+    "/{study_id}/images/{image_id}/feedback",
+    response_model=FindingFeedbackOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**NOT_FOUND, 403: {"model": ErrorBody, "description": "Feedback comes from people"}},
+)
+def give_finding_feedback(
+    study_id: StudyId,
+    image_id: ImageId,
+    body: FindingFeedbackIn,
+    principal: CurrentUser,
+    reader: ReaderDep,
+    session: SessionDep,
+    context: ContextDep,
+) -> FindingFeedbackOut:
+    """Say whether one of the image's boxes is a fracture, or draw one the model missed."""
+    if principal.kind is not PrincipalKind.USER:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "feedback is given by people, not tokens")
+    study = _study_or_404(reader, session, principal, study_id)
+    instance = reader.get(Instance, image_id)
+    if instance is None or instance.study_id != study.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image in this study")
+    size = _image_size(context, instance) if body.box is not None else None
+    try:
+        feedback = create_feedback(session, instance, principal.id, body, size)
+    except FeedbackRejected as exc:
+        session.rollback()
+        raise unprocessable(exc.field, exc.message) from exc
+    audit.record(
+        session,
+        principal.actor,
+        EventId.PATIENT_RECORD,
+        AuditAction.CREATE,
+        object_type="finding_feedback",
+        object_id=feedback.id,
+        detail=f"{feedback.verdict} finding on image {instance.id} of study {study.id}",
+    )
+    session.commit()
+    return feedback_out(feedback, principal.name)
+
+
+def _image_size(context: ContextDep, instance: Instance) -> tuple[int, int] | None:
+    """``(rows, columns)`` as stored at ingest; the file's header only for an older row.
+
+    Called before the write transaction begins: no file I/O inside it.
+    """
+    if instance.rows is not None and instance.columns is not None:
+        return instance.rows, instance.columns
+    return read_image_size(context.store, instance.storage_path)
 
 
 IdempotencyKey = Annotated[
@@ -291,12 +431,12 @@ def review_study(
     """
     if principal.kind is not PrincipalKind.USER:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "reviews are given by people, not tokens")
-    study = _study_or_404(session, principal, study_id)
+    study = _study_or_404(session, session, principal, study_id)  # a write: all in one
     existing = review_for_key(session, principal.id, idempotency_key) if idempotency_key else None
     if existing is None:
         try:
             review = create_review(
-                session, context.store, study, principal.id, body, idempotency_key=idempotency_key
+                session, study, principal.id, body, idempotency_key=idempotency_key
             )
         except ReviewRejected as exc:
             session.rollback()

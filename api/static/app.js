@@ -1,5 +1,5 @@
-// The review page: log in, worklist, study view with heat map and review buttons.
-// Plain JavaScript, no build step. The access token lives in sessionStorage only; images are
+// The review page: log in, live worklist, study view (viewer.js) with findings and review
+// buttons, one-image upload (upload.js). Plain JavaScript, no build step. The access token lives in sessionStorage only; images are
 // fetched with the Authorization header and shown from blob: URLs, so no token or patient
 // data ever appears in a URL (URLs carry internal ids only).
 "use strict";
@@ -13,11 +13,18 @@ const state = {
   reviewKey: null, // the Idempotency-Key of the review being drafted
   saving: false,
   saved: false,
+  card: null, // the configured model's card (operating points), when it can be read
+  version: null, // the worklist's version last shown
+  worklistIds: [], // the studies of the worklist page last shown, in order (for n / p)
+  polling: false,
+  feedbackSaving: false,
 };
+//: How often the worklist asks whether anything changed (one cheap request, not audited).
+const POLL_MS = 3000;
 const $ = (id) => document.getElementById(id);
 
 function show(view) {
-  for (const id of ["login-view", "worklist-view", "study-view"]) $(id).hidden = id !== view;
+  for (const id of ["login-view", "worklist-view", "study-view", "upload-view"]) $(id).hidden = id !== view;
   $("nav").hidden = view === "login-view";
 }
 
@@ -90,13 +97,106 @@ async function whoami() {
     const me = await response.json();
     $("whoami").textContent = `${me.name} (${me.role})`;
   }
+  await loadCard();
 }
 
-function resultTag(result) {
+async function loadCard() {
+  const response = await api("/api/model");
+  state.card = response.ok ? await response.json() : null;
+  renderLegend();
+}
+
+// Numbers ------------------------------------------------------------------------------------
+
+function threshold(value) {
+  // Three significant digits: 0.066 stays 0.066 (two decimals would say 0.07).
+  return value === null || value === undefined ? "-" : String(Number(value.toPrecision(3)));
+}
+
+function percent(value) {
+  return `${Math.round(value * 100)} %`;
+}
+
+function probability(value) {
+  return value === null || value === undefined ? "-" : value.toFixed(3);
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  const hours = Math.floor(seconds / 3600);
+  return `${hours} h ${Math.round((seconds - hours * 3600) / 60)} min`;
+}
+
+function age(as) {
+  // An Age String (PS3.5 6.2): nnnD, nnnW, nnnM or nnnY.
+  const match = /^(\d{3})([DWMY])$/.exec(as || "");
+  if (!match) return as || "";
+  const unit = { D: "d", W: "wk", M: "mo", Y: "y" }[match[2]];
+  return `${Number(match[1])} ${unit}`;
+}
+
+// Operating points ---------------------------------------------------------------------------
+
+function cardPoint(name) {
+  return state.card ? state.card.operating_points.find((point) => point.name === name) || null : null;
+}
+
+function pointLine(name) {
+  const point = cardPoint(name);
+  const numbers = point
+    ? ` (threshold ${threshold(point.threshold)}; on validation data sensitivity ${percent(point.sensitivity)}, specificity ${percent(point.specificity)})`
+    : "";
+  if (name === "high_sensitivity") {
+    return ["High sensitivity", `${numbers}: flags a study when any image reaches it; misses few fractures but raises more false alarms. Its boxes are dashed.`];
+  }
+  return ["High specificity", `${numbers}: flags only strong findings; few false alarms, but misses more fractures. Its boxes are solid.`];
+}
+
+function renderLegend() {
+  const list = $("op-legend");
+  list.replaceChildren();
+  for (const name of ["high_sensitivity", "high_specificity"]) {
+    const [title, rest] = pointLine(name);
+    const item = document.createElement("li");
+    item.id = `legend-${name}`;
+    const strong = document.createElement("strong");
+    strong.textContent = title;
+    item.append(strong, rest);
+    list.appendChild(item);
+  }
+}
+
+function sensitivePositive(result) {
+  if (result.positive_high_sensitivity !== null && result.positive_high_sensitivity !== undefined) {
+    return result.positive_high_sensitivity;
+  }
+  return result.operating_point === "high_sensitivity" ? result.positive : null;
+}
+
+function explanation(sensitive, specific) {
+  if (sensitive && specific) return "Positive at both operating points: a strong finding.";
+  if (sensitive) {
+    return "Positive at high sensitivity only: a weaker finding. Look closely; false alarms are common at this level.";
+  }
+  if (sensitive === false) return "Below the high-sensitivity threshold: nothing the model is tuned to catch.";
+  return "";
+}
+
+
+function resultTag(item) {
   const span = document.createElement("span");
-  if (!result || result.positive === null) {
+  const result = item.result;
+  if (item.not_applicable_reason) {
+    span.className = "tag na";
+    span.textContent = "not applicable";
+  } else if (!result || result.positive === null) {
     span.className = "tag none";
     span.textContent = "no result";
+  } else if (result.positive && result.positive_high_specificity) {
+    span.className = "tag sure";
+    span.textContent = "positive · both";
   } else {
     span.className = `tag ${result.positive ? "positive" : "negative"}`;
     span.textContent = result.positive ? "positive" : "negative";
@@ -104,46 +204,97 @@ function resultTag(result) {
   return span;
 }
 
-async function loadWorklist() {
-  show("worklist-view");
-  const params = new URLSearchParams({ limit: state.limit, offset: state.offset });
+function pointCell(value) {
+  const span = document.createElement("span");
+  if (value === null || value === undefined) span.textContent = "-";
+  else {
+    span.className = value ? "pos" : "neg";
+    span.textContent = value ? "pos" : "neg";
+  }
+  return span;
+}
+
+function worklistParams(limit, offset) {
+  const params = new URLSearchParams({ limit, offset });
   for (const [key, value] of new FormData($("filters"))) if (value) params.set(key, value);
-  const response = await api(`/api/studies?${params}`);
+  return params;
+}
+
+function worklistRow(item, fresh) {
+  const row = document.createElement("tr");
+  row.dataset.studyId = item.id;
+  if (fresh) row.classList.add("fresh");
+  const result = item.result;
+  const hasProbability = Boolean(result && result.probability !== null);
+  const cells = [
+    [resultTag(item)],
+    item.not_applicable_reason ? [item.not_applicable_reason, "reason"]
+      : [hasProbability ? probability(result.probability) : "-"],
+    [hasProbability ? pointCell(sensitivePositive(result)) : "-"],
+    [hasProbability ? pointCell(result.positive_high_specificity) : "-"],
+    [text(item.accession_number)],
+    [`${personName(item.patient_name)} · ${text(item.patient_id)}`],
+    [[item.patient_sex, age(item.patient_age)].filter(Boolean).join(" · ") || "-"],
+    [text(item.study_description), "wrap"],
+    [item.body_parts.join(", ") || "-"],
+    [formatTime(item.first_received_at).slice(0, 16)],
+    [duration(item.turnaround_s)],
+    [item.latest_review ? `${item.latest_review.verdict} (${item.latest_review.reviewer})` : "open"],
+  ];
+  for (const [cell, className] of cells) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (cell instanceof Node) td.appendChild(cell);
+    else td.textContent = cell;
+    row.appendChild(td);
+  }
+  row.addEventListener("click", () => { location.hash = `#/studies/${item.id}`; });
+  return row;
+}
+
+async function worklistVersion() {
+  const response = await api("/api/studies/version");
+  return response.ok ? (await response.json()).version : null;
+}
+
+async function loadWorklist({ quiet = false } = {}) {
+  // A quiet reload (a poll found news) keeps the reader's filters, page and scroll position.
+  const version = await worklistVersion();
+  const response = await api(`/api/studies?${worklistParams(state.limit, state.offset)}`);
   if (!response.ok) {
     message(await errorText(response));
     return;
   }
   const page = await response.json();
+  state.version = version;
   state.total = page.total;
+  const known = new Set(state.worklistIds);
+  state.worklistIds = page.items.map((item) => item.id);
+  const scroller = $("worklist-scroll");
+  const top = scroller.scrollTop;
   const body = $("worklist").querySelector("tbody");
-  body.replaceChildren();
-  for (const item of page.items) {
-    const row = document.createElement("tr");
-    row.dataset.studyId = item.id;
-    const cells = [
-      resultTag(item.result),
-      item.result && item.result.probability !== null ? item.result.probability.toFixed(2) : "-",
-      personName(item.patient_name),
-      text(item.patient_id),
-      formatDate(item.study_date),
-      item.body_parts.join(", ") || "-",
-      String(item.n_images),
-      item.status,
-      item.latest_review ? `${item.latest_review.verdict} (${item.latest_review.reviewer})` : "open",
-    ];
-    for (const cell of cells) {
-      const td = document.createElement("td");
-      if (cell instanceof Node) td.appendChild(cell);
-      else td.textContent = cell;
-      row.appendChild(td);
-    }
-    row.addEventListener("click", () => { location.hash = `#/studies/${item.id}`; });
-    body.appendChild(row);
-  }
+  body.replaceChildren(...page.items.map((item) => worklistRow(item, quiet && !known.has(item.id))));
+  scroller.scrollTop = top;
   const last = Math.min(state.offset + page.items.length, page.total);
   $("worklist-count").textContent = `${page.total ? state.offset + 1 : 0}-${last} of ${page.total}`;
   $("prev-page").disabled = state.offset === 0;
   $("next-page").disabled = state.offset + state.limit >= page.total;
+  $("live").textContent = `live · updated ${formatTime(new Date().toISOString()).slice(11)}`;
+}
+
+async function pollWorklist() {
+  if (!state.token || $("worklist-view").hidden || state.polling) return;
+  state.polling = true;
+  try {
+    const version = await worklistVersion();
+    if (version !== null && version !== state.version && !$("worklist-view").hidden) {
+      await loadWorklist({ quiet: true });
+    }
+  } catch (error) {
+    $("live").textContent = `not live: ${error.message}`;
+  } finally {
+    state.polling = false;
+  }
 }
 
 function newSelection() {
@@ -194,14 +345,15 @@ function clearViewer() {
   setImageSource($("radiograph"), null);
   setImageSource($("heatmap"), null);
   $("radiograph").hidden = false;
-  $("radiograph").style.width = "";
   $("placeholder").hidden = true;
   $("placeholder").textContent = "";
   $("heatmap-toggle").disabled = true;
   $("heatmap-toggle").checked = false;
   state.image = null;
+  resetViewer();
   clearLocation();
   applyHeatmap();
+  renderFindings();
 }
 
 function showPlaceholder(image, reason) {
@@ -216,6 +368,7 @@ function showPlaceholder(image, reason) {
   }
   $("placeholder").textContent = lines.join(" ");
   $("placeholder").hidden = false;
+  resetViewer();
   $("heatmap-toggle").disabled = true;
   $("heatmap-toggle").checked = false;
   applyHeatmap();
@@ -229,15 +382,18 @@ async function showImage(image) {
   for (const button of $("thumbs").children) {
     button.classList.toggle("active", Number(button.dataset.imageId) === image.id);
   }
+  renderFindings();
   try {
-    setImageSource($("radiograph"), await blobUrl(image.preview_url, selection), image);
+    const preview = `${image.preview_url}?max_size=${PICTURE_SIZE}`;
+    setImageSource($("radiograph"), await blobUrl(preview, selection), image);
   } catch (error) {
     if (!isDropped(error)) showPlaceholder(image, error.message);
     return;
   }
   if (image.heatmap_url) {
     try {
-      setImageSource($("heatmap"), await blobUrl(image.heatmap_url, selection), image);
+      const overlay = `${image.heatmap_url}?overlay=true&max_size=${PICTURE_SIZE}`;
+      setImageSource($("heatmap"), await blobUrl(overlay, selection), image);
       $("heatmap-toggle").disabled = false;
       $("heatmap-toggle").checked = state.heatmapWanted;
     } catch (error) {
@@ -247,15 +403,12 @@ async function showImage(image) {
     }
   }
   applyHeatmap();
-}
-
-function fitImage() {
-  // Small radiographs are enlarged, large ones shrunk, to fill the viewer without scrolling.
-  const img = $("radiograph");
-  if (!img.naturalWidth) return;
-  const room = $("stage").parentElement.clientWidth;
-  const scale = Math.min(room / img.naturalWidth, (0.74 * window.innerHeight) / img.naturalHeight);
-  img.style.width = `${Math.floor(img.naturalWidth * scale)}px`;
+  try {
+    await loadValues(image, selection);
+  } catch (error) {
+    // Without the values the preview stays, at the image's own window.
+    if (!isDropped(error)) $("wl-readout").textContent = "window/level unavailable";
+  }
 }
 
 function applyHeatmap() {
@@ -394,26 +547,43 @@ function renderResult(study) {
   const headline = $("ai-result");
   const details = $("ai-details");
   details.replaceChildren();
-  if (!result || result.positive === null) {
+  $("ai-explain").textContent = "";
+  const rows = [];
+  if (study.not_applicable_reason) {
+    headline.textContent = "Not applicable";
+    headline.className = "result na";
+    $("ai-explain").textContent = `No fracture probability: ${study.not_applicable_reason}.`;
+  } else if (!result || result.positive === null) {
     headline.textContent = "No AI result";
     headline.className = "result";
   } else {
     headline.textContent = result.positive ? "Fracture suspected" : "No fracture found";
     headline.className = `result ${result.positive ? "positive" : "negative"}`;
-    const rows = [
-      ["Probability", result.probability === null ? "-" : result.probability.toFixed(3)],
-      ["Operating point", `${result.operating_point.replace("_", " ")} (threshold ${result.threshold.toFixed(2)})`],
-      ["High specificity", result.positive_high_specificity ? "positive" : "negative"],
-      ["Model", `${result.model_name} ${result.model_version}`],
-      ["Images", String(result.n_images)],
-    ];
-    for (const [term, value] of rows) {
-      const dt = document.createElement("dt");
-      dt.textContent = term;
-      const dd = document.createElement("dd");
-      dd.textContent = value;
-      details.append(dt, dd);
-    }
+    const sensitive = sensitivePositive(result);
+    $("ai-explain").textContent = explanation(sensitive, result.positive_high_specificity);
+    const sameModel = Boolean(state.card && state.card.name === result.model_name
+      && state.card.version === result.model_version);
+    const limit = (name) => {
+      if (name === result.operating_point) return ` (≥ ${threshold(result.threshold)})`;
+      const point = sameModel ? cardPoint(name) : null;
+      return point ? ` (≥ ${threshold(point.threshold)})` : "";
+    };
+    const verdict = (value) => (value === null || value === undefined ? "-" : value ? "positive" : "negative");
+    rows.push(
+      ["Probability", probability(result.probability)],
+      [`High sensitivity${limit("high_sensitivity")}`, verdict(sensitive)],
+      [`High specificity${limit("high_specificity")}`, verdict(result.positive_high_specificity)],
+      ["Operating point", result.operating_point.replace("_", " ")],
+      ["Model", `${result.model_name} ${result.model_version} · ${result.n_images} image${result.n_images === 1 ? "" : "s"}`],
+      ["Turnaround", duration(study.turnaround_s)],
+    );
+  }
+  for (const [term, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    details.append(dt, dd);
   }
   updateReviewButtons();
   renderReviews(study);
@@ -435,7 +605,7 @@ function clearStudy() {
   state.saving = false;
   state.saved = false;
   clearViewer();
-  for (const id of ["study-title", "study-meta", "ai-result", "review-state", "deliveries"]) {
+  for (const id of ["study-title", "study-meta", "ai-result", "ai-explain", "review-state", "deliveries"]) {
     $(id).textContent = "";
   }
   for (const id of ["ai-details", "review-history", "thumbs"]) $(id).replaceChildren();
@@ -464,16 +634,17 @@ async function loadStudy(id) {
   state.study = study;
   state.reviewKey = newKey();
   $("study-title").textContent = personName(study.patient_name);
-  $("study-meta").textContent = [study.patient_id, formatDate(study.study_date), study.study_description,
-    study.body_parts.join(", ")].filter(Boolean).join(" · ");
+  $("study-meta").textContent = [study.patient_id, [study.patient_sex, age(study.patient_age)].filter(Boolean).join(" "),
+    study.accession_number ? `Acc. ${study.accession_number}` : "", formatDate(study.study_date),
+    study.study_description, study.body_parts.join(", ")].filter(Boolean).join(" · ");
   renderResult(study);
   const thumbs = $("thumbs");
   study.images.forEach((image, index) => {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.imageId = image.id;
-    const probability = image.result ? ` · ${image.result.probability.toFixed(2)}` : "";
-    button.textContent = `Image ${index + 1}${probability}`;
+    const shown = image.result ? ` · ${probability(image.result.probability)}` : "";
+    button.textContent = `Image ${index + 1}${shown}`;
     button.addEventListener("click", () => showImage(image));
     thumbs.appendChild(button);
   });
@@ -548,26 +719,168 @@ function route() {
     clearStudy();
   }
   if (match) loadStudy(Number(match[1])).catch((error) => message(error.message));
-  else loadWorklist().catch((error) => message(error.message));
+  else if (location.hash === "#/upload") show("upload-view");
+  else {
+    show("worklist-view");
+    loadWorklist().catch((error) => message(error.message));
+  }
+}
+
+// Findings -----------------------------------------------------------------------------------
+
+function pointsText(region) {
+  return isSolid(region) ? "high specificity (solid)" : "high sensitivity only (dashed)";
+}
+
+function findingButton(image, index, verdict) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = verdict === "correct" ? "right" : "wrong";
+  button.textContent = verdict === "correct" ? "Right" : "Wrong";
+  button.title = verdict === "correct" ? "This box is a fracture" : "This box is not a fracture";
+  button.disabled = state.feedbackSaving;
+  button.addEventListener("click", () => sendFeedback(image, { verdict, region_index: index }));
+  return button;
+}
+
+function renderFindings() {
+  const list = $("findings");
+  list.replaceChildren();
+  const image = state.image;
+  const regions = regionsOf(image);
+  const empty = $("findings-empty");
+  empty.hidden = !image || regions.length > 0;
+  empty.textContent = !image ? "" : !image.result ? "No AI result for this image." : "The model boxed nothing on this image.";
+  $("mark-missed").disabled = !image || !image.columns || state.feedbackSaving;
+  regions.forEach((region, index) => {
+    const item = document.createElement("li");
+    item.dataset.regionIndex = index;
+    item.classList.toggle("selected", viewer.selectedRegion === index);
+    const what = document.createElement("span");
+    what.className = "what";
+    what.textContent = `${index + 1} · probability ${probability(region.probability)} · `;
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = pointsText(region);
+    what.appendChild(kind);
+    what.addEventListener("click", () => selectRegion(index));
+    const given = document.createElement("span");
+    given.className = "given";
+    const verdicts = (image.feedback || []).filter((f) => f.region_index === index);
+    if (verdicts.length) {
+      const latest = verdicts[verdicts.length - 1];
+      given.textContent = `${latest.verdict === "correct" ? "right" : "wrong"} (${latest.reviewer})`;
+    }
+    item.append(what, findingButton(image, index, "correct"), findingButton(image, index, "wrong"), given);
+    list.appendChild(item);
+  });
+  for (const feedback of (image && image.feedback) || []) {
+    if (feedback.verdict !== "missed") continue;
+    const item = document.createElement("li");
+    item.className = "missed";
+    const b = feedback.box;
+    item.textContent = `Missed fracture drawn by ${feedback.reviewer}: x ${Math.round(b.x0)}-${Math.round(b.x1)}, y ${Math.round(b.y0)}-${Math.round(b.y1)}`;
+    list.appendChild(item);
+  }
+}
+
+async function sendFeedback(image, body) {
+  const study = state.study;
+  if (!study || !image || state.feedbackSaving) return;
+  state.feedbackSaving = true; // one at a time: the buttons lock until the answer is in
+  renderFindings();
+  let response;
+  try {
+    response = await api(`/api/studies/${study.id}/images/${image.id}/feedback`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+  } catch (error) {
+    message(`The feedback was not confirmed (${error.message}).`);
+    return;
+  } finally {
+    state.feedbackSaving = false;
+    if (state.image === image) renderFindings();
+  }
+  if (!response.ok) {
+    message(await errorText(response));
+    return;
+  }
+  const saved = await response.json();
+  image.feedback = [...(image.feedback || []), saved];
+  if (state.image !== image) return; // the reader moved on; it is stored
+  const what = saved.verdict === "missed" ? "missed fracture recorded"
+    : `box ${saved.region_index + 1} marked ${saved.verdict === "correct" ? "right" : "wrong"}`;
+  message(`Feedback saved: ${what}.`, true);
+  renderFindings();
+  renderBoxes();
+}
+
+// Keyboard and study navigation --------------------------------------------------------------
+
+async function ensureWorklistIds() {
+  if (state.study && state.worklistIds.includes(state.study.id)) return;
+  const response = await api(`/api/studies?${worklistParams(500, 0)}`);
+  if (response.ok) state.worklistIds = (await response.json()).items.map((item) => item.id);
+}
+
+async function goToStudy(step) {
+  if (!state.study) return;
+  await ensureWorklistIds();
+  const at = state.worklistIds.indexOf(state.study.id);
+  const next = at < 0 ? state.worklistIds[0] : state.worklistIds[at + step];
+  if (next === undefined) {
+    message(step > 0 ? "This is the last study of the worklist." : "This is the first study of the worklist.");
+    return;
+  }
+  location.hash = `#/studies/${next}`;
+}
+
+function onKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+  if ($("study-view").hidden) return;
+  const press = (id) => { if (!$(id).disabled) $(id).click(); };
+  const actions = {
+    n: () => goToStudy(1),
+    p: () => goToStudy(-1),
+    a: () => press("agree"),
+    d: () => press("disagree"),
+    f: fitViewer,
+    i: () => { $("wl-invert").checked = !$("wl-invert").checked; toggleInvert(); },
+    h: () => press("heatmap-toggle"),
+    Escape: () => setDrawMissed(false),
+  };
+  const action = actions[event.key];
+  if (!action) return;
+  event.preventDefault();
+  Promise.resolve(action()).catch((error) => message(error.message));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", () => logout());
   $("filters").addEventListener("submit", (event) => { event.preventDefault(); state.offset = 0; loadWorklist(); });
+  for (const id of ["filter-result", "filter-reviewed", "filter-sort"]) {
+    $(id).addEventListener("change", () => { state.offset = 0; loadWorklist(); });
+  }
   $("prev-page").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadWorklist(); });
   $("next-page").addEventListener("click", () => { state.offset += state.limit; loadWorklist(); });
-  $("radiograph").addEventListener("load", fitImage);
-  window.addEventListener("resize", fitImage);
+  wireViewer();
+  wireUpload();
   $("heatmap-toggle").addEventListener("change", toggleHeatmap);
   $("heatmap-opacity").addEventListener("input", applyHeatmap);
-  $("stage").addEventListener("click", markLocation);
   $("agree").addEventListener("click", () => submitReview("agree"));
   $("disagree").addEventListener("click", () => submitReview("disagree"));
   $("clear-location").addEventListener("click", () => { clearLocation(); draftChanged(); });
   $("review-comment").addEventListener("input", draftChanged);
   $("review-again").addEventListener("click", reviewAgain);
+  $("prev-study").addEventListener("click", () => goToStudy(-1).catch((error) => message(error.message)));
+  $("next-study").addEventListener("click", () => goToStudy(1).catch((error) => message(error.message)));
+  document.addEventListener("keydown", onKey);
   window.addEventListener("hashchange", route);
+  setInterval(pollWorklist, POLL_MS);
+  renderLegend();
   state.token = sessionStorage.getItem("fg-token");
   if (state.token) whoami().catch(() => {});
   route();

@@ -234,6 +234,8 @@ def seed_study(
                 sop_class_uid=str(ds.SOPClassUID),
                 transfer_syntax_uid=ExplicitVRLittleEndian,
                 instance_number=number + 1,
+                rows=rows,
+                columns=columns,
                 storage_path=str(path.relative_to(world.store.root)),
                 sha256=digest,
                 size_bytes=path.stat().st_size,

@@ -35,6 +35,17 @@ def test_defaults_match_the_documentation(tmp_path: Path) -> None:
     assert settings.storage_folder == tmp_path / "fracture-gateway-data" / "storage"
     assert settings.grouping.quiet_period_s == 10
     assert settings.node.duplicate_policy is DuplicatePolicy.KEEP_FIRST
+    assert settings.node.maximum_pdu_size == 1024 * 1024
+    assert settings.node.artim_timeout == 5
+    assert (settings.node.max_pending, settings.node.max_pending_per_peer) == (128, 16)
+
+
+def test_unlimited_pdu_size_is_refused() -> None:
+    """0 would mean "any length": a peer could make the node read gigabytes into memory."""
+    with pytest.raises(ValidationError, match="0 \\(unlimited\\) is not allowed"):
+        Settings(node={"maximum_pdu_size": 0})
+    with pytest.raises(ValidationError, match="greater than or equal to 4096"):
+        Settings(node={"maximum_pdu_size": 1000})
 
 
 def test_home_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -61,6 +72,8 @@ def test_toml_file_and_environment_precedence(
         '[node]\nport = 5000\nae_title = "FROMTOML"\n'
         '[[node.known_sources]]\nae_title = "PACS1"\nhost = "10.0.0.5"\n'
         '[[destinations]]\nname = "pacs"\nae_title = "PACS1"\nhost = "10.0.0.5"\nport = 104\n'
+        '[[destinations]]\nname = "viewer"\nae_title = "VIEW"\nhost = "10.0.0.6"\nport = 104\n'
+        'objects = ["sr", "sc", "gsps"]\n'
     )
     monkeypatch.setenv("FRACTURE_GATEWAY_CONFIG", str(config))
     monkeypatch.setenv("FRACTURE_GATEWAY_NODE__PORT", "6000")
@@ -69,12 +82,26 @@ def test_toml_file_and_environment_precedence(
     assert settings.node.port == 6000  # the environment wins over the file
     assert settings.node.known_sources[0].host == "10.0.0.5"
     assert settings.destinations[0].port == 104
+    assert settings.destinations[0].objects == ["sr", "sc"]  # the default: SR and SCs
+    assert settings.destinations[1].objects == ["sr", "sc", "gsps"]
+
+
+def test_destination_objects_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "FRACTURE_GATEWAY_DESTINATIONS",
+        '[{"name": "viewer", "ae_title": "VIEW", "host": "10.0.0.6", "port": 104,'
+        ' "objects": ["gsps"]}]',
+    )
+    assert load_settings().destinations[0].objects == ["gsps"]
 
 
 def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRACTURE_GATEWAY_CONFIG", "/nonexistent/gw.toml")
     with pytest.raises(FileNotFoundError, match=r"/nonexistent/gw\.toml"):
         load_settings()
+
+
+DESTINATION = {"name": "pacs", "ae_title": "PACS1", "host": "10.0.0.5", "port": 104}
 
 
 @pytest.mark.parametrize(
@@ -86,6 +113,9 @@ def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         ({"node": {"known_sources": [{"ae_title": "X", "host": "not-an-ip"}]}}, "not-an-ip"),
         ({"routing": [{"when": "always", "destinations": ["nowhere"]}]}, "unknown destinations"),
         ({"api": {"environment": "production"}}, "secret_key"),
+        ({"destinations": [{**DESTINATION, "objects": ["pdf"]}]}, "'sr', 'sc' or 'gsps'"),
+        ({"destinations": [{**DESTINATION, "objects": ["sr", "sr"]}]}, "more than once"),
+        ({"destinations": [{**DESTINATION, "objects": []}]}, "at least 1 item"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_bad_value(
@@ -128,3 +158,26 @@ def test_config_show_reports_invalid_configuration(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 2
     assert "configuration error" in result.output
+
+
+def test_tls_settings_must_be_complete(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.certificate"):
+        Settings(node={"tls": {"enabled": True}})
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(node={"tls": {"certificate": str(pem)}})
+    with pytest.raises(ValidationError, match=r"needs node\.tls\.ca_certificates"):
+        Settings(node={"tls": {"enabled": True, "certificate": str(pem), "private_key": str(pem)}})
+    with pytest.raises(ValidationError, match="minimum_version"):
+        Settings(node={"tls": {"minimum_version": "1.1"}})
+    ok = Settings(
+        node={
+            "tls": {
+                "enabled": True,
+                "certificate": str(pem),
+                "private_key": str(pem),
+                "require_client_certificate": False,
+            }
+        }
+    )
+    assert ok.node.tls.minimum_version == "1.2"

@@ -115,7 +115,7 @@ def test_claim_complete_and_nothing_claimed_twice(
     assert claimed is not None
     assert claimed.attempt == 1
     assert jobs.claim_next(sessions, lease_s=60) is None  # leased
-    jobs.complete(sessions, claimed.id)
+    assert jobs.complete(sessions, claimed)
     assert jobs.queue_depths(sessions)["done"] == 1
 
 
@@ -166,7 +166,7 @@ def test_backoff_delays_the_next_attempt(sessions: sessionmaker[Session], tmp_pa
     claimed = jobs.claim_next(sessions, lease_s=60)
     assert claimed is not None
     before = utcnow()
-    jobs.fail(sessions, claimed.id, "boom", base_s=30, max_s=600)
+    jobs.fail(sessions, claimed, "boom", base_s=30, max_s=600)
     with sessions() as session:
         job = session.scalars(select(Job)).one()
         assert job.next_run_at >= before + timedelta(seconds=29)

@@ -108,7 +108,7 @@ def test_retry_backs_off_exponentially_then_dead_letters(db: ResultsDb) -> None:
         assert delivery.attempt == attempt
         state = record_outcome(
             db.sessions,
-            delivery.outbox_id,
+            delivery,
             DeliveryOutcome.RETRY,
             SETTINGS,
             error="refused",
@@ -123,7 +123,7 @@ def test_retry_backs_off_exponentially_then_dead_letters(db: ResultsDb) -> None:
     assert delays == [10.0, 20.0]
     (delivery,) = claim_due(db.sessions, limit=1, lease_s=60, now=now)
     state = record_outcome(
-        db.sessions, delivery.outbox_id, DeliveryOutcome.RETRY, SETTINGS, error="refused", now=now
+        db.sessions, delivery, DeliveryOutcome.RETRY, SETTINGS, error="refused", now=now
     )
     assert state is OutboxState.DEAD_LETTER
     (view,) = list_outbox(db.sessions)
@@ -139,7 +139,7 @@ def test_backoff_is_capped(db: ResultsDb) -> None:
     delays = []
     for _ in range(5):
         (delivery,) = claim_due(db.sessions, limit=1, lease_s=60, now=now)
-        record_outcome(db.sessions, delivery.outbox_id, DeliveryOutcome.RETRY, settings, now=now)
+        record_outcome(db.sessions, delivery, DeliveryOutcome.RETRY, settings, now=now)
         with db.sessions() as session:
             due = session.get_one(OutboxEntry, delivery.outbox_id).next_attempt_at
         delays.append((due - now).total_seconds())
@@ -151,9 +151,7 @@ def test_too_old_rows_become_dead_letters(db: ResultsDb) -> None:
     add_results(db, 1, ["pacs"])
     later = utcnow() + timedelta(seconds=SETTINGS.max_age_s + 1)
     (delivery,) = claim_due(db.sessions, limit=1, lease_s=60, now=later)
-    state = record_outcome(
-        db.sessions, delivery.outbox_id, DeliveryOutcome.RETRY, SETTINGS, now=later
-    )
+    state = record_outcome(db.sessions, delivery, DeliveryOutcome.RETRY, SETTINGS, now=later)
     assert state is OutboxState.DEAD_LETTER
 
 
@@ -162,7 +160,7 @@ def test_permanent_failure_is_a_dead_letter_at_once(db: ResultsDb) -> None:
     (delivery,) = claim_due(db.sessions, limit=1, lease_s=60)
     state = record_outcome(
         db.sessions,
-        delivery.outbox_id,
+        delivery,
         DeliveryOutcome.DEAD_LETTER,
         SETTINGS,
         status=StoreResponseStatus.CANNOT_UNDERSTAND,
@@ -176,7 +174,7 @@ def test_permanent_failure_is_a_dead_letter_at_once(db: ResultsDb) -> None:
 def test_delivered_rows_are_sent(db: ResultsDb) -> None:
     add_results(db, 1, ["pacs"])
     (delivery,) = claim_due(db.sessions, limit=1, lease_s=60)
-    record_outcome(db.sessions, delivery.outbox_id, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
+    record_outcome(db.sessions, delivery, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
     (view,) = list_outbox(db.sessions, OutboxState.SENT)
     assert view.sent_at is not None
     assert view.last_status == 0
@@ -241,10 +239,8 @@ def test_outcome_for_a_row_settled_by_another_sender_is_ignored(db: ResultsDb) -
     now = utcnow()
     (slow,) = claim_due(db.sessions, limit=1, lease_s=1, now=now)
     (fast,) = claim_due(db.sessions, limit=1, lease_s=60, now=now + timedelta(seconds=2))
-    record_outcome(db.sessions, fast.outbox_id, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
-    state = record_outcome(
-        db.sessions, slow.outbox_id, DeliveryOutcome.RETRY, SETTINGS, error="timeout"
-    )
+    record_outcome(db.sessions, fast, DeliveryOutcome.DELIVERED, SETTINGS, status=0)
+    state = record_outcome(db.sessions, slow, DeliveryOutcome.RETRY, SETTINGS, error="timeout")
     assert state is OutboxState.SENT
     (view,) = list_outbox(db.sessions)
     assert (view.state, view.last_error) == (OutboxState.SENT, None)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from config.settings import OutboxSettings
 from db.engine import make_engine
-from db.migrate import current_revisions, upgrade
+from db.migrate import is_applied, upgrade
 from db.results import OutboxState
 from dicom_node.outbox import (
     DeliveryOutcome,
@@ -79,7 +79,7 @@ def test_migration_creates_results_tables_and_downgrades(postgres_url: str) -> N
     engine = make_engine(postgres_url)
     try:
         upgrade(engine)
-        assert "0002_results" in current_revisions(engine)
+        assert is_applied(engine, "0002_results")
         tables = set(inspect(engine).get_table_names())
         assert {"result_objects", "outbox"} <= tables
         uniques = {u["name"] for u in inspect(engine).get_unique_constraints("outbox")}
@@ -88,7 +88,7 @@ def test_migration_creates_results_tables_and_downgrades(postgres_url: str) -> N
         command.downgrade(alembic_config(engine), "0001_ingest")
         assert not {"result_objects", "outbox"} & set(inspect(engine).get_table_names())
         upgrade(engine)
-        assert "0002_results" in current_revisions(engine)
+        assert is_applied(engine, "0002_results")
     finally:
         engine.dispose()
 
@@ -100,8 +100,8 @@ def test_outbox_queue_on_postgres(db: ResultsDb) -> None:
     second = claim_due(db.sessions, limit=2, lease_s=60)
     assert len(first) == 2
     assert len(second) == 1
-    record_outcome(db.sessions, first[0].outbox_id, DeliveryOutcome.DELIVERED, settings, status=0)
-    record_outcome(db.sessions, first[1].outbox_id, DeliveryOutcome.RETRY, settings, error="x")
+    record_outcome(db.sessions, first[0], DeliveryOutcome.DELIVERED, settings, status=0)
+    record_outcome(db.sessions, first[1], DeliveryOutcome.RETRY, settings, error="x")
     states = {v.id: v.state for v in list_outbox(db.sessions)}
     assert states[first[0].outbox_id] is OutboxState.SENT
     assert states[first[1].outbox_id] is OutboxState.DEAD_LETTER

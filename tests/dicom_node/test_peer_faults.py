@@ -1,4 +1,4 @@
-"""A misbehaving peer is logged as one-line warnings, never with a traceback; a closed port is
+"""A misbehaving peer is logged in one line, never with a traceback; a closed port is
 reported as "connection refused", not as an aborted association."""
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 VERIFICATION = b"1.2.840.10008.1.1"
 WAIT_S = 15.0
+#: The logger of the gate that reads and checks the A-ASSOCIATE-RQ before pynetdicom does.
+GATE = "dicom_node.transport"
 
 
 def _item(item_type: int, body: bytes) -> bytes:
@@ -67,6 +69,11 @@ def wait_for(condition: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
+def gate_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What the gate that reads the A-ASSOCIATE-RQ before pynetdicom logged."""
+    return [r for r in caplog.records if r.name == GATE]
+
+
 def peer_faults(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in pynetdicom_records(caplog) if "peer fault" in r.getMessage()]
 
@@ -85,18 +92,22 @@ def caplog_warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixtur
     return caplog
 
 
-def test_tcp_reset_mid_pdu_is_one_warning(
+def test_tcp_reset_mid_association_request_is_one_line(
     node: Service, caplog_warnings: pytest.LogCaptureFixture
 ) -> None:
+    """The gate reads the A-ASSOCIATE-RQ itself (:mod:`dicom_node.transport`): a peer that
+    vanishes in the middle of it is one INFO line, and pynetdicom never sees the connection."""
+    caplog_warnings.set_level(logging.INFO, logger=GATE)
     connection = socket.create_connection(("127.0.0.1", node.dicom_port))
     connection.sendall(b"\x01\x00" + struct.pack(">L", 1000) + bytes(10))  # PDU cut short
     reset(connection)
-    wait_for(lambda: bool(peer_faults(caplog_warnings)))
-    [fault] = peer_faults(caplog_warnings)
-    assert fault == (
-        "peer fault: Connection closed before the entire PDU was received: "
-        "ConnectionResetError: [Errno 104] Connection reset by peer"
+    wait_for(lambda: bool(gate_lines(caplog_warnings)))
+    [line] = gate_lines(caplog_warnings)
+    assert line.levelno == logging.INFO
+    assert line.getMessage() == (
+        "connection from 127.0.0.1 failed before admission: [Errno 104] Connection reset by peer"
     )
+    assert pynetdicom_records(caplog_warnings) == []
     assert_no_tracebacks(caplog_warnings)
 
 
@@ -119,31 +130,40 @@ def test_overlong_uid_in_the_association_request_is_one_warning(
     overlong = b"1.2.840.10008.5.1.4.1.1.1." + b"1" * 60  # 86 characters; 64 at most
     with socket.create_connection(("127.0.0.1", node.dicom_port)) as connection:
         connection.sendall(associate_rq(overlong))
-        wait_for(lambda: bool(peer_faults(caplog_warnings)))
-    [fault] = peer_faults(caplog_warnings)
-    assert fault.startswith(
-        "peer fault: Unable to decode the received PDU data: ValueError: "
-        "Invalid 'Abstract Syntax Name' value"
+        abort = connection.recv(10)  # the node answers A-ABORT (PS3.8 9.3.8) and closes
+    assert abort[:1] == b"\x07"
+    wait_for(lambda: bool(gate_lines(caplog_warnings)))
+    [line] = gate_lines(caplog_warnings)
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (
+        "association from 127.0.0.1 refused with "
+        "A-ABORT (invalid_pdu_parameter_value): undecodable (ValueError)"
     )
+    assert [r for r in pynetdicom_records(caplog_warnings) if r.levelno >= logging.WARNING] == []
     assert_no_tracebacks(caplog_warnings)
 
 
 @pytest.mark.parametrize(
-    "pdu",
+    ("pdu", "error"),
     [
-        associate_rq(calling=b"\xff\xfe\xc3"),  # an AE title that is not ASCII
-        b"\x01\x00" + struct.pack(">L", 20) + b"\xff" * 20,  # an A-ASSOCIATE-RQ of noise
+        (associate_rq(calling=b"\xff\xfe\xc3"), "ValueError"),  # AE title not ASCII
+        (b"\x01\x00" + struct.pack(">L", 20) + b"\xff" * 20, "ValueError"),  # noise
     ],
     ids=["non-ascii-ae-title", "noise"],
 )
 def test_undecodable_pdu_is_logged_without_tracebacks(
-    node: Service, caplog_warnings: pytest.LogCaptureFixture, pdu: bytes
+    node: Service, caplog_warnings: pytest.LogCaptureFixture, pdu: bytes, error: str
 ) -> None:
     with socket.create_connection(("127.0.0.1", node.dicom_port)) as connection:
         connection.sendall(pdu)
         abort = connection.recv(10)  # the node answers A-ABORT (PS3.8 9.3.8) and closes
     assert abort[:1] == b"\x07"
-    wait_for(lambda: any("Unable to decode" in f for f in peer_faults(caplog_warnings)))
+    wait_for(lambda: bool(gate_lines(caplog_warnings)))
+    [line] = gate_lines(caplog_warnings)
+    assert line.getMessage() == (
+        "association from 127.0.0.1 refused with "
+        f"A-ABORT (invalid_pdu_parameter_value): undecodable ({error})"
+    )
     assert_no_tracebacks(caplog_warnings)
 
 

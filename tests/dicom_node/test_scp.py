@@ -481,7 +481,15 @@ def test_abort_mid_transfer_leaves_nothing_behind(node: Service) -> None:
 def test_study_and_series_rows_group_instances(node: Service) -> None:
     study_uid, series_uid = generate_uid(), generate_uid()
     datasets = [
-        small_dx(StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, InstanceNumber=i)
+        small_dx(
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series_uid,
+            InstanceNumber=i,
+            AccessionNumber="A123",
+            StudyDescription="XR WRIST 2 VIEWS",
+            PatientSex="F",
+            PatientAge="045Y",
+        )
         for i in range(3)
     ]
     assert store_datasets(node.dicom_port, datasets) == [0, 0, 0]
@@ -491,4 +499,7 @@ def test_study_and_series_rows_group_instances(node: Service) -> None:
         study = session.scalars(select(Study)).one()
         assert study.study_instance_uid == study_uid
         assert study.patient_id == "SMALL-1"
+        # What the worklist shows, read from the header at ingest.
+        assert (study.accession_number, study.study_description) == ("A123", "XR WRIST 2 VIEWS")
+        assert (study.patient_sex, study.patient_age) == ("F", "045Y")
         assert len(study.instances) == 3

@@ -92,7 +92,7 @@ def test_classify_then_analyse_a_mixed_study(
         classify(job)
         analyse(job)
         analyse(job)  # a retried attempt replaces, never doubles, the job's rows
-        jobs.complete(service.sessions, job.id)
+        assert jobs.complete(service.sessions, job)
 
     with service.sessions() as session:
         instances = {Path(r.storage_path).stem: r for r in session.scalars(select(Instance)).all()}

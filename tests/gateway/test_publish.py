@@ -6,18 +6,22 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from config.settings import Destination, OutboxSettings, RoutingRule, Settings
-from db.jobs import ClaimedJob
+from config.settings import Destination, OutboxSettings, ResultObjectName, RoutingRule, Settings
+from db import jobs
+from db.base import utcnow
+from db.jobs import ClaimedJob, LeaseLostError
 from db.models import (
     Eligibility,
     ImagePrediction,
@@ -30,14 +34,16 @@ from db.models import (
 from db.results import OutboxEntry, OutboxState, ResultObject, ResultObjectKind
 from dicom_node.outbox import OutboxWorker, list_outbox
 from gateway.heatmaps import save_heatmap
-from gateway.publish import PublishStep
+from gateway.publish import SOP_CLASSES, PublishStep
 from inference.pixels import display_grey
 from inference.preprocess import prepare
+from inference.regions import Region
 from reporting import uids
 from tests.helpers.dcmtk import StoreSCPFactory, storescp_factory
+from tests.helpers.orthanc import Orthanc, orthanc
 from tests.helpers.results_db import ResultsDb, open_results_db
 
-__all__ = ["storescp_factory"]
+__all__ = ["orthanc", "storescp_factory"]
 
 DX_MONOCHROME1 = "highdicom/data/test_files/dx_image.dcm"
 NON_ASCII_NAME = "Müller^Jürgen"
@@ -122,8 +128,9 @@ def record_analysis(
     model: tuple[str, str] = MODEL,
     threshold: float = 0.4,
     high_specificity_threshold: float = 0.8,
+    regions: list[list[Region]] | None = None,
 ) -> ClaimedJob:
-    """Record a job and its predictions as the analysis step does (heat maps included)."""
+    """Record a job and its predictions as the analysis step does (heat maps and regions)."""
     db = study.db
     with db.sessions() as session, session.begin():
         generation = session.scalar(
@@ -134,8 +141,9 @@ def record_analysis(
         session.flush()
         job_id = job.id
     with db.sessions() as session, session.begin():
-        for instance, source, probability in zip(
-            study.instances, study.sources, probabilities, strict=True
+        per_image = regions or [[] for _ in probabilities]
+        for instance, source, probability, boxes in zip(
+            study.instances, study.sources, probabilities, per_image, strict=True
         ):
             prepared = prepare(display_grey(source), 64, crop=False)
             y, x = np.mgrid[0:64, 0:64]
@@ -152,6 +160,7 @@ def record_analysis(
                     heatmap_path=save_heatmap(
                         db.store, job_id, instance.id, heat, prepared.transform
                     ),
+                    regions=[box.to_json() for box in boxes] or None,
                 )
             )
         study_probability = max(probabilities)
@@ -169,7 +178,14 @@ def record_analysis(
                 n_images=len(probabilities),
             )
         )
-    return ClaimedJob(job_id, study.study_id, generation or 0, "analyse_study", 1)
+    return claimed_job(db, job_id)
+
+
+def claimed_job(db: ResultsDb, job_id: int) -> ClaimedJob:
+    """The job, claimed as a worker would claim it (the step checks the claim's token)."""
+    claimed = jobs.claim(db.sessions, job_id, lease_s=600)
+    assert claimed is not None
+    return claimed
 
 
 @pytest.fixture
@@ -270,6 +286,22 @@ def test_delivered_objects_are_not_queued_again(study: AnalysedStudy) -> None:
     assert {v.state for v in list_outbox(db.sessions)} == {OutboxState.SENT}
 
 
+def test_a_worker_whose_lease_lapsed_publishes_nothing(study: AnalysedStudy) -> None:
+    db = study.db
+    stale = record_analysis(study, [0.9, 0.1])
+    with db.sessions() as session, session.begin():  # the stale worker stopped renewing
+        session.execute(
+            update(Job).where(Job.id == stale.id).values(lease_expires_at=utcnow() - timedelta(1))
+        )
+    current = jobs.claim(db.sessions, stale.id, lease_s=600)
+    assert current is not None
+    with pytest.raises(LeaseLostError):
+        make_step(db, ["pacs"])(stale)
+    assert result_rows(db) == []
+    make_step(db, ["pacs"])(current)
+    assert len(result_rows(db)) == 3
+
+
 def test_a_new_model_version_gives_new_objects(study: AnalysedStudy) -> None:
     db = study.db
     step = make_step(db, ["pacs"])
@@ -342,7 +374,7 @@ def test_nothing_is_published_without_analysed_images(study: AnalysedStudy) -> N
             )
         )
         job_id = job.id
-    make_step(db, ["pacs"])(ClaimedJob(job_id, study.study_id, 0, "analyse_study", 1))
+    make_step(db, ["pacs"])(claimed_job(db, job_id))
     assert result_rows(db) == []
 
 
@@ -355,6 +387,162 @@ def test_from_settings_takes_destinations_and_rules(db: ResultsDb, tmp_path: Pat
     step = PublishStep.from_settings(settings, db.sessions, db.store)
     assert step.destinations == ("pacs",)
     assert [r.when for r in step.routing] == ["positive"]
+    assert step.objects_for("pacs") == {ResultObjectKind.SR, ResultObjectKind.SC}
+    assert not step.makes_presentation_states
+
+
+# Presentation states (GSPS) --------------------------------------------------------------------
+GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
+ALL_OBJECTS = frozenset(ResultObjectKind)
+
+#: Suspected fractures on the first image (the DX is 211 x 169): one at both operating points,
+#: one at high sensitivity only. The second image has none.
+FIRST_IMAGE_REGIONS = [
+    Region(100.0, 60.0, 140.0, 100.0, 0.9, 0.9, ("high_sensitivity", "high_specificity")),
+    Region(20.0, 20.0, 50.0, 40.0, 0.5, 0.5, ("high_sensitivity",)),
+]
+
+
+def analyse_with_regions(study: AnalysedStudy) -> ClaimedJob:
+    return record_analysis(study, [0.9, 0.1], regions=[FIRST_IMAGE_REGIONS, []])
+
+
+def test_presentation_states_go_only_where_configured(study: AnalysedStudy) -> None:
+    db = study.db
+    step = PublishStep(
+        db.sessions, db.store, ("viewer", "archive"), objects={"viewer": ALL_OBJECTS}
+    )
+    assert step.objects_for("archive") == {ResultObjectKind.SR, ResultObjectKind.SC}
+    step(analyse_with_regions(study))
+    rows = result_rows(db)
+    kinds = [r.kind for r in rows]
+    assert kinds == [ResultObjectKind.SC] * 2 + [ResultObjectKind.SR, ResultObjectKind.GSPS]
+    (gsps_row,) = (r for r in rows if r.kind is ResultObjectKind.GSPS)
+    first = str(study.sources[0].SOPInstanceUID)
+    assert gsps_row.sop_instance_uid == uids.gsps_instance_uid(study.study_uid, *MODEL, first)
+    assert gsps_row.source_instance_id == study.instances[0].id
+    assert gsps_row.sop_class_uid == GSPS_CLASS
+
+    pairs = outbox_pairs(db)
+    assert (gsps_row.sop_instance_uid, "viewer") in pairs
+    assert (gsps_row.sop_instance_uid, "archive") not in pairs
+    assert len(pairs) == 4 + 3
+
+    gsps = dcmread(db.store.absolute(gsps_row.storage_path))
+    assert gsps.SOPClassUID == GSPS_CLASS
+    assert gsps.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == (
+        first
+    )
+    assert gsps.SpecificCharacterSet == "ISO_IR 192"
+    assert gsps.PatientName == NON_ASCII_NAME
+    layers = {a.GraphicLayer: a for a in gsps.GraphicAnnotationSequence}
+    assert set(layers) == {"HIGH_SPECIFICITY", "HIGH_SENSITIVITY"}
+    (solid,) = layers["HIGH_SPECIFICITY"].GraphicObjectSequence
+    assert list(solid.GraphicData[:2]) == [100.0, 60.0]
+    assert solid.LineStyleSequence[0].LineDashingStyle == "SOLID"
+    (text,) = layers["HIGH_SPECIFICITY"].TextObjectSequence
+    assert text.UnformattedTextValue.endswith("0.90")
+
+
+def test_no_presentation_state_by_default(study: AnalysedStudy) -> None:
+    make_step(study.db, ["pacs"])(analyse_with_regions(study))
+    assert ResultObjectKind.GSPS not in {r.kind for r in result_rows(study.db)}
+
+
+def test_a_destination_can_take_presentation_states_alone(study: AnalysedStudy) -> None:
+    db = study.db
+    step = PublishStep(
+        db.sessions, db.store, ("viewer",), objects={"viewer": frozenset({ResultObjectKind.GSPS})}
+    )
+    job = analyse_with_regions(study)
+    step(job)
+    with db.sessions() as session:
+        queued = session.scalars(
+            select(ResultObject.kind).join(OutboxEntry).where(OutboxEntry.destination == "viewer")
+        ).all()
+    assert queued == [ResultObjectKind.GSPS]
+    step(job)  # a retry: nothing new
+    assert len(outbox_pairs(db)) == 1
+
+
+def test_settings_name_the_objects_each_destination_receives(db: ResultsDb, tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        destinations=[
+            Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
+            Destination(
+                name="viewer", ae_title="VIEW", host="127.0.0.1", port=105, objects=["gsps", "sr"]
+            ),
+        ],
+    )
+    step = PublishStep.from_settings(settings, db.sessions, db.store)
+    assert step.objects_for("pacs") == {ResultObjectKind.SR, ResultObjectKind.SC}
+    assert step.objects_for("viewer") == {ResultObjectKind.GSPS, ResultObjectKind.SR}
+    assert step.makes_presentation_states
+
+
+def test_every_configurable_object_is_a_result_kind() -> None:
+    assert set(get_args(ResultObjectName)) == {kind.value for kind in ResultObjectKind}
+    assert set(SOP_CLASSES) == set(ResultObjectKind)
+
+
+@pytest.mark.integration
+def test_orthanc_stores_the_gsps_with_the_sr_and_scs(
+    study: AnalysedStudy, orthanc: Orthanc
+) -> None:
+    """The real delivery path: publish, the outbox's C-STORE, a real PACS keeping everything."""
+    db = study.db
+    for source in study.sources:  # the PACS holds the originals, as it would
+        buffer = BytesIO()
+        source.save_as(buffer, enforce_file_format=True)
+        assert orthanc.upload(buffer.getvalue())["Status"] == "Success"
+    PublishStep(db.sessions, db.store, ("pacs",), objects={"pacs": ALL_OBJECTS})(
+        analyse_with_regions(study)
+    )
+    worker = OutboxWorker(
+        db.sessions,
+        db.store,
+        [
+            Destination(
+                name="pacs", ae_title=orthanc.ae_title, host="127.0.0.1", port=orthanc.dicom_port
+            )
+        ],
+        OutboxSettings(association_timeout_s=30),
+        calling_ae_title="FRACTUREGW",
+    )
+    assert worker.run_once() == 4
+    assert {v.state for v in list_outbox(db.sessions)} == {OutboxState.SENT}
+
+    (study_id,) = orthanc.get("/studies")
+    instances = orthanc.study_instances(study_id)
+    held = {}
+    for instance in instances:
+        response = orthanc.client.get(f"/instances/{instance['ID']}/file")
+        response.raise_for_status()
+        ds = dcmread(BytesIO(response.content))
+        held[str(ds.SOPInstanceUID)] = ds
+    by_class: dict[str, list[Dataset]] = {}
+    for ds in held.values():
+        by_class.setdefault(str(ds.SOPClassUID), []).append(ds)
+    assert len(held) == 2 + 4
+    assert len(by_class[GSPS_CLASS]) == 1
+    assert len(by_class["1.2.840.10008.5.1.4.1.1.7"]) == 2
+    assert len(by_class["1.2.840.10008.5.1.4.1.1.88.34"]) == 1
+    (gsps,) = by_class[GSPS_CLASS]
+    referenced = gsps.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert referenced.ReferencedSOPInstanceUID in held  # the original it annotates is there
+    assert {orthanc.get(f"/instances/{i['ID']}/patient")["ID"] for i in instances} == {
+        orthanc.get(f"/studies/{study_id}/patient")["ID"]
+    }
+    assert str(gsps.PatientName) == NON_ASCII_NAME
+    tags = orthanc.tags(
+        next(
+            i["ID"]
+            for i in instances
+            if i["MainDicomTags"]["SOPInstanceUID"] == gsps.SOPInstanceUID
+        )
+    )
+    assert tags["Modality"] == "PR"
 
 
 @pytest.mark.integration

@@ -7,6 +7,7 @@ second copy of the same SOP instance shows up as a second file.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import time
 from collections import Counter
@@ -80,11 +81,13 @@ def run_storescp(
     port: int | None = None,
     ae_title: str = "STORESCP",
     extra_args: tuple[str, ...] = (),
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> Iterator[StoreSCP]:
     """Start ``storescp`` on loopback (a free port unless given) and stop it on exit.
 
     A port another process took in the meantime is retried: with a new free port when none was
-    given, else the same port after a short pause (a port just released).
+    given, else the same port after a short pause (a port just released). A ``storescp +tls``
+    (in ``extra_args``) is probed for readiness over TLS with ``tls_args``.
     """
     program = require_program("storescp")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def run_storescp(
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(chosen, process=process)
-            _wait_answering(chosen, ae_title)
+            _wait_answering(chosen, ae_title, tls_args=tls_args)
             break
         except RuntimeError:  # exited at once: the port is taken
             stop_process(process)
@@ -120,7 +123,13 @@ def run_storescp(
         stop_process(process)
 
 
-def _wait_answering(port: int, ae_title: str, timeout_s: float = 20.0) -> None:
+def _wait_answering(
+    port: int,
+    ae_title: str,
+    timeout_s: float = 20.0,
+    *,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
+) -> None:
     """Wait until storescp answers an association (accepts or rejects it).
 
     The port probe above is a bare TCP connection; storescp serves one connection at a time, so
@@ -135,7 +144,7 @@ def _wait_answering(port: int, ae_title: str, timeout_s: float = 20.0) -> None:
         ae = AE(ae_title="READYCHECK")
         ae.add_requested_context("1.2.840.10008.1.1")
         ae.acse_timeout = ae.network_timeout = 5
-        request = request_association(ae, "127.0.0.1", port, ae_title)
+        request = request_association(ae, "127.0.0.1", port, ae_title, tls_args=tls_args)
         if request.established:
             request.assoc.release()
             return

@@ -136,3 +136,16 @@ def test_undeclared_eight_bit_text_is_declared_as_read(shared_dir: Path) -> None
     assert result_character_set(source, result) == "ISO_IR 100"
     result.PatientName = "Doe^John"
     assert result_character_set(source, result) is None
+
+
+def test_empty_text_elements_need_no_character_set(shared_dir: Path) -> None:
+    """An empty Type 2 element (the presentation state's Content Creator's Name) is None before
+    it is written and empty after: it has nothing to encode and must not force UTF-8."""
+    source = read_source(shared_dir, DX_MONOCHROME1)
+    result = copy.deepcopy(source)
+    result.PatientName = "Doe^John"
+    result.add(DataElement(0x00700084, "PN", None))  # Content Creator's Name
+    result.add(DataElement(0x00081030, "LO", ""))  # Study Description
+    assert result_character_set(source, result) is None
+    result.ContentCreatorName = "Müller^Jürgen"
+    assert result_character_set(source, result) == "ISO_IR 100"

@@ -1,0 +1,287 @@
+"""pynetdicom's association server, with reads bounded and admission before any association.
+
+Why this module overrides library internals: pynetdicom (checked against 3.0.4) trusts the peer.
+
+* ``DULServiceProvider._read_pdu_data`` reads a PDU's 6-byte header, then calls
+  ``AssociationSocket.recv(length)`` with the length the peer declared, which appends to one
+  ``bytearray`` until that many bytes arrived: a header declaring 0xFFFFFFFF followed by junk
+  grows the process by whatever the peer sends, before any AE title is checked.
+  :class:`BoundedAssociationSocket` checks the declared length against the bound for its PDU
+  type (:func:`dicom_node.pdu.length_limit`) when the body is asked for; a longer one is refused
+  with an A-ABORT and the connection closed without reading it.
+* ``RequestHandler.handle`` creates an ``Association`` thread for every TCP connection, and
+  ``ACSE`` counts every such thread against ``maximum_associations``: sixteen connections that
+  send nothing lock every sender out (A-ASSOCIATE-RJ, local limit) until the ACSE timeout.
+  :class:`GuardedRequestHandler` first reads and checks the A-ASSOCIATE-RQ itself
+  (:mod:`dicom_node.admission`) and creates the ``Association`` only for an admitted request,
+  handing it the bytes already read through the socket (``prefix``).
+* ``AssociationServer.get_request`` does the TLS handshake in the accept loop, so one idle TLS
+  client stalls every other sender. :class:`GuardedAssociationServer` accepts plain sockets and
+  the handshake happens in the connection's own thread, under the ARTIM deadline.
+
+The override points are ``RequestHandler._create_association`` (copied, with our socket class)
+and the call pattern of ``_read_pdu_data`` (``recv(6)`` then ``recv(length)``). The test
+``tests/dicom_node/test_transport_guard.py`` pins the source of every pynetdicom function this
+module relies on and fails when one changes, so an upgrade is re-checked here first.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from copy import deepcopy
+from datetime import datetime
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from config.settings import Settings
+from dicom_node.admission import (
+    Admission,
+    AdmissionLimits,
+    ConnectionEndedError,
+    RefusedError,
+    check_request,
+    read_associate_rq,
+    refuse,
+)
+from dicom_node.pdu import (
+    HEADER_LENGTH,
+    LOCAL_LIMIT_EXCEEDED,
+    AbortReason,
+    PduHeader,
+    abort_pdu,
+    length_limit,
+)
+
+log = logging.getLogger(__name__)
+
+#: pynetdicom's acceptor mode name (``pynetdicom._globals.MODE_ACCEPTOR``).
+_MODE_ACCEPTOR = "acceptor"
+
+
+class BoundedAssociationSocket(AssociationSocket):
+    """An acceptor's socket that replays the request already read and bounds every PDU read.
+
+    Parameters
+    ----------
+    prefix
+        Bytes the gate already read from the connection (the A-ASSOCIATE-RQ); ``recv`` returns
+        them before reading the socket.
+    maximum_pdu_size
+        The "maximum length received" we announce: the bound for P-DATA-TF PDUs.
+    linger_s
+        How long to wait for the peer to close after an A-ABORT (Sta13, PS3.8 9.2).
+    """
+
+    def __init__(
+        self,
+        assoc: Association,
+        client_socket: socket.socket,
+        *,
+        prefix: bytes | bytearray,
+        maximum_pdu_size: int,
+        linger_s: float,
+    ) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self._prefix = bytearray(prefix)
+        self._maximum_pdu_size = maximum_pdu_size
+        self._linger_s = linger_s
+        self._header: PduHeader | None = None
+
+    @property
+    def ready(self) -> bool:
+        if self._prefix:
+            return True
+        return bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read a PDU header, or the body of the header read last if its length is in bounds."""
+        if self._header is None:
+            data = self._read(nr_bytes)
+            if nr_bytes == HEADER_LENGTH and len(data) == HEADER_LENGTH:
+                header = PduHeader.decode(data)
+                # An unrecognised type gets no body read (the DUL answers Evt19 itself).
+                self._header = header if header.known_type is not None else None
+            return data
+        header, self._header = self._header, None
+        pdu_type = header.known_type
+        assert pdu_type is not None  # only known types are kept
+        limit = length_limit(pdu_type, self._maximum_pdu_size)
+        if nr_bytes != header.length or nr_bytes > limit:
+            log.warning(
+                "%s declaring %d bytes refused (limit %d); association aborted (peer %s)",
+                pdu_type.name,
+                header.length,
+                limit,
+                self.assoc.requestor.address,
+            )
+            return self._abort(AbortReason.INVALID_PDU_PARAMETER_VALUE)
+        return self._read(nr_bytes)
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        from_prefix = self._prefix[:nr_bytes]
+        del self._prefix[:nr_bytes]
+        if len(from_prefix) == nr_bytes:
+            return from_prefix
+        try:
+            return from_prefix + super().recv(nr_bytes - len(from_prefix))
+        except TimeoutError:
+            # The socket's timeout is the network timeout: a peer that stops mid-PDU for that
+            # long is treated as gone. Short data makes the DUL close the connection.
+            log.warning("peer %s stalled in the middle of a PDU", self.assoc.requestor.address)
+            return bytearray()
+
+    def _abort(self, reason: AbortReason) -> bytearray:
+        """Send an A-ABORT, linger for the peer to close, and report the connection closed."""
+        sock = self.socket
+        if sock is not None:
+            refuse(sock, abort_pdu(reason), time.monotonic() + self._linger_s)
+        # Nothing returned: the DUL sees a connection closed mid-PDU (Evt17) and aborts.
+        return bytearray()
+
+
+class GuardedRequestHandler(RequestHandler):
+    """Admit a connection (TLS, A-ASSOCIATE-RQ, AE checks, a slot), then run its association.
+
+    Runs in the connection's own thread; the association runs in pynetdicom's acceptor thread,
+    which this one waits for so the slot is given back exactly when the association ends.
+    """
+
+    server: GuardedAssociationServer
+
+    def handle(self) -> None:
+        host = str(self.client_address[0])
+        server = self.server
+        deadline = time.monotonic() + server.admission.limits.artim_timeout_s
+        sock: socket.socket = self.request
+        encoded = bytearray()
+        admitted = False
+        try:
+            sock = self.request = server.start_tls(sock, deadline)
+            encoded = read_associate_rq(sock, deadline)
+            check_request(encoded, host, server.settings)
+            if not server.admission.admit():
+                raise RefusedError.reject(LOCAL_LIMIT_EXCEEDED)
+            admitted = True
+        except ConnectionEndedError as ended:
+            log.info("connection from %s ended before an association request: %s", host, ended)
+        except RefusedError as refusal:
+            log.warning("association from %s refused with %s", host, refusal.reason)
+            refuse(sock, refusal.reply, deadline)
+        except ssl.SSLError as exc:
+            log.warning("TLS with %s failed: %s", host, exc.reason or exc)
+        except OSError as exc:  # reset or refused by the kernel: a vanished peer, not news
+            log.info("connection from %s failed before admission: %s", host, exc)
+        finally:
+            server.admission.close_pending(host)
+        try:
+            if admitted:
+                self._run_association(sock, encoded)
+        finally:
+            if admitted:
+                server.admission.release()
+            server.shutdown_request(sock)
+
+    def _run_association(self, sock: socket.socket, encoded: bytearray) -> None:
+        sock.settimeout(self.ae.network_timeout)
+        assoc = self._create_bounded_association(sock, encoded)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()
+
+    def _create_bounded_association(self, sock: socket.socket, prefix: bytearray) -> Association:
+        """``RequestHandler._create_association`` of pynetdicom 3.0.4 with our socket class."""
+        assoc = Association(self.ae, _MODE_ACCEPTOR)
+        assoc._server = self.server
+
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+        assoc.name = f"AcceptorThread@{timestamp}"
+
+        bounded = BoundedAssociationSocket(
+            assoc,
+            sock,
+            prefix=prefix,
+            maximum_pdu_size=self.ae.maximum_pdu_size,
+            linger_s=self.server.admission.limits.artim_timeout_s,
+        )
+        assoc.set_socket(bounded)
+
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+
+        assoc.requestor.address_info = self.remote
+
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    handler = cast(Any, handler)
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """The SCP's server: admission control, bounded reads, TLS in the connection's thread.
+
+    Also lets several processes listen on one port (``SO_REUSEPORT``); each process then
+    admits up to the configured limits on its own.
+    """
+
+    #: Connection threads live as long as their association; never join them on close.
+    daemon_threads = True
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.admission = Admission(AdmissionLimits.from_settings(settings.node))
+        # The listen backlog (socketserver's default is 5): a burst of connections must reach
+        # accept() and its limits, not have its SYNs dropped and retried seconds later.
+        self.request_queue_size = min(settings.node.max_pending, socket.SOMAXCONN)
+        kwargs["request_handler"] = GuardedRequestHandler
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a plain socket; TLS, if any, is negotiated later in the connection's thread."""
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Count the connection as pending, or close it at once if a pending limit is reached."""
+        host = str(client_address[0])
+        if self.admission.open_pending(host):
+            return True
+        log.warning("connection from %s closed: too many connections awaiting admission", host)
+        return False
+
+    def start_tls(self, sock: socket.socket, deadline: float) -> socket.socket:
+        """The TLS handshake (``ssl_context``), in the caller's thread, bounded by ``deadline``."""
+        if self.ssl_context is None:
+            return sock
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+        except TimeoutError as exc:
+            tls.close()
+            raise ConnectionEndedError("ARTIM timer expired during the TLS handshake") from exc
+        except OSError:
+            tls.close()
+            raise
+        return tls

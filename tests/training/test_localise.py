@@ -1,0 +1,194 @@
+"""The second training stage: the fracture map refined on the boxes, classifier untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import typer
+from keras import layers
+from typer.testing import CliRunner
+
+from inference.model_package import load_package
+from inference.preprocess import GeometryTransform
+from tests.training.test_lite import lite_run  # noqa: F401 - shared fixture
+from tests.training.test_train_cli import atlas_copy, cli  # noqa: F401 - shared fixtures
+from training.architectures import LOCALISATION_CONTEXT_LAYER, LOCALISATION_LAYER, build_model
+from training.cache import geometry_row
+from training.localise import (
+    BRANCH_OUTPUT,
+    LOCALISATION_STATE,
+    LOCALISED_MODEL,
+    LocaliseState,
+    is_head_layer,
+    peak_in_box_share,
+    peak_loss,
+    with_localisation_branch,
+)
+from training.names import Architecture
+from training.pipeline import PreparedSplit
+
+
+def _stage_one_model(size: int) -> keras.Model:
+    """A Lite model as stage 1 built it before the 1/8 level: its map is the 1/16 context's."""
+    model = build_model(Architecture.EFFICIENTNET_LITE0, size, 2, weights=None)
+    context = model.get_layer(LOCALISATION_CONTEXT_LAYER).output
+    coarse = layers.Conv2D(1, 1, activation="sigmoid", name=LOCALISATION_LAYER)(context)
+    return keras.Model(model.inputs, [model.outputs[0], coarse], name=model.name)
+
+
+def test_the_branch_and_fine_map_are_added_without_touching_the_classifier() -> None:
+    old = _stage_one_model(64)
+    assert tuple(old.outputs[1].shape) == (None, 4, 4, 1)
+    refined = with_localisation_branch(old)
+    assert tuple(refined.outputs[1].shape) == (None, 8, 8, 1)
+    assert BRANCH_OUTPUT in {layer.name for layer in refined.layers}
+    x = np.random.default_rng(1).random((3, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(old(x, training=False)[0]), np.asarray(refined(x, training=False)[0])
+    )
+    # The branch starts as a copy of the trained stages; the head keeps its matching layers.
+    np.testing.assert_array_equal(
+        refined.get_layer("loc_block7_project_conv").get_weights()[0],
+        old.get_layer("block7_project_conv").get_weights()[0],
+    )
+    np.testing.assert_array_equal(
+        refined.get_layer("loc_top_conv").get_weights()[0],
+        old.get_layer("loc_top_conv").get_weights()[0],
+    )
+    assert refined.get_layer("loc_top_conv") is not old.get_layer("loc_top_conv")
+    # Nothing the classifier uses belongs to the head that stage 2 trains.
+    classifier = keras.Model(refined.inputs, refined.outputs[0])
+    assert not any(is_head_layer(layer) for layer in classifier.layers)
+    # A model that has the branch already is taken as it is.
+    assert with_localisation_branch(refined) is refined
+
+
+def test_a_model_without_a_localisation_head_is_refused() -> None:
+    small = build_model(Architecture.SMALL, 64, 2, weights=None)
+    with pytest.raises(ValueError, match="no localisation head"):
+        with_localisation_branch(small)
+
+
+def _map(peak: tuple[int, int], size: int = 6) -> np.ndarray:
+    heat = np.full((1, size, size, 1), 0.05, np.float32)
+    heat[0, peak[1], peak[0], 0] = 0.9
+    return heat
+
+
+def test_the_peak_loss_rewards_a_peak_inside_the_box() -> None:
+    box = np.zeros((1, 6, 6, 1), np.float32)
+    box[0, 1:3, 1:3, 0] = 1.0
+    inside = float(peak_loss(tf.constant(box), tf.constant(_map((2, 2))))[0])
+    outside = float(peak_loss(tf.constant(box), tf.constant(_map((5, 5))))[0])
+    assert inside < outside
+    # Without boxes only the cell term counts: a quiet map beats a map with a peak.
+    empty = tf.zeros((1, 6, 6, 1))
+    quiet = float(peak_loss(empty, tf.fill((1, 6, 6, 1), 0.05))[0])
+    loud = float(peak_loss(empty, tf.constant(_map((2, 2))))[0])
+    assert quiet < loud
+
+
+def _brightness_model(size: int) -> keras.Model:
+    """A stand-in whose map is the picture's brightness pooled to 1/8 (peak = brightest spot)."""
+    inputs = keras.Input((size, size, 1))
+    pooled = layers.AveragePooling2D(8)(inputs)
+    prediction = layers.Dense(1)(layers.Flatten()(pooled))
+    return keras.Model(inputs, [prediction, pooled])
+
+
+def test_peak_in_box_counts_fractured_pictures_whose_brightest_spot_is_boxed() -> None:
+    size = 32
+    images = np.zeros((4, size, size), np.uint8)
+    masks = np.zeros((4, size, size), np.uint8)
+    masks[:, 0:8, 0:8] = 1  # every box in the top-left corner
+    images[0, 0:8, 0:8] = 255  # fractured, peak in its box
+    images[1, 24:32, 24:32] = 255  # fractured, peak elsewhere
+    images[2, 0:8, 0:8] = 255  # not fractured: not counted
+    images[3, 0:8, 0:8] = 255  # fractured without boxes: not counted
+    geometry = np.stack([geometry_row(_identity(size)) for _ in range(4)])
+    part = PreparedSplit(
+        examples=(),
+        images=images,
+        labels=np.array([0, 0, 1, 0]),
+        masks=masks,
+        has_boxes=np.array([True, True, False, False]),
+        geometry=geometry,
+    )
+    share, counted = peak_in_box_share(_brightness_model(size), part, positive_index=0)
+    assert (share, counted) == (0.5, 2)
+
+
+def _identity(size: int) -> GeometryTransform:
+    from inference.preprocess import CropBox
+
+    return GeometryTransform(
+        original_width=size,
+        original_height=size,
+        crop=CropBox(0, 0, size, size),
+        scale=1.0,
+        pad_x=0,
+        pad_y=0,
+        size=size,
+    )
+
+
+@pytest.mark.slow
+def test_two_stage_training_keeps_the_prediction_and_refines_the_map(
+    lite_run: Path,  # noqa: F811
+) -> None:
+    stage_one = keras.models.load_model(lite_run / "best.keras", compile=False)
+    refined = keras.models.load_model(lite_run / LOCALISED_MODEL, compile=False, safe_mode=True)
+    x = np.random.default_rng(2).random((4, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(stage_one(x, training=False)[0]), np.asarray(refined(x, training=False)[0])
+    )
+    stage_one_map = np.asarray(stage_one(x, training=False)[1])
+    assert not np.array_equal(stage_one_map, np.asarray(refined(x, training=False)[1]))
+    state = LocaliseState.load(lite_run)
+    assert state.epochs_done == 1
+    assert len(state.history) == 1
+    card = load_package(lite_run / "package").card
+    assert card.training_data["localisation_stage"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_localise_refines_a_package_and_resumes_without_training_again(
+    lite_run: Path,  # noqa: F811
+    atlas_copy: Path,  # noqa: F811
+    cli: typer.Typer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "loc"
+    args = [
+        "localise",
+        "--model",
+        str(lite_run / "package"),
+        "--data",
+        str(atlas_copy),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--version",
+        "1.1.0",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    package = load_package(out / "package")
+    assert package.card.version == "1.1.0"
+    assert package.card.name == load_package(lite_run / "package").card.name
+    assert package.card.training_data["localisation_stage"]["epochs"] == 1
+    assert package.card.training_data["seed"] == 3  # the card's split seed, not the default
+    assert (out / "package" / "evaluation" / "metrics.json").is_file()
+    before = (out / LOCALISED_MODEL).stat().st_mtime_ns
+    again = CliRunner().invoke(cli, [*args, "--no-export"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / LOCALISATION_STATE).read_text())["epochs_done"] == 1
+    assert (out / LOCALISED_MODEL).stat().st_mtime_ns == before

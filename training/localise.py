@@ -1,0 +1,355 @@
+"""Second training stage: the fracture map refined on the boxes, with the classifier frozen.
+
+Stage 1 (:func:`training.fit.train_model`) trains the classifier and the localisation head
+together, choosing epochs by validation AUROC. Its map is coarse (1/16 of the input) and
+trained with a per-cell loss that does not ask where the map's *peak* falls, which is what a
+reader looks at. Stage 2 takes the trained model and:
+
+- keeps every layer the classifier depends on frozen, so the prediction (and with it the
+  calibration and the operating points) is unchanged to the last bit;
+- gives the localisation head its own copy of the backbone's stages 4 and 5 (initialised with
+  the trained weights) on top of the frozen 1/8 stage, and a map at 1/8 of the input
+  (:func:`with_localisation_branch`): trained alone on the boxes, a head on the classifier's
+  frozen features found a box for under half of the validation pictures;
+- trains the branch and the head, on every fractured training picture with boxes and as
+  many pictures without a fracture (drawn again each epoch), with :func:`peak_loss`: per-cell
+  binary cross-entropy (a negative picture's map is empty) plus, for a picture with boxes, the
+  cross-entropy between the map's spatial softmax and its box cells (the peak lies in a box);
+- keeps the epoch whose map puts its peak inside an annotated box for the most validation
+  pictures (:func:`peak_in_box_share`).
+
+The run folder holds ``localised.keras`` (best so far), ``localised_last.keras`` and
+``localisation.json`` (progress); re-running the same command resumes after the last finished
+epoch (the optimizer starts afresh at the recorded learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from inference.gradcam import resize_map
+from training.architectures import (
+    GRADCAM_LAYER,
+    LOCALISATION_CONTEXT_LAYER,
+    LOCALISATION_LAYER,
+    localisation_context,
+    localisation_map,
+)
+from training.fit import configure_threads, make_localisation_dataset, model_targets
+from training.pipeline import PreparedSplit
+
+log = logging.getLogger(__name__)
+
+#: The refined model with the best validation peak-in-box share.
+LOCALISED_MODEL = "localised.keras"
+#: The refined model after the last finished epoch.
+LOCALISED_LAST = "localised_last.keras"
+#: Progress of the second stage.
+LOCALISATION_STATE = "localisation.json"
+#: Prefix of the localisation branch's copy of the backbone's stages 4 and 5.
+BRANCH_PREFIX = "loc_"
+#: The first backbone stage (0-based) that the branch copies: 3, the 1/16 stages only.
+BRANCH_FIRST_STAGE = 3
+#: Name of the branch's output, present once a model has the branch.
+BRANCH_OUTPUT = "loc_branch_features"
+#: Weight of the mean per-cell binary cross-entropy beside the spatial cross-entropy.
+CELL_LOSS_WEIGHT = 10.0
+#: Halve the learning rate after this many epochs without a better validation share.
+PATIENCE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LocaliseConfig:
+    """What decides a second-stage run (recorded in ``localisation.json``)."""
+
+    epochs: int = 12
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    #: Pictures without a fracture drawn per fractured picture with boxes, each epoch.
+    negatives_per_positive: float = 1.0
+    augment: bool = True
+    seed: int = 42
+    threads: int = 2
+    #: First backbone stage (0-based) of the localisation branch (:func:`with_localisation_branch`).
+    branch_first_stage: int = BRANCH_FIRST_STAGE
+
+
+@dataclass(slots=True)
+class LocaliseState:
+    """Progress of a second-stage run, saved after every epoch."""
+
+    epochs_done: int = 0
+    best_share: float = -1.0
+    best_epoch: int = 0
+    learning_rate: float = 0.0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, folder: Path) -> LocaliseState:
+        path = folder / LOCALISATION_STATE
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k != "config"})
+
+    def save(self, folder: Path, config: LocaliseConfig) -> None:
+        data = asdict(self) | {"config": asdict(config)}
+        tmp = folder / (LOCALISATION_STATE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(folder / LOCALISATION_STATE)
+
+
+def with_localisation_branch(
+    trained: keras.Model, first_stage: int = BRANCH_FIRST_STAGE
+) -> keras.Model:
+    """``trained`` with a localisation head on its own copy of the backbone's middle stages.
+
+    The classifier's layers are shared, untouched: the prediction output is the same tensor
+    as ``trained``'s. The head's 1/8 and 1/16 features come from a copy of the backbone's
+    stages ``first_stage`` to 1/16 (0-based; layers named ``loc_block<N>_...``, initialised
+    with the trained weights; with ``first_stage`` past the 1/8 stage, the 1/8 features are
+    the frozen ones), so they can learn where fractures are without moving what the
+    classifier sees; the head (:func:`training.architectures.localisation_context` and
+    :func:`~training.architectures.localisation_map`) starts from the trained head's weights
+    where its layers match. A model that has the branch already is returned as it is.
+    """
+    names = {layer.name for layer in trained.layers}
+    if BRANCH_OUTPUT in names:
+        return trained
+    if LOCALISATION_CONTEXT_LAYER not in names:
+        raise ValueError(f"model {trained.name!r} has no localisation head to refine")
+    from training import efficientnet_lite as lite
+
+    variant_name = trained.name.rsplit("_", 1)[-1]
+    if variant_name not in lite.VARIANTS:
+        raise ValueError(f"model {trained.name!r} is not an EfficientNet-Lite model")
+    variant = lite.VARIANTS[variant_name]
+    if not 1 <= first_stage <= lite.STRIDE16_STAGE:
+        raise ValueError(f"the branch must start at stage 1 to {lite.STRIDE16_STAGE}")
+    x = trained.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
+    stride8 = trained.get_layer(lite.stage_output_layer(variant, lite.STRIDE8_STAGE)).output
+    blocks = lite.blocks_of(variant)
+    for block in blocks:
+        if first_stage <= block.stage <= lite.STRIDE16_STAGE:
+            x = lite.mbconv(x, block, 0.0, prefix=BRANCH_PREFIX)
+            if block.stage == lite.STRIDE8_STAGE and blocks[block.index + 1].stage != block.stage:
+                stride8 = x
+    x = layers.Identity(name=BRANCH_OUTPUT)(x)
+    context = localisation_context(x, trained.get_layer(GRADCAM_LAYER).output)
+    refined = keras.Model(
+        trained.inputs,
+        [trained.outputs[0], localisation_map(context, stride8)],
+        name=trained.name,
+    )
+    shared = {id(layer) for layer in trained.layers}
+    for layer in refined.layers:
+        if id(layer) in shared or not layer.weights:
+            continue
+        source_name = layer.name.removeprefix(BRANCH_PREFIX)
+        if not layer.name.startswith(BRANCH_PREFIX + "block"):
+            source_name = layer.name
+        if source_name not in names:
+            continue
+        source = trained.get_layer(source_name)
+        if [w.shape for w in source.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(source.get_weights())
+    return refined
+
+
+def is_head_layer(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` belongs to the localisation head (nothing the classifier uses)."""
+    name: str = layer.name
+    return name.startswith("loc_") or name == LOCALISATION_LAYER
+
+
+def peak_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Per picture: weighted mean cell cross-entropy plus the spatial cross-entropy to the boxes.
+
+    ``y_true`` is the box mask on the map's grid (``B x h x w x 1``, 1 in a box cell), ``y_pred``
+    the sigmoid map. The spatial term treats the map's logits as a distribution over cells and
+    asks it to put its mass on the box cells; pictures without boxes have no spatial term.
+    """
+    eps = 1e-6
+    p = tf.clip_by_value(tf.cast(y_pred, tf.float32), eps, 1.0 - eps)
+    y = tf.cast(y_true, tf.float32)
+    cells = -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
+    cell_loss = tf.reduce_mean(tf.reshape(cells, [tf.shape(p)[0], -1]), axis=1)
+    logits = tf.reshape(tf.math.log(p) - tf.math.log(1.0 - p), [tf.shape(p)[0], -1])
+    target = tf.reshape(y, [tf.shape(y)[0], -1])
+    total = tf.reduce_sum(target, axis=1)
+    spread = target / tf.maximum(total, 1.0)[:, tf.newaxis]
+    spatial = -tf.reduce_sum(spread * tf.nn.log_softmax(logits, axis=1), axis=1)
+    spatial = tf.where(total > 0, spatial, tf.zeros_like(spatial))
+    return CELL_LOSS_WEIGHT * cell_loss + spatial
+
+
+def peak_in_box_share(
+    model: keras.Model, part: PreparedSplit, positive_index: int, batch_size: int = 16
+) -> tuple[float, int]:
+    """Share of ``part``'s fractured pictures with boxes whose map peak lies inside a box.
+
+    The peak is taken as the service takes it (:mod:`inference.predictor`): the map resized to
+    the model input, its maximum inside the picture's content (not the letterbox padding).
+    Returns ``(share, pictures counted)``.
+    """
+    if part.masks is None or part.has_boxes is None:
+        return float("nan"), 0
+    chosen = np.flatnonzero((part.labels == positive_index) & part.has_boxes)
+    if chosen.size == 0:
+        return float("nan"), 0
+    size = int(part.images.shape[1])
+    hits = 0
+    for start in range(0, chosen.size, batch_size):
+        rows = chosen[start : start + batch_size]
+        x = (part.images[rows].astype(np.float32) / 255.0)[..., np.newaxis]
+        maps = np.asarray(model(x, training=False)[1])[..., 0]
+        for row, coarse in zip(rows, maps, strict=True):
+            heat = resize_map(coarse, size)
+            box = part.transform(int(row)).content_box()
+            content = heat[box.y0 : box.y1, box.x0 : box.x1]
+            y, x_ = np.unravel_index(int(np.argmax(content)), content.shape)
+            hits += int(part.masks[row][y + box.y0, x_ + box.x0] > 0)
+    return hits / chosen.size, int(chosen.size)
+
+
+class _FrozenDropout:
+    """Sets the frozen layers' dropout to 0 while the head trains, and restores it after.
+
+    The head must learn from the features the service computes; a frozen backbone's stochastic
+    depth would otherwise still drop residual branches in training mode.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self._saved = [
+            (layer, float(layer.rate))
+            for layer in model.layers
+            if isinstance(layer, layers.Dropout) and not is_head_layer(layer)
+        ]
+
+    def __enter__(self) -> None:
+        for layer, _ in self._saved:
+            layer.rate = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for layer, rate in self._saved:
+            layer.rate = rate
+
+
+def _save_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+def refine_localisation(
+    trained: keras.Model,
+    train: PreparedSplit,
+    val: PreparedSplit,
+    positive_index: int,
+    folder: Path,
+    config: LocaliseConfig,
+) -> tuple[keras.Model, LocaliseState]:
+    """Run (or resume) the second stage into ``folder``; returns the best refined model."""
+    if train.masks is None or train.has_boxes is None:
+        raise ValueError("the training data has no fracture boxes to refine the map on")
+    folder.mkdir(parents=True, exist_ok=True)
+    configure_threads(config.threads)
+    state = LocaliseState.load(folder)
+    if state.epochs_done and (folder / LOCALISED_LAST).is_file():
+        log.info("resuming the localisation stage after epoch %d", state.epochs_done)
+        model = keras.models.load_model(folder / LOCALISED_LAST, compile=False)
+    else:
+        state = LocaliseState(learning_rate=config.learning_rate)
+        model = with_localisation_branch(trained, config.branch_first_stage)
+    for layer in model.layers:
+        layer.trainable = is_head_layer(layer)
+    head = keras.Model(model.inputs, model.outputs[1], name="localisation_head")
+    positive = train.labels == positive_index
+    with_boxes = np.flatnonzero(positive & train.has_boxes)
+    negatives = np.flatnonzero(~positive)
+    map_size = int(model.outputs[1].shape[1])
+    log.info(
+        "localisation stage: %d fractured pictures with boxes, %d without a fracture, %d x %d map",
+        with_boxes.size,
+        negatives.size,
+        map_size,
+        map_size,
+    )
+    while state.epochs_done < config.epochs:
+        epoch = state.epochs_done
+        keras.utils.set_random_seed(config.seed + epoch)
+        rng = np.random.default_rng(config.seed + epoch)
+        drawn = min(negatives.size, round(config.negatives_per_positive * with_boxes.size))
+        rows = np.sort(np.concatenate([with_boxes, rng.choice(negatives, drawn, replace=False)]))
+        data = make_localisation_dataset(
+            train.images[rows],
+            model_targets(train.labels[rows], 2, positive_index),
+            train.masks[rows],
+            np.ones(rows.size, np.float32),
+            map_size=map_size,
+            batch_size=config.batch_size,
+            shuffle_seed=config.seed + epoch,
+            augment_seed=config.seed + epoch if config.augment else None,
+        ).map(lambda x, y, w: (x, y[1]))
+        head.compile(
+            optimizer=keras.optimizers.AdamW(state.learning_rate, weight_decay=1e-4),
+            loss=peak_loss,
+        )
+        started = time.monotonic()
+        with _FrozenDropout(model):
+            result = head.fit(
+                data, epochs=1, shuffle=False, verbose=1 if sys.stdout.isatty() else 2
+            )
+        share, counted = peak_in_box_share(model, val, positive_index)
+        state.seconds += time.monotonic() - started
+        state.epochs_done = epoch + 1
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(result.history["loss"][-1]),
+                "val_peak_in_box": share,
+                "learning_rate": state.learning_rate,
+            }
+        )
+        log.info(
+            "localisation epoch %d: loss %.4f, validation peak in box %.3f (%d pictures)",
+            epoch + 1,
+            result.history["loss"][-1],
+            share,
+            counted,
+        )
+        if share > state.best_share:
+            state.best_share, state.best_epoch = share, epoch + 1
+            _save_atomically(model, folder / LOCALISED_MODEL)
+        elif (epoch + 1 - state.best_epoch) % PATIENCE == 0:
+            state.learning_rate /= 2
+        _save_atomically(model, folder / LOCALISED_LAST)
+        state.save(folder, config)
+    best: keras.Model = keras.models.load_model(folder / LOCALISED_MODEL, compile=False)
+    return best, state
+
+
+def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any]:
+    """What the card records of the second stage."""
+    return {
+        "epochs": state.epochs_done,
+        "best_epoch": state.best_epoch,
+        "best_val_peak_in_box": round(state.best_share, 4),
+        "minutes": round(state.seconds / 60, 1),
+        "negatives_per_positive": config.negatives_per_positive,
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "branch_first_stage": config.branch_first_stage,
+    }
