@@ -225,7 +225,10 @@ def localise(
         typer.Option(
             min=1, max=4, help="First backbone stage (0-based) copied into the map's branch."
         ),
-    ] = 3,
+    ] = 2,
+    branch_through_head: Annotated[
+        bool, typer.Option(help="The branch also copies the later stages and the head.")
+    ] = False,
 ) -> None:
     """Refine a trained EfficientNet-Lite's fracture map on the boxes, classifier frozen."""
     from inference.model_package import read_card
@@ -264,6 +267,7 @@ def localise(
         learning_rate=learning_rate,
         seed=split_seed,
         branch_first_stage=branch_first_stage,
+        branch_through_head=branch_through_head,
     )
     refined, training["localisation_stage"] = _localise(trained, prepared, out, config)
     if export:
