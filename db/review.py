@@ -7,7 +7,7 @@ and the migration adds database triggers that refuse the same on SQLite and Post
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
+from audit.codes import AuditAction as AuditAction
+from audit.codes import AuditOutcome as AuditOutcome
 from db.base import Base, UtcDateTime, enum_column, utcnow
 
 
@@ -47,25 +49,6 @@ class FractureLabel(StrEnum):
 
     FRACTURED = "fractured"
     NOT_FRACTURED = "not_fractured"
-
-
-class AuditOutcome(IntEnum):
-    """Event Outcome Indicator, DICOM PS3.15 A.5.3 (RFC 3881)."""
-
-    SUCCESS = 0
-    MINOR_FAILURE = 4
-    SERIOUS_FAILURE = 8
-    MAJOR_FAILURE = 12
-
-
-class AuditAction(StrEnum):
-    """Event Action Code, DICOM PS3.15 A.5.3: create, read, update, delete, execute."""
-
-    CREATE = "C"
-    READ = "R"
-    UPDATE = "U"
-    DELETE = "D"
-    EXECUTE = "E"
 
 
 class User(Base):
