@@ -174,7 +174,9 @@ class AuditEvent(Base):
     """One audited event, coded with the DICOM audit vocabulary (PS3.15 A.5, CID 400-403).
 
     ``object_type``/``object_id`` name the object by internal id only; ``detail`` never holds
-    patient data.
+    patient data. Network events (instances transferred) also carry the participant object
+    identifiers ATNA asks for: the Study Instance UID and the Patient ID, readable by admins
+    only (docs/SECURITY.md).
     """
 
     __tablename__ = "audit_events"
@@ -194,6 +196,11 @@ class AuditEvent(Base):
     object_type: Mapped[str | None] = mapped_column(String(32))
     object_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(String(256))
+    #: Participant objects of a network event (PS3.15 A.5.3.6): the study and its patient.
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    #: How many instances the event concerned (one record per association and study).
+    instance_count: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_audit_events_event_time", "event_id_code", "occurred_at"),)
 
