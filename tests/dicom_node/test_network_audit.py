@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
@@ -19,17 +20,20 @@ from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.app import create_app
 from api.metrics import make_registry
 from audit.metrics import AuditCollector
 from config.settings import Destination, OutboxSettings, Settings
 from db.models import Study
-from db.review import AuditEvent
+from db.review import AuditEvent, Role
 from dicom_node.conformance import CR_IMAGE_STORAGE, DX_PRESENTATION_STORAGE
 from dicom_node.network_audit import NodeAudit
 from dicom_node.outbox import OutboxWorker
 from dicom_node.pdu import HEADER, PduType
 from dicom_node.peer import request_association
 from gateway.service import Service
+from tests.api.conftest import login
+from tests.api.world import World, add_user
 from tests.dicom_node.test_scp import small_dx, store_datasets
 from tests.helpers.dcmtk import StoreSCPFactory, StoreSCPMode, storescp_factory
 from tests.helpers.hostile import associate, connect, read_pdu
@@ -423,3 +427,39 @@ def test_audit_messages_are_valid_xml_for_every_event(start_node: NodeFactory) -
         assert event_id.get("codeSystemName") == "DCM"
         assert root.find("AuditSourceIdentification") is not None
         assert root.findall("ActiveParticipant")
+
+
+# Who reads it, and on which database -----------------------------------------------------------
+def test_only_admins_read_the_participant_identifiers(node: Service) -> None:
+    datasets = one_study(2, "PAT-API")
+    assert store_datasets(node.dicom_port, datasets) == [0, 0]
+    wait_rows(node.sessions, TRANSFERRED, 1)
+    world = World(node.settings, node.engine, node.sessions, node.store, node.settings.home)
+    add_user(world, "boss", Role.ADMIN)
+    add_user(world, "rad", Role.RADIOLOGIST)
+    with TestClient(create_app(node.settings, node.sessions, store=node.store)) as client:
+        admin, radiologist = login(client, "boss"), login(client, "rad")
+        page = client.get("/api/admin/audit?event_id=110104", headers=admin).json()
+        refused = client.get("/api/admin/audit?event_id=110104", headers=radiologist)
+    (item,) = page["items"]
+    assert (item["study_instance_uid"], item["patient_id"], item["instance_count"]) == (
+        str(datasets[0].StudyInstanceUID),
+        "PAT-API",
+        2,
+    )
+    assert refused.status_code == 403
+    assert "PAT-API" not in refused.text
+
+
+def test_network_audit_on_each_database(start_node: NodeFactory, database_url: str) -> None:
+    node = start_node(database={"url": database_url})
+    datasets = one_study(2, "PAT-DB")
+    assert store_datasets(node.dicom_port, datasets) == [0, 0]
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CR_IMAGE_STORAGE)
+    assert request_association(ae, "127.0.0.1", node.dicom_port, "SOMEONEELSE").rejected
+    (received,) = wait_rows(node.sessions, TRANSFERRED, 1)
+    (alert,) = wait_rows(node.sessions, SECURITY_ALERT, 1)
+    assert (received.instance_count, received.patient_id) == (2, "PAT-DB")
+    assert received.object_id == str(study_id(node, str(datasets[0].StudyInstanceUID)))
+    assert alert.event_type_code == "110126"
