@@ -205,7 +205,7 @@ class AuditTrail:
                     type(exc).__name__,
                 )
                 # Stopping skips the waits, not the attempts: nothing is given up early.
-                if not self._stop.is_set():
+                if attempt < WRITE_ATTEMPTS and not self._stop.is_set():
                     self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
