@@ -289,6 +289,75 @@ class ApiSettings(BaseModel):
     environment: str = Field("development", pattern="^(development|production)$")
 
 
+class SyslogTransport(StrEnum):
+    """How audit messages reach the collector (PS3.15 A.6 and A.7)."""
+
+    #: RFC 5426: one message per datagram; a collector may truncate long ones.
+    UDP = "udp"
+    #: RFC 6587 octet counting over plain TCP.
+    TCP = "tcp"
+    #: RFC 5425: octet counting over TLS (the ATNA Secure Node's transport).
+    TLS = "tls"
+
+
+#: PRINTUSASCII, 1-48 characters: the APP-NAME of RFC 5424 6.2.5.
+_APP_NAME = re.compile(r"^[\x21-\x7e]{1,48}$")
+
+
+class SyslogSettings(BaseModel):
+    """An audit record repository that receives the DICOM audit messages as syslog (RFC 5424).
+
+    Sending never blocks the node: messages wait in a queue of ``queue_size`` for a background
+    sender; when it is full, new messages are dropped and counted in ``/metrics``.
+    """
+
+    enabled: bool = False
+    host: str | None = None
+    #: Default: 6514 for TLS (RFC 5425), 514 for UDP and TCP.
+    port: int | None = Field(None, ge=1, le=65535)
+    transport: SyslogTransport = SyslogTransport.TLS
+    app_name: str = "fracture-gateway"
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    #: Seconds for a TCP or TLS connection and for one send; then the sender retries later.
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    #: Authorities trusted for the collector's certificate (TLS); the system's when unset. The
+    #: node's certificate (``node.tls.certificate``), if any, is presented to the collector.
+    ca_certificates: Path | None = None
+    #: The name the collector's certificate must carry; ``host`` when unset.
+    tls_server_name: str | None = None
+
+    @field_validator("app_name")
+    @classmethod
+    def _check_app_name(cls, value: str) -> str:
+        if not _APP_NAME.match(value):
+            raise ValueError(f"invalid syslog app_name {value!r}: 1-48 printable ASCII, no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _check_collector(self) -> Self:
+        if self.enabled and not self.host:
+            raise ValueError("audit.syslog.enabled needs audit.syslog.host")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 6514 if self.transport is SyslogTransport.TLS else 514
+
+
+class AuditSettings(BaseModel):
+    """The audit trail of DICOM network events (PS3.15 A.5) and its copy to a syslog collector."""
+
+    #: AuditSourceID of the messages; the node's AE title when unset.
+    source_id: str | None = Field(None, min_length=1, max_length=64)
+    #: AuditEnterpriseSiteID of the messages (e.g. the hospital); omitted when unset.
+    enterprise_site_id: str | None = Field(None, min_length=1, max_length=64)
+    #: Events waiting to be written to the audit table; beyond this they are dropped, counted.
+    queue_size: int = Field(10_000, ge=1, le=1_000_000)
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings)
+
+
 class Settings(BaseSettings):
     """Everything fracture-gateway can be told."""
 
@@ -310,6 +379,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @classmethod

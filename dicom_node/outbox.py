@@ -26,7 +26,7 @@ import logging
 import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -433,7 +433,11 @@ class OutboxWorker:
         calling_ae_title: str,
         maximum_pdu_size: int = 0,
         tls: TlsSettings | None = None,
+        on_attempts: Callable[[str, Sequence[tuple[AttemptResult, OutboxState]]], None]
+        | None = None,
     ) -> None:
+        """``on_attempts(destination name, [(result, the row's new state)])`` is called after
+        each destination's outcomes are recorded (the network audit); it must not raise."""
         self._sessions = sessions
         self._store = store
         self._destinations = {d.name: d for d in destinations}
@@ -443,6 +447,7 @@ class OutboxWorker:
         self._tls_context: ssl.SSLContext | None = None
         if any(d.tls for d in destinations):
             self._tls_context = client_context(tls or TlsSettings())
+        self._on_attempts = on_attempts
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
@@ -464,6 +469,7 @@ class OutboxWorker:
         return len(claimed)
 
     def _deliver(self, name: str, deliveries: list[Delivery]) -> None:
+        recorded: list[tuple[AttemptResult, OutboxState]] = []
         for result in self._attempt(name, deliveries):
             state = record_outcome(
                 self._sessions,
@@ -482,6 +488,9 @@ class OutboxWorker:
                 state.value,
                 f" ({result.error})" if result.error else "",
             )
+            recorded.append((result, state))
+        if self._on_attempts is not None:
+            self._on_attempts(name, recorded)
 
     def _attempt(self, name: str, deliveries: list[Delivery]) -> list[AttemptResult]:
         destination = self._destinations.get(name)

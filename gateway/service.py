@@ -19,6 +19,7 @@ from config.settings import Settings
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from dicom_node.grouping import GroupingTimer
+from dicom_node.network_audit import NodeAudit
 from dicom_node.outbox import OutboxWorker
 from dicom_node.reconcile import ReconcileReport, reconcile_storage
 from dicom_node.scp import StoreContext, start_scp
@@ -69,6 +70,8 @@ class Service:
     scp: GuardedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
     executor: InProcessExecutor | None = field(init=False, default=None)
+    #: The audit of DICOM network events (None until started).
+    audit: NodeAudit | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
     predictor: Any = field(init=False, default=None)
     #: What the start-up reconciliation of the storage folder did (None: not run here).
@@ -102,6 +105,9 @@ class Service:
         kept image sizes get theirs (:mod:`dicom_node.sizes`). Other roles leave the folder alone,
         since a receiving process may be writing to it.
         """
+        if dicom or worker:
+            self.audit = NodeAudit.from_settings(self.settings, self.sessions)
+            self.audit.start()
         if dicom:
             self.reconciliation = reconcile_storage(self.sessions, self.store)
             fill_image_sizes(self.sessions, self.store)
@@ -114,6 +120,7 @@ class Service:
                 self.settings.outbox,
                 calling_ae_title=self.settings.node.ae_title,
                 tls=self.settings.node.tls,
+                on_attempts=self.audit.deliveries_attempted if self.audit else None,
             )
             outbox.start()
             self.extra.append(outbox)
@@ -136,7 +143,7 @@ class Service:
         )
         self.grouping.start()
         if dicom:
-            ctx = StoreContext(self.settings, self.store, self.sessions)
+            ctx = StoreContext(self.settings, self.store, self.sessions, self.audit)
             self.scp = start_scp(self.settings, ctx)
             log.info(
                 "DICOM node %s listening on %s:%d",
@@ -158,4 +165,6 @@ class Service:
             self.grouping.stop()
         if self.executor is not None:
             self.executor.stop()
+        if self.audit is not None:
+            self.audit.stop()
         self.engine.dispose()
