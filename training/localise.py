@@ -86,6 +86,8 @@ class LocaliseConfig:
     branch_first_stage: int = BRANCH_FIRST_STAGE
     #: Whether the branch also copies the later stages and the head (its own context).
     branch_through_head: bool = False
+    #: Halve the learning rate after this many epochs without a better validation share.
+    patience: int = PATIENCE
 
 
 @dataclass(slots=True)
@@ -350,7 +352,7 @@ def refine_localisation(
         if share > state.best_share:
             state.best_share, state.best_epoch = share, epoch + 1
             _save_atomically(model, folder / LOCALISED_MODEL)
-        elif (epoch + 1 - state.best_epoch) % PATIENCE == 0:
+        elif (epoch + 1 - state.best_epoch) % config.patience == 0:
             state.learning_rate /= 2
         _save_atomically(model, folder / LOCALISED_LAST)
         state.save(folder, config)
@@ -370,4 +372,5 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
         "batch_size": config.batch_size,
         "branch_first_stage": config.branch_first_stage,
         "branch_through_head": config.branch_through_head,
+        "patience": config.patience,
     }
