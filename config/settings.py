@@ -184,9 +184,30 @@ class GroupingSettings(BaseModel):
     poll_interval_s: float = Field(0.25, gt=0.0)
 
 
+class JobExecutor(StrEnum):
+    """Where queued jobs and deliveries run."""
+
+    #: Threads of the ``serve`` process poll the database (one machine, nothing else to run).
+    INPROCESS = "inprocess"
+    #: ``serve`` publishes due row ids to RabbitMQ; ``fracture-gateway worker`` processes run them.
+    CELERY = "celery"
+
+
 class JobSettings(BaseModel):
     """The job queue and its workers."""
 
+    executor: JobExecutor = JobExecutor.INPROCESS
+    #: The Celery broker (``executor = "celery"``); a vhost of its own keeps deployments apart.
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+    republish_after_s: float = Field(
+        60.0,
+        gt=0.0,
+        description=(
+            "with the Celery executor: a row still due this long after its id was published "
+            "(a lost message, a broker restart) is published again; a row claimed since then "
+            "(a lapsed lease, a retry after backoff) is published at once"
+        ),
+    )
     workers: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(5.0, ge=0.0)
@@ -470,6 +491,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with secrets and credentials in URLs masked."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = _mask_url(settings.database_url)
+    data["jobs"]["broker_url"] = _mask_url(settings.jobs.broker_url.get_secret_value())
     if settings.api.secret_key is not None:
         data["api"]["secret_key"] = MASK
     return data
