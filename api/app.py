@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import audit
@@ -67,11 +68,13 @@ def create_app(
     *,
     store: InstanceStore | None = None,
     predictor: Predictor | None = None,
+    collectors: Iterable[Collector] = (),
 ) -> FastAPI:
     """Build the API application for these settings, sessions and storage.
 
     ``predictor`` may hand over a model the service loaded already; otherwise the configured
-    package is loaded on the first ``/api/predict``.
+    package is loaded on the first ``/api/predict``. ``collectors`` add in-process metrics of
+    the service to ``/metrics``.
     """
 
     @asynccontextmanager
@@ -100,7 +103,7 @@ def create_app(
             predictor=predictor,
         ),
     )
-    app.state.metrics_registry = make_registry(sessions)
+    app.state.metrics_registry = make_registry(sessions, collectors)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for router in (auth.router, studies.router, system.router, admin.router, predict.router):
         app.include_router(router)

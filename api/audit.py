@@ -14,43 +14,10 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from audit.codes import Code as Code
+from audit.codes import EventId as EventId
+from audit.codes import EventType as EventType
 from db.review import AuditAction, AuditEvent, AuditOutcome
-
-
-@dataclass(frozen=True, slots=True)
-class Code:
-    """A coded concept from the DCM coding scheme (PS3.16 Annex D)."""
-
-    value: str
-    meaning: str
-
-
-class EventId:
-    """Audit Event ID codes, PS3.16 CID 403 (the events of PS3.15 A.5.3)."""
-
-    APPLICATION_ACTIVITY = Code("110100", "Application Activity")
-    AUDIT_LOG_USED = Code("110101", "Audit Log Used")
-    BEGIN_TRANSFERRING = Code("110102", "Begin Transferring DICOM Instances")
-    INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
-    EXPORT = Code("110106", "Export")
-    IMPORT = Code("110107", "Import")
-    PATIENT_RECORD = Code("110110", "Patient Record")
-    QUERY = Code("110112", "Query")
-    SECURITY_ALERT = Code("110113", "Security Alert")
-    USER_AUTHENTICATION = Code("110114", "User Authentication")
-
-
-class EventType:
-    """Audit Event Type codes, PS3.16 CID 401 (application), 402 (authentication), 404 (alerts)."""
-
-    APPLICATION_START = Code("110120", "Application Start")
-    APPLICATION_STOP = Code("110121", "Application Stop")
-    LOGIN = Code("110122", "Login")
-    SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
-    SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")
-    USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
-    SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
-    USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "User security Attributes Changed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,8 +152,16 @@ class DatabaseCollector(Collector):
         yield reconciled
 
 
-def make_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:
-    """A registry holding only the database collector."""
+def make_registry(
+    sessions: sessionmaker[Session], extra: Iterable[Collector] = ()
+) -> CollectorRegistry:
+    """A registry holding the database collector and ``extra`` ones of this process.
+
+    ``extra`` are in-process counters, such as the network audit's queues
+    (:class:`audit.metrics.AuditCollector`) when the API runs in the DICOM node's process.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(sessions))
+    for collector in extra:
+        registry.register(collector)
     return registry

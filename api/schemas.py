@@ -407,6 +407,10 @@ class AuditEventOut(BaseModel):
     object_type: str | None
     object_id: str | None
     detail: str | None
+    #: Participant objects of a DICOM network event (admins only; see docs/SECURITY.md).
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
+    instance_count: int | None = None
 
 
 class AuditPage(BaseModel):

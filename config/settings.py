@@ -184,9 +184,30 @@ class GroupingSettings(BaseModel):
     poll_interval_s: float = Field(0.25, gt=0.0)
 
 
+class JobExecutor(StrEnum):
+    """Where queued jobs and deliveries run."""
+
+    #: Threads of the ``serve`` process poll the database (one machine, nothing else to run).
+    INPROCESS = "inprocess"
+    #: ``serve`` publishes due row ids to RabbitMQ; ``fracture-gateway worker`` processes run them.
+    CELERY = "celery"
+
+
 class JobSettings(BaseModel):
     """The job queue and its workers."""
 
+    executor: JobExecutor = JobExecutor.INPROCESS
+    #: The Celery broker (``executor = "celery"``); a vhost of its own keeps deployments apart.
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+    republish_after_s: float = Field(
+        60.0,
+        gt=0.0,
+        description=(
+            "with the Celery executor: a row still due this long after its id was published "
+            "(a lost message, a broker restart) is published again; a row claimed since then "
+            "(a lapsed lease, a retry after backoff) is published at once"
+        ),
+    )
     workers: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(5.0, ge=0.0)
@@ -309,6 +330,75 @@ class ApiSettings(BaseModel):
     login_throttle: LoginThrottleSettings = Field(default_factory=LoginThrottleSettings)
 
 
+class SyslogTransport(StrEnum):
+    """How audit messages reach the collector (PS3.15 A.6 and A.7)."""
+
+    #: RFC 5426: one message per datagram; a collector may truncate long ones.
+    UDP = "udp"
+    #: RFC 6587 octet counting over plain TCP.
+    TCP = "tcp"
+    #: RFC 5425: octet counting over TLS (the ATNA Secure Node's transport).
+    TLS = "tls"
+
+
+#: PRINTUSASCII, 1-48 characters: the APP-NAME of RFC 5424 6.2.5.
+_APP_NAME = re.compile(r"^[\x21-\x7e]{1,48}$")
+
+
+class SyslogSettings(BaseModel):
+    """An audit record repository that receives the DICOM audit messages as syslog (RFC 5424).
+
+    Sending never blocks the node: messages wait in a queue of ``queue_size`` for a background
+    sender; when it is full, new messages are dropped and counted in ``/metrics``.
+    """
+
+    enabled: bool = False
+    host: str | None = None
+    #: Default: 6514 for TLS (RFC 5425), 514 for UDP and TCP.
+    port: int | None = Field(None, ge=1, le=65535)
+    transport: SyslogTransport = SyslogTransport.TLS
+    app_name: str = "fracture-gateway"
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    #: Seconds for a TCP or TLS connection and for one send; then the sender retries later.
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    #: Authorities trusted for the collector's certificate (TLS); the system's when unset. The
+    #: node's certificate (``node.tls.certificate``), if any, is presented to the collector.
+    ca_certificates: Path | None = None
+    #: The name the collector's certificate must carry; ``host`` when unset.
+    tls_server_name: str | None = None
+
+    @field_validator("app_name")
+    @classmethod
+    def _check_app_name(cls, value: str) -> str:
+        if not _APP_NAME.match(value):
+            raise ValueError(f"invalid syslog app_name {value!r}: 1-48 printable ASCII, no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _check_collector(self) -> Self:
+        if self.enabled and not self.host:
+            raise ValueError("audit.syslog.enabled needs audit.syslog.host")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 6514 if self.transport is SyslogTransport.TLS else 514
+
+
+class AuditSettings(BaseModel):
+    """The audit trail of DICOM network events (PS3.15 A.5) and its copy to a syslog collector."""
+
+    #: AuditSourceID of the messages; the node's AE title when unset.
+    source_id: str | None = Field(None, min_length=1, max_length=64)
+    #: AuditEnterpriseSiteID of the messages (e.g. the hospital); omitted when unset.
+    enterprise_site_id: str | None = Field(None, min_length=1, max_length=64)
+    #: Events waiting to be written to the audit table; beyond this they are dropped, counted.
+    queue_size: int = Field(10_000, ge=1, le=1_000_000)
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings)
+
+
 class Settings(BaseSettings):
     """Everything fracture-gateway can be told."""
 
@@ -330,6 +420,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @classmethod
@@ -420,6 +511,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with secrets and credentials in URLs masked."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = _mask_url(settings.database_url)
+    data["jobs"]["broker_url"] = _mask_url(settings.jobs.broker_url.get_secret_value())
     if settings.api.secret_key is not None:
         data["api"]["secret_key"] = MASK
     return data

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: The PostgreSQL advisory lock that serialises migrations of processes starting together.
+MIGRATION_LOCK_KEY = 0x46475F4D  # "FG_M"
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -20,8 +22,23 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "heads") -> None:
-    """Bring the database schema up to ``revision`` (every branch head by default)."""
-    command.upgrade(alembic_config(engine), revision)
+    """Bring the database schema up to ``revision`` (every branch head by default).
+
+    On PostgreSQL the upgrade holds an advisory lock, so nodes and workers started at the same
+    moment on one database migrate one after the other (the later ones find nothing to do)
+    instead of creating the same tables at once.
+    """
+    if engine.dialect.name != "postgresql":
+        command.upgrade(alembic_config(engine), revision)
+        return
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        lock.commit()
+        try:
+            command.upgrade(alembic_config(engine), revision)
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            lock.commit()
 
 
 def current_revisions(engine: Engine) -> tuple[str, ...]:

@@ -174,6 +174,26 @@ class Queue:
         with reading(sessions) as session:
             return session.scalar(select(self._id).where(*conditions).limit(1)) is not None
 
+    def due_rows(
+        self, sessions: sessionmaker[Session], *, now: datetime | None = None, limit: int = 1000
+    ) -> list[tuple[int, int]]:
+        """``(id, lease_token)`` of rows a claim would take now, oldest due first; read only.
+
+        For a dispatcher that publishes row ids to a message queue: the token tells a row that
+        was claimed since it was last published (a lapsed lease, a retry) from one still waiting.
+        """
+        conditions = [self.due_condition(now or utcnow())]
+        if self._held is not None:
+            conditions.append(~self._held())
+        with reading(sessions) as session:
+            rows = session.execute(
+                select(self._id, self._token)
+                .where(*conditions)
+                .order_by(self._due, self._id)
+                .limit(limit)
+            ).all()
+        return [(int(row_id), int(token)) for row_id, token in rows]
+
     def claim_in(
         self,
         session: Session,

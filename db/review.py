@@ -8,7 +8,7 @@ and the migration adds database triggers that refuse the same on SQLite and Post
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
+from audit.codes import AuditAction as AuditAction
+from audit.codes import AuditOutcome as AuditOutcome
 from db.base import Base, UtcDateTime, enum_column, utcnow
 
 
@@ -48,25 +50,6 @@ class FractureLabel(StrEnum):
 
     FRACTURED = "fractured"
     NOT_FRACTURED = "not_fractured"
-
-
-class AuditOutcome(IntEnum):
-    """Event Outcome Indicator, DICOM PS3.15 A.5.3 (RFC 3881)."""
-
-    SUCCESS = 0
-    MINOR_FAILURE = 4
-    SERIOUS_FAILURE = 8
-    MAJOR_FAILURE = 12
-
-
-class AuditAction(StrEnum):
-    """Event Action Code, DICOM PS3.15 A.5.3: create, read, update, delete, execute."""
-
-    CREATE = "C"
-    READ = "R"
-    UPDATE = "U"
-    DELETE = "D"
-    EXECUTE = "E"
 
 
 class User(Base):
@@ -223,7 +206,9 @@ class AuditEvent(Base):
     """One audited event, coded with the DICOM audit vocabulary (PS3.15 A.5, CID 400-403).
 
     ``object_type``/``object_id`` name the object by internal id only; ``detail`` never holds
-    patient data.
+    patient data. Network events (instances transferred) also carry the participant object
+    identifiers ATNA asks for: the Study Instance UID and the Patient ID, readable by admins
+    only (docs/SECURITY.md).
     """
 
     __tablename__ = "audit_events"
@@ -243,6 +228,11 @@ class AuditEvent(Base):
     object_type: Mapped[str | None] = mapped_column(String(32))
     object_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(String(256))
+    #: Participant objects of a network event (PS3.15 A.5.3.6): the study and its patient.
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    #: How many instances the event concerned (one record per association and study).
+    instance_count: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_audit_events_event_time", "event_id_code", "occurred_at"),)
 

@@ -124,20 +124,48 @@ class ConnectionEndedError(Exception):
 
 
 class RefusedError(Exception):
-    """The request is refused: ``reply`` (an A-ABORT or A-ASSOCIATE-RJ PDU) is sent, then close."""
+    """The request is refused: ``reply`` (an A-ABORT or A-ASSOCIATE-RJ PDU) is sent, then close.
 
-    def __init__(self, reply: bytes, reason: str) -> None:
+    ``security_alert`` says whether the refusal is audited as a security alert (a stranger, a
+    protocol violation) rather than a matter of capacity. The AE titles are those of the
+    request, when it could be decoded.
+    """
+
+    def __init__(
+        self,
+        reply: bytes,
+        reason: str,
+        *,
+        security_alert: bool = True,
+        calling_ae_title: str | None = None,
+        called_ae_title: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
+        self.security_alert = security_alert
+        self.calling_ae_title = calling_ae_title
+        self.called_ae_title = called_ae_title
 
     @classmethod
     def abort(cls, reason: AbortReason, detail: str) -> RefusedError:
         return cls(abort_pdu(reason), f"A-ABORT ({reason.name.lower()}): {detail}")
 
     @classmethod
-    def reject(cls, reason: RejectReason) -> RefusedError:
-        return cls(reason.encode(), f"A-ASSOCIATE-RJ: {reason.name}")
+    def reject(
+        cls,
+        reason: RejectReason,
+        request: A_ASSOCIATE_RQ | None = None,
+        *,
+        security_alert: bool = True,
+    ) -> RefusedError:
+        return cls(
+            reason.encode(),
+            f"A-ASSOCIATE-RJ: {reason.name}",
+            security_alert=security_alert,
+            calling_ae_title=None if request is None else str(request.calling_ae_title).strip(),
+            called_ae_title=None if request is None else str(request.called_ae_title).strip(),
+        )
 
 
 def recv_exactly(sock: socket.socket, count: int, deadline: float) -> bytearray:
@@ -200,9 +228,9 @@ def check_request(encoded: bytes | bytearray, host: str, settings: Settings) -> 
             AbortReason.INVALID_PDU_PARAMETER_VALUE, f"undecodable ({type(exc).__name__})"
         ) from exc
     if str(request.called_ae_title).strip() != settings.node.ae_title:
-        raise RefusedError.reject(CALLED_AE_NOT_RECOGNISED)
+        raise RefusedError.reject(CALLED_AE_NOT_RECOGNISED, request)
     if not settings.calling_ae_allowed(str(request.calling_ae_title), host):
-        raise RefusedError.reject(CALLING_AE_NOT_RECOGNISED)
+        raise RefusedError.reject(CALLING_AE_NOT_RECOGNISED, request)
     return request
 
 

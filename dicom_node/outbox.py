@@ -26,7 +26,7 @@ import logging
 import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -199,15 +199,34 @@ def claim_due(
     counted, so a crash while sending still counts towards ``max_attempts``. Rows of a study
     whose patient identity is in conflict wait, untouched, until the conflict is resolved.
     """
-    if not OUTBOX.any_due(sessions, now=now):
+    return _claim(sessions, limit=limit, lease_s=lease_s, now=now, row_id=None)
+
+
+def claim_one(
+    sessions: sessionmaker[Session], outbox_id: int, *, lease_s: float, now: datetime | None = None
+) -> Delivery | None:
+    """Take one named row if it is due (for a message that carries only the row's id)."""
+    claimed = _claim(sessions, limit=1, lease_s=lease_s, now=now, row_id=outbox_id)
+    return claimed[0] if claimed else None
+
+
+def _claim(
+    sessions: sessionmaker[Session],
+    *,
+    limit: int,
+    lease_s: float,
+    now: datetime | None,
+    row_id: int | None,
+) -> list[Delivery]:
+    if not OUTBOX.any_due(sessions, now=now, row_id=row_id):
         return []  # an idle poll does not take the write lock
     with writing(sessions) as session:
-        claims = OUTBOX.claim_in(session, lease_s=lease_s, limit=limit, now=now)
+        claims = OUTBOX.claim_in(session, lease_s=lease_s, limit=limit, now=now, row_id=row_id)
         if not claims:
             return []
         found = {
-            row_id: (destination, obj)
-            for row_id, destination, obj in session.execute(
+            found_id: (destination, obj)
+            for found_id, destination, obj in session.execute(
                 select(OutboxEntry.id, OutboxEntry.destination, ResultObject)
                 .join(ResultObject, ResultObject.id == OutboxEntry.result_object_id)
                 .where(OutboxEntry.id.in_([c.id for c in claims]))
@@ -433,7 +452,11 @@ class OutboxWorker:
         calling_ae_title: str,
         maximum_pdu_size: int = 0,
         tls: TlsSettings | None = None,
+        on_attempts: Callable[[str, Sequence[tuple[AttemptResult, OutboxState]]], None]
+        | None = None,
     ) -> None:
+        """``on_attempts(destination name, [(result, the row's new state)])`` is called after
+        each destination's outcomes are recorded (the network audit); it must not raise."""
         self._sessions = sessions
         self._store = store
         self._destinations = {d.name: d for d in destinations}
@@ -443,6 +466,7 @@ class OutboxWorker:
         self._tls_context: ssl.SSLContext | None = None
         if any(d.tls for d in destinations):
             self._tls_context = client_context(tls or TlsSettings())
+        self._on_attempts = on_attempts
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
@@ -452,6 +476,12 @@ class OutboxWorker:
         claimed = claim_due(
             self._sessions, limit=self._settings.batch_size, lease_s=self._settings.lease_s
         )
+        self.send_claimed(claimed)
+        return len(claimed)
+
+    def send_claimed(self, claimed: Sequence[Delivery]) -> None:
+        """Send claimed rows (one association per destination), keeping their leases alive, and
+        record every outcome. Also used by a distributed worker that claimed rows by id."""
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in claimed:
             by_destination[delivery.destination].append(delivery)
@@ -461,9 +491,9 @@ class OutboxWorker:
             for name, deliveries in by_destination.items():
                 deliveries.sort(key=lambda d: d.outbox_id)
                 self._deliver(name, deliveries)
-        return len(claimed)
 
     def _deliver(self, name: str, deliveries: list[Delivery]) -> None:
+        recorded: list[tuple[AttemptResult, OutboxState]] = []
         for result in self._attempt(name, deliveries):
             state = record_outcome(
                 self._sessions,
@@ -482,6 +512,9 @@ class OutboxWorker:
                 state.value,
                 f" ({result.error})" if result.error else "",
             )
+            recorded.append((result, state))
+        if self._on_attempts is not None:
+            self._on_attempts(name, recorded)
 
     def _attempt(self, name: str, deliveries: list[Delivery]) -> list[AttemptResult]:
         destination = self._destinations.get(name)

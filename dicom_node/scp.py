@@ -28,6 +28,7 @@ from dicom_node.conformance import (
 )
 from dicom_node.ingest import IngestRefusedError, ingest_encoded
 from dicom_node.netlog import quiet_peer_faults
+from dicom_node.network_audit import NodeAudit
 from dicom_node.storage import InstanceStore, StorageError
 from dicom_node.tls import server_context
 from dicom_node.transport import GuardedAssociationServer
@@ -42,6 +43,8 @@ class StoreContext:
     settings: Settings
     store: InstanceStore
     sessions: sessionmaker[Session]
+    #: Counts each stored instance for the association's audit record (None: no audit).
+    audit: NodeAudit | None = None
 
 
 def storage_contexts(settings: Settings) -> list[PresentationContext]:
@@ -61,7 +64,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
     request = cast(C_STORE, event.request)
     try:
-        outcome, _ = ingest_encoded(
+        outcome, header = ingest_encoded(
             ctx.sessions,
             ctx.store,
             request.DataSet.getbuffer(),  # type: ignore[union-attr]
@@ -84,6 +87,8 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     except Exception as exc:  # the one place an unexpected error becomes a status
         log.error("C-STORE failed unexpectedly: %s", type(exc).__name__)
         return int(StoreStatus.PROCESSING_FAILURE)
+    if ctx.audit is not None:  # memory only; the record is written when the association ends
+        ctx.audit.instance_received(event.assoc, header, outcome)
     log.debug("C-STORE answered Success: %s", outcome.value)
     return int(StoreStatus.SUCCESS)
 
@@ -110,7 +115,8 @@ def start_scp(
     Connections are admitted by :mod:`dicom_node.admission` (AE titles and addresses checked
     before an association slot is taken) and PDU reads are bounded (:mod:`dicom_node.transport`).
     With ``node.tls.enabled`` the listener speaks TLS only, the handshake in each connection's
-    own thread under the ARTIM timer.
+    own thread under the ARTIM timer. With ``ctx.audit``, instances received and associations
+    refused are audited (:mod:`dicom_node.network_audit`).
     """
     ae = build_ae(settings)
     handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [ctx])]
@@ -122,6 +128,7 @@ def start_scp(
         evt_handlers=handlers,
         server_class=GuardedAssociationServer,
         settings=settings,
+        audit=ctx.audit,
     )
     assert isinstance(server, GuardedAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)

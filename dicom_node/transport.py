@@ -33,7 +33,7 @@ import ssl
 import time
 from copy import deepcopy
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -58,6 +58,9 @@ from dicom_node.pdu import (
     length_limit,
 )
 
+if TYPE_CHECKING:
+    from dicom_node.network_audit import NodeAudit
+
 log = logging.getLogger(__name__)
 
 #: pynetdicom's acceptor mode name (``pynetdicom._globals.MODE_ACCEPTOR``).
@@ -76,6 +79,8 @@ class BoundedAssociationSocket(AssociationSocket):
         The "maximum length received" we announce: the bound for P-DATA-TF PDUs.
     linger_s
         How long to wait for the peer to close after an A-ABORT (Sta13, PS3.8 9.2).
+    audit
+        Where a PDU refused for its length is reported as a security alert.
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class BoundedAssociationSocket(AssociationSocket):
         prefix: bytes | bytearray,
         maximum_pdu_size: int,
         linger_s: float,
+        audit: NodeAudit | None = None,
     ) -> None:
         super().__init__(assoc, client_socket=client_socket)
+        self._audit = audit
         self._prefix = bytearray(prefix)
         self._maximum_pdu_size = maximum_pdu_size
         self._linger_s = linger_s
@@ -120,6 +127,12 @@ class BoundedAssociationSocket(AssociationSocket):
                 limit,
                 self.assoc.requestor.address,
             )
+            if self._audit is not None:
+                self._audit.association_aborted(
+                    self.assoc,
+                    f"A-ABORT (invalid_pdu_parameter_value): {pdu_type.name} declares "
+                    f"{header.length} bytes, more than {limit}",
+                )
             return self._abort(AbortReason.INVALID_PDU_PARAMETER_VALUE)
         return self._read(nr_bytes)
 
@@ -164,17 +177,21 @@ class GuardedRequestHandler(RequestHandler):
         try:
             sock = self.request = server.start_tls(sock, deadline)
             encoded = read_associate_rq(sock, deadline)
-            check_request(encoded, host, server.settings)
+            request = check_request(encoded, host, server.settings)
             if not server.admission.admit():
-                raise RefusedError.reject(LOCAL_LIMIT_EXCEEDED)
+                raise RefusedError.reject(LOCAL_LIMIT_EXCEEDED, request, security_alert=False)
             admitted = True
         except ConnectionEndedError as ended:
             log.info("connection from %s ended before an association request: %s", host, ended)
         except RefusedError as refusal:
             log.warning("association from %s refused with %s", host, refusal.reason)
             refuse(sock, refusal.reply, deadline)
+            if server.audit is not None:
+                server.audit.association_refused(host, refusal)
         except ssl.SSLError as exc:
             log.warning("TLS with %s failed: %s", host, exc.reason or exc)
+            if server.audit is not None:
+                server.audit.tls_failed(host, str(exc.reason or type(exc).__name__))
         except OSError as exc:  # reset or refused by the kernel: a vanished peer, not news
             log.info("connection from %s failed before admission: %s", host, exc)
         finally:
@@ -193,6 +210,8 @@ class GuardedRequestHandler(RequestHandler):
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         assoc.join()
+        if self.server.audit is not None:  # every handler of the association has returned
+            self.server.audit.association_ended(assoc)
 
     def _create_bounded_association(self, sock: socket.socket, prefix: bytearray) -> Association:
         """``RequestHandler._create_association`` of pynetdicom 3.0.4 with our socket class."""
@@ -208,6 +227,7 @@ class GuardedRequestHandler(RequestHandler):
             prefix=prefix,
             maximum_pdu_size=self.ae.maximum_pdu_size,
             linger_s=self.server.admission.limits.artim_timeout_s,
+            audit=self.server.audit,
         )
         assoc.set_socket(bounded)
 
@@ -240,8 +260,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     #: Connection threads live as long as their association; never join them on close.
     daemon_threads = True
 
-    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, settings: Settings, audit: NodeAudit | None = None, **kwargs: Any
+    ) -> None:
         self.settings = settings
+        #: Where refusals and ended associations are reported (None: not audited).
+        self.audit = audit
         self.admission = Admission(AdmissionLimits.from_settings(settings.node))
         # The listen backlog (socketserver's default is 5): a burst of connections must reach
         # accept() and its limits, not have its SYNs dropped and retried seconds later.

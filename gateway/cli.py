@@ -55,9 +55,18 @@ def _configure_logging(level: str) -> None:
 def serve(
     dicom: Annotated[bool, typer.Option(help="Run the DICOM node.")] = True,
     api: Annotated[bool, typer.Option(help="Run the review API.")] = True,
-    worker: Annotated[bool, typer.Option(help="Run the job workers.")] = True,
+    worker: Annotated[
+        bool, typer.Option(help="Run the job workers (in-process executor only).")
+    ] = True,
+    sweeper: Annotated[
+        bool, typer.Option(help="Publish due rows to RabbitMQ (Celery executor only).")
+    ] = True,
 ) -> None:
-    """Run the whole service in one process until interrupted (SIGINT or SIGTERM)."""
+    """Run the whole service in one process until interrupted (SIGINT or SIGTERM).
+
+    With ``jobs.executor = "celery"`` the jobs and deliveries run in ``fracture-gateway worker``
+    processes instead; this process publishes their ids.
+    """
     from gateway.service import Service
 
     settings = _settings()
@@ -66,7 +75,7 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    service.start(dicom=dicom, worker=worker)
+    service.start(dicom=dicom, worker=worker, sweeper=sweeper)
     if api and settings.api.enabled:
         from gateway.http import start_api
 
@@ -78,6 +87,42 @@ def serve(
     )
     stop.wait()
     service.stop()
+
+
+@app.command("worker")
+def celery_worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues to consume: analysis, delivery.")
+    ] = "analysis,delivery",
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks at once (threads); jobs.workers if unset.")
+    ] = None,
+    pool: Annotated[
+        str, typer.Option(help="Celery pool: threads (one model per process) or solo.")
+    ] = "threads",
+) -> None:
+    """Run a Celery worker for analysis jobs and deliveries (needs jobs.executor = "celery")."""
+    from config.settings import JobExecutor
+    from gateway.celery_app import ANALYSIS_QUEUE, DELIVERY_QUEUE
+    from gateway.celery_worker import POOLS, run_worker
+
+    settings = _settings()
+    if settings.jobs.executor is not JobExecutor.CELERY:
+        console.print('[red]configuration error:[/red] jobs.executor must be "celery"')
+        raise typer.Exit(2)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - {ANALYSIS_QUEUE, DELIVERY_QUEUE})
+    if not names or unknown:
+        console.print(f"[red]unknown queues:[/red] {unknown or 'none given'}")
+        raise typer.Exit(2)
+    if pool not in POOLS:
+        console.print(f"[red]unknown pool:[/red] {pool} (one of {', '.join(POOLS)})")
+        raise typer.Exit(2)
+    _configure_logging(settings.log_level)
+    code = run_worker(
+        settings, queues=names, concurrency=concurrency or settings.jobs.workers, pool=pool
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -41,8 +41,16 @@ class ApiServer:
 def start_api(settings: Settings, service: Service) -> ApiServer:
     """Build the app for this service and serve it on the configured host and port."""
     from api.app import create_app
+    from audit.metrics import AuditCollector
 
-    app = create_app(settings, service.sessions, store=service.store, predictor=service.predictor)
+    collectors = [AuditCollector(service.audit.trail)] if service.audit is not None else []
+    app = create_app(
+        settings,
+        service.sessions,
+        store=service.store,
+        predictor=service.predictor,
+        collectors=collectors,
+    )
     config = uvicorn.Config(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", access_log=False
     )

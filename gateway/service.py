@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Settings
+from config.settings import JobExecutor, Settings
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from dicom_node.grouping import GroupingTimer
+from dicom_node.network_audit import NodeAudit
 from dicom_node.outbox import OutboxWorker
 from dicom_node.reconcile import ReconcileReport, reconcile_storage
 from dicom_node.scp import StoreContext, start_scp
@@ -26,7 +27,7 @@ from dicom_node.sizes import fill_image_sizes
 from dicom_node.storage import InstanceStore
 from dicom_node.transport import GuardedAssociationServer
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
-from gateway.worker import InProcessExecutor
+from gateway.worker import Executor, InProcessExecutor
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ class Service:
     store: InstanceStore = field(init=False)
     scp: GuardedAssociationServer | None = field(init=False, default=None)
     grouping: GroupingTimer | None = field(init=False, default=None)
-    executor: InProcessExecutor | None = field(init=False, default=None)
+    #: The in-process workers, or the Celery sweeper that publishes due rows (None: neither).
+    executor: Executor | None = field(init=False, default=None)
+    #: The audit of DICOM network events (None until started).
+    audit: NodeAudit | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
     predictor: Any = field(init=False, default=None)
     #: What the start-up reconciliation of the storage folder did (None: not run here).
@@ -93,8 +97,12 @@ class Service:
         assert self.scp is not None
         return int(self.scp.server_address[1])
 
-    def start(self, *, dicom: bool = True, worker: bool = True) -> None:
+    def start(self, *, dicom: bool = True, worker: bool = True, sweeper: bool = True) -> None:
         """Start the SCP, the grouping timer and the job workers.
+
+        With ``jobs.executor = "celery"`` this process runs no workers: ``sweeper`` publishes the
+        ids of due jobs and deliveries to RabbitMQ for ``fracture-gateway worker`` processes
+        (:mod:`gateway.celery_app`), and ``worker`` is ignored.
 
         The process that receives (``dicom``) first reconciles the storage folder with the
         database, before any association is accepted: files a crash left without a row are
@@ -102,11 +110,27 @@ class Service:
         kept image sizes get theirs (:mod:`dicom_node.sizes`). Other roles leave the folder alone,
         since a receiving process may be writing to it.
         """
+        if dicom or worker:
+            self.audit = NodeAudit.from_settings(self.settings, self.sessions)
+            self.audit.start()
         if dicom:
             self.reconciliation = reconcile_storage(self.sessions, self.store)
             fill_image_sizes(self.sessions, self.store)
         on_jobs = None
-        if worker:
+        celery = self.settings.jobs.executor is JobExecutor.CELERY
+        if celery and sweeper:
+            from gateway.celery_app import Sweeper, make_app
+
+            sweeping = Sweeper(
+                self.sessions,
+                make_app(self.settings),
+                poll_interval_s=self.settings.jobs.poll_interval_s,
+                republish_after_s=self.settings.jobs.republish_after_s,
+            )
+            sweeping.start()
+            self.executor = sweeping
+            on_jobs = lambda _ids: sweeping.wake()  # noqa: E731 - publish new jobs at once
+        if worker and not celery:
             outbox = OutboxWorker(
                 self.sessions,
                 self.store,
@@ -114,6 +138,7 @@ class Service:
                 self.settings.outbox,
                 calling_ae_title=self.settings.node.ae_title,
                 tls=self.settings.node.tls,
+                on_attempts=self.audit.deliveries_attempted if self.audit else None,
             )
             outbox.start()
             self.extra.append(outbox)
@@ -136,7 +161,7 @@ class Service:
         )
         self.grouping.start()
         if dicom:
-            ctx = StoreContext(self.settings, self.store, self.sessions)
+            ctx = StoreContext(self.settings, self.store, self.sessions, self.audit)
             self.scp = start_scp(self.settings, ctx)
             log.info(
                 "DICOM node %s listening on %s:%d",
@@ -158,4 +183,6 @@ class Service:
             self.grouping.stop()
         if self.executor is not None:
             self.executor.stop()
+        if self.audit is not None:
+            self.audit.stop()
         self.engine.dispose()

@@ -44,8 +44,15 @@ class Executor(Protocol):
     def stop(self, timeout: float = 30.0) -> None: ...
 
 
-def run_one(factory: sessionmaker[Session], runner: JobRunner, settings: JobSettings) -> bool:
-    """Claim one due job and run it, keeping its lease alive; returns whether a job was found.
+def run_one(
+    factory: sessionmaker[Session],
+    runner: JobRunner,
+    settings: JobSettings,
+    *,
+    job_id: int | None = None,
+) -> bool:
+    """Claim one due job (the oldest, or ``job_id`` when a message named it) and run it,
+    keeping its lease alive; returns whether a job was claimed.
 
     While the runner works, a heartbeat thread renews the lease every ``lease_s / 3``; a job
     whose worker dies is retaken once the lease lapses. Success marks the job done;
@@ -55,7 +62,10 @@ def run_one(factory: sessionmaker[Session], runner: JobRunner, settings: JobSett
     The recorded error is the exception's type and message, which our code keeps free of
     patient data.
     """
-    job = jobs.claim_next(factory, lease_s=settings.lease_s)
+    if job_id is None:
+        job = jobs.claim_next(factory, lease_s=settings.lease_s)
+    else:
+        job = jobs.claim(factory, job_id, lease_s=settings.lease_s)
     if job is None:
         return False
     level = logging.INFO

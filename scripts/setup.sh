@@ -5,7 +5,7 @@
 #
 #   scripts/setup.sh            what the service needs
 #   scripts/setup.sh --test     also what the test suite needs (dcmtk, openssl, Orthanc, dicom3tools,
-#                               Chromium, and the test extras)
+#                               Chromium, RabbitMQ, and the test extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 packages=(python3 python3-venv python3-dev)
-[ "$want_test" = 1 ] && packages+=(dcmtk openssl orthanc dicom3tools chromium)
+[ "$want_test" = 1 ] && packages+=(dcmtk openssl orthanc dicom3tools chromium rabbitmq-server)
 
 missing=()
 for pkg in "${packages[@]}"; do

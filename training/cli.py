@@ -74,6 +74,19 @@ def train(
             "on the boxes with the classifier frozen (0: none).",
         ),
     ] = 0,
+    branch_first_stage: Annotated[
+        int,
+        typer.Option(
+            min=1, max=4, help="Second stage: first backbone stage copied into the map's branch."
+        ),
+    ] = 2,
+    branch_through_head: Annotated[
+        bool, typer.Option(help="Second stage: the branch also copies the later stages and head.")
+    ] = False,
+    localisation_patience: Annotated[
+        int,
+        typer.Option(min=1, help="Second stage: halve the rate after these flat epochs."),
+    ] = 3,
 ) -> None:
     """Train a fracture classifier; by default also export its package and evaluate it on test."""
     from training.export import load_trained
@@ -120,7 +133,16 @@ def train(
     trained = load_trained(out)
     if localisation_epochs and len(trained.outputs) == 2:
         trained, training["localisation_stage"] = _localise(
-            trained, prepared, out, LocaliseConfig(epochs=localisation_epochs, seed=seed)
+            trained,
+            prepared,
+            out,
+            LocaliseConfig(
+                epochs=localisation_epochs,
+                seed=seed,
+                branch_first_stage=branch_first_stage,
+                branch_through_head=branch_through_head,
+                patience=localisation_patience,
+            ),
         )
     _export_and_evaluate(
         trained,
@@ -225,6 +247,12 @@ def localise(
         typer.Option(
             min=1, max=4, help="First backbone stage (0-based) copied into the map's branch."
         ),
+    ] = 2,
+    branch_through_head: Annotated[
+        bool, typer.Option(help="The branch also copies the later stages and the head.")
+    ] = False,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Halve the learning rate after this many flat epochs.")
     ] = 3,
 ) -> None:
     """Refine a trained EfficientNet-Lite's fracture map on the boxes, classifier frozen."""
@@ -264,6 +292,8 @@ def localise(
         learning_rate=learning_rate,
         seed=split_seed,
         branch_first_stage=branch_first_stage,
+        branch_through_head=branch_through_head,
+        patience=patience,
     )
     refined, training["localisation_stage"] = _localise(trained, prepared, out, config)
     if export:

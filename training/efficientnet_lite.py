@@ -245,11 +245,16 @@ def backbone(
             stride8 = x
         if block.stage == STRIDE16_STAGE and is_last_of_stage:
             stride16 = x
-    x = _conv(x, HEAD_FILTERS, 1, 1, "head_conv")
-    x = _relu6(_bn(x, "head_bn"), head_name)
+    x = head_block(x, head_name)
     assert stride8 is not None
     assert stride16 is not None
     return Backbone(stride8=stride8, stride16=stride16, head=x)
+
+
+def head_block(x: keras.KerasTensor, name: str, *, prefix: str = "") -> keras.KerasTensor:
+    """The 1 x 1 convolution to the 1280-channel head, its batch norm and ReLU6 (``name``)."""
+    x = _conv(x, HEAD_FILTERS, 1, 1, f"{prefix}head_conv")
+    return _relu6(_bn(x, f"{prefix}head_bn"), name)
 
 
 def imagenet_classifier(variant: Variant, size: int | None = None) -> keras.Model:

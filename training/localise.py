@@ -59,14 +59,15 @@ LOCALISED_LAST = "localised_last.keras"
 LOCALISATION_STATE = "localisation.json"
 #: Prefix of the localisation branch's copy of the backbone's stages 4 and 5.
 BRANCH_PREFIX = "loc_"
-#: The first backbone stage (0-based) that the branch copies: 3, the 1/16 stages only.
-BRANCH_FIRST_STAGE = 3
+#: The first backbone stage (0-based) that the branch copies: 2, the 1/8 stage and the 1/16 ones.
+BRANCH_FIRST_STAGE = 2
 #: Name of the branch's output, present once a model has the branch.
 BRANCH_OUTPUT = "loc_branch_features"
 #: Weight of the mean per-cell binary cross-entropy beside the spatial cross-entropy.
 CELL_LOSS_WEIGHT = 10.0
-#: Halve the learning rate after this many epochs without a better validation share.
-PATIENCE = 2
+#: Halve the learning rate after this many epochs without a better validation share (the
+#: validation share moves by a picture or two from epoch to epoch).
+PATIENCE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ class LocaliseConfig:
     threads: int = 2
     #: First backbone stage (0-based) of the localisation branch (:func:`with_localisation_branch`).
     branch_first_stage: int = BRANCH_FIRST_STAGE
+    #: Whether the branch also copies the later stages and the head (its own context).
+    branch_through_head: bool = False
+    #: Halve the learning rate after this many epochs without a better validation share.
+    patience: int = PATIENCE
 
 
 @dataclass(slots=True)
@@ -112,7 +117,7 @@ class LocaliseState:
 
 
 def with_localisation_branch(
-    trained: keras.Model, first_stage: int = BRANCH_FIRST_STAGE
+    trained: keras.Model, first_stage: int = BRANCH_FIRST_STAGE, *, through_head: bool = False
 ) -> keras.Model:
     """``trained`` with a localisation head on its own copy of the backbone's middle stages.
 
@@ -121,7 +126,9 @@ def with_localisation_branch(
     stages ``first_stage`` to 1/16 (0-based; layers named ``loc_block<N>_...``, initialised
     with the trained weights; with ``first_stage`` past the 1/8 stage, the 1/8 features are
     the frozen ones), so they can learn where fractures are without moving what the
-    classifier sees; the head (:func:`training.architectures.localisation_context` and
+    classifier sees. With ``through_head`` the branch also copies the later stages and the
+    1280-channel head, so the map's context is its own too (else it is the classifier's). The
+    head (:func:`training.architectures.localisation_context` and
     :func:`~training.architectures.localisation_map`) starts from the trained head's weights
     where its layers match. A model that has the branch already is returned as it is.
     """
@@ -141,13 +148,24 @@ def with_localisation_branch(
     x = trained.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
     stride8 = trained.get_layer(lite.stage_output_layer(variant, lite.STRIDE8_STAGE)).output
     blocks = lite.blocks_of(variant)
+    stride16 = None
+    last_stage = blocks[-1].stage if through_head else lite.STRIDE16_STAGE
     for block in blocks:
-        if first_stage <= block.stage <= lite.STRIDE16_STAGE:
+        if first_stage <= block.stage <= last_stage:
             x = lite.mbconv(x, block, 0.0, prefix=BRANCH_PREFIX)
-            if block.stage == lite.STRIDE8_STAGE and blocks[block.index + 1].stage != block.stage:
+            ends_stage = block.index + 1 == len(blocks) or blocks[block.index + 1].stage != (
+                block.stage
+            )
+            if block.stage == lite.STRIDE8_STAGE and ends_stage:
                 stride8 = x
-    x = layers.Identity(name=BRANCH_OUTPUT)(x)
-    context = localisation_context(x, trained.get_layer(GRADCAM_LAYER).output)
+            if block.stage == lite.STRIDE16_STAGE and ends_stage:
+                stride16 = layers.Identity(name=BRANCH_OUTPUT)(x)
+    assert stride16 is not None
+    if through_head:
+        head = lite.head_block(x, f"{BRANCH_PREFIX}head_relu", prefix=BRANCH_PREFIX)
+    else:
+        head = trained.get_layer(GRADCAM_LAYER).output
+    context = localisation_context(stride16, head)
     refined = keras.Model(
         trained.inputs,
         [trained.outputs[0], localisation_map(context, stride8)],
@@ -157,9 +175,8 @@ def with_localisation_branch(
     for layer in refined.layers:
         if id(layer) in shared or not layer.weights:
             continue
-        source_name = layer.name.removeprefix(BRANCH_PREFIX)
-        if not layer.name.startswith(BRANCH_PREFIX + "block"):
-            source_name = layer.name
+        copied = layer.name.startswith((BRANCH_PREFIX + "block", BRANCH_PREFIX + "head_"))
+        source_name = layer.name.removeprefix(BRANCH_PREFIX) if copied else layer.name
         if source_name not in names:
             continue
         source = trained.get_layer(source_name)
@@ -272,7 +289,9 @@ def refine_localisation(
         model = keras.models.load_model(folder / LOCALISED_LAST, compile=False)
     else:
         state = LocaliseState(learning_rate=config.learning_rate)
-        model = with_localisation_branch(trained, config.branch_first_stage)
+        model = with_localisation_branch(
+            trained, config.branch_first_stage, through_head=config.branch_through_head
+        )
     for layer in model.layers:
         layer.trainable = is_head_layer(layer)
     head = keras.Model(model.inputs, model.outputs[1], name="localisation_head")
@@ -333,7 +352,7 @@ def refine_localisation(
         if share > state.best_share:
             state.best_share, state.best_epoch = share, epoch + 1
             _save_atomically(model, folder / LOCALISED_MODEL)
-        elif (epoch + 1 - state.best_epoch) % PATIENCE == 0:
+        elif (epoch + 1 - state.best_epoch) % config.patience == 0:
             state.learning_rate /= 2
         _save_atomically(model, folder / LOCALISED_LAST)
         state.save(folder, config)
@@ -352,4 +371,6 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
         "learning_rate": config.learning_rate,
         "batch_size": config.batch_size,
         "branch_first_stage": config.branch_first_stage,
+        "branch_through_head": config.branch_through_head,
+        "patience": config.patience,
     }

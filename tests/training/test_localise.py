@@ -68,6 +68,24 @@ def test_the_branch_and_fine_map_are_added_without_touching_the_classifier() -> 
     assert with_localisation_branch(refined) is refined
 
 
+def test_a_branch_through_the_head_gives_the_map_its_own_context() -> None:
+    old = _stage_one_model(64)
+    refined = with_localisation_branch(old, 2, through_head=True)
+    names = {layer.name for layer in refined.layers}
+    # Copies of the 1/8 stage, the later stages and the head, with the trained weights.
+    assert {"loc_block3_project_conv", "loc_block15_project_conv", "loc_head_conv"} <= names
+    np.testing.assert_array_equal(
+        refined.get_layer("loc_head_conv").get_weights()[0],
+        old.get_layer("head_conv").get_weights()[0],
+    )
+    x = np.random.default_rng(4).random((2, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(old(x, training=False)[0]), np.asarray(refined(x, training=False)[0])
+    )
+    classifier = keras.Model(refined.inputs, refined.outputs[0])
+    assert not any(is_head_layer(layer) for layer in classifier.layers)
+
+
 def test_a_model_without_a_localisation_head_is_refused() -> None:
     small = build_model(Architecture.SMALL, 64, 2, weights=None)
     with pytest.raises(ValueError, match="no localisation head"):

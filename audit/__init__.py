@@ -1,0 +1,1 @@
+"""The audit trail's vocabulary, the DICOM audit message and its delivery to a syslog collector."""
