@@ -3,8 +3,10 @@
 // selection rules (a response for an earlier study or image is never drawn).
 "use strict";
 
-//: Long side of the pictures and values asked for: enough to zoom into a radiograph.
+//: Long side of the pictures and values asked for first: a radiograph fitted to the screen.
 const PICTURE_SIZE = 2048;
+//: The server's largest long side (api/pictures.py MAX_SIZE): the full resolution, up to this.
+const FULL_SIZE = 4096;
 //: Zoom limits, relative to "fit".
 const ZOOM_MIN = 0.5;
 const ZOOM_MAX = 16;
@@ -13,6 +15,7 @@ const CLICK_SLOP = 3;
 
 const viewer = {
   values: null, // { imageId, header, data: Uint16Array } of the image on screen
+  fullFor: null, // id of the image whose full-resolution values were asked for
   window: null, // { center, width, function } in modality units, as shown
   invert: false,
   custom: false, // the canvas (the reader's window) is shown over the server's preview
@@ -34,6 +37,7 @@ function imageOnScreen() {
 
 function resetViewer() {
   viewer.values = null;
+  viewer.fullFor = null;
   viewer.window = null;
   viewer.invert = false;
   viewer.custom = false;
@@ -68,8 +72,8 @@ function parseValues(buffer) {
   return { header, data };
 }
 
-async function loadValues(image, selection) {
-  const response = await api(`${image.pixels_url}?max_size=${PICTURE_SIZE}`, {
+async function fetchValues(image, selection, size) {
+  const response = await api(`${image.pixels_url}?max_size=${size}`, {
     signal: selection.controller.signal,
   });
   if (!isCurrent(selection)) throw new StaleSelection(image.pixels_url);
@@ -78,12 +82,56 @@ async function loadValues(image, selection) {
   if (!isCurrent(selection) || !state.image || state.image.id !== image.id) {
     throw new StaleSelection(image.pixels_url);
   }
-  const { header, data } = parseValues(buffer);
+  return parseValues(buffer);
+}
+
+async function loadValues(image, selection) {
+  const { header, data } = await fetchValues(image, selection, PICTURE_SIZE);
   viewer.values = { imageId: image.id, header, data };
   viewer.window = Object.assign({}, header.window);
   viewer.invert = false;
   $("stage").dataset.values = "ready";
   showWindowReadout();
+  wantFullResolution();
+}
+
+function isReduced(values) {
+  const h = values.header;
+  return h.columns < h.image_columns && h.columns < FULL_SIZE && h.rows < FULL_SIZE;
+}
+
+function wantFullResolution() {
+  // Zoomed in so far that the screen has more pixels across the image than the reduced values:
+  // ask once for the full resolution; the reduced picture stays until it comes. The answer
+  // for an earlier study or image is dropped (the selection rules of app.js).
+  const values = viewer.values;
+  const image = state.image;
+  if (!values || !image || values.imageId !== image.id || viewer.fullFor === image.id) return;
+  if (!isReduced(values) || !imageOnScreen()) return;
+  const shown = $("layer").getBoundingClientRect().width * (window.devicePixelRatio || 1);
+  if (shown <= values.header.columns) return;
+  viewer.fullFor = image.id;
+  const selection = state.selection;
+  const size = Math.min(FULL_SIZE, Math.max(values.header.image_rows, values.header.image_columns));
+  $("stage").dataset.values = "loading-full";
+  fetchValues(image, selection, size).then(({ header, data }) => {
+    if (!viewer.values || viewer.values.imageId !== image.id) throw new StaleSelection(image.pixels_url);
+    // The reader's window and inversion stay; only the resolution changes.
+    viewer.values = { imageId: image.id, header, data };
+    $("stage").dataset.values = "full";
+    drawWindow();
+  }).catch((error) => {
+    if (isDropped(error)) return;
+    // The reduced picture stays; say why the sharper one is missing.
+    if (state.image && state.image.id === image.id) $("stage").dataset.values = "ready";
+    message(`The full-resolution image cannot be shown: ${error.message}`);
+  });
+}
+
+function sharperThanPreview(values) {
+  // The canvas holds more pixels than the server's preview: show it even at the image's window.
+  const img = $("radiograph");
+  return Boolean(img.naturalWidth) && values.header.columns > img.naturalWidth;
 }
 
 function imageWindow() {
@@ -121,7 +169,8 @@ function drawWindow() {
   viewer.frame = 0;
   const values = viewer.values;
   const canvas = $("wl-canvas");
-  if (!values || !state.image || values.imageId !== state.image.id || !viewer.custom) {
+  if (!values || !state.image || values.imageId !== state.image.id
+    || !(viewer.custom || sharperThanPreview(values))) {
     canvas.hidden = true;
     return;
   }
@@ -221,6 +270,7 @@ function layoutViewer() {
   layer.style.left = `${Math.round((stage.clientWidth - w) / 2 + viewer.panX)}px`;
   layer.style.top = `${Math.round((stage.clientHeight - h) / 2 + viewer.panY)}px`;
   $("zoom-readout").textContent = `${Math.round(viewer.zoom * 100)} %`;
+  wantFullResolution();
 }
 
 function fitViewer() {

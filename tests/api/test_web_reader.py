@@ -359,3 +359,134 @@ def test_upload_a_good_and_a_bad_file(model_served: tuple[World, str], browser_p
     expect(page.locator("#upload-result")).to_be_hidden()
     with world.sessions() as session:
         assert session.scalars(select(Study)).all() == []  # nothing uploaded was kept
+
+
+#: Large real radiographs (rows, columns): uncompressed and JPEG 2000 (docs/PERFORMANCE.md).
+LARGE_RADIOGRAPHS = {
+    "RG2_UNC": ("robyoung-dicom-test-files/data/WG04/REF/RG2_UNC", 2140, 1760),
+    "NM_Kakadu44_J2KR": (
+        "pylibjpeg-data/ljdata/ds/JPEG2000Lossless/NM_Kakadu44_SOTmarkerincons.dcm",
+        2500,
+        2048,
+    ),
+}
+
+
+def _seed_real(
+    world: World, shared: Path, relative: str, rows: int, columns: int
+) -> tuple[int, int, Path]:
+    """A study whose one stored image is the real file at ``relative`` under the shared data."""
+    import shutil
+
+    from pydicom import dcmread
+
+    from db.models import Instance
+
+    source = shared / "dicom" / relative
+    if not source.exists():
+        pytest.fail(f"missing shared test file {source}")
+    study = seed_study(world, patient_name="LARGE^IMAGE", rows=rows, columns=columns)
+    image_id = study.image_ids[0]
+    with world.sessions() as session, session.begin():
+        instance = session.get_one(Instance, image_id)
+        shutil.copyfile(source, world.store.absolute(instance.storage_path))
+        syntax = dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        instance.transfer_syntax_uid = str(syntax)
+    return study.id, image_id, source
+
+
+def _until(page: Page, probe: str, selector: str, timeout_s: float = 60.0) -> float:
+    """Seconds (perf_counter) at which ``probe`` on ``selector`` first holds; polled."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if page.locator(selector).evaluate(probe):
+            return time.perf_counter()
+        page.wait_for_timeout(20)
+    raise AssertionError(f"{probe} on {selector} did not hold within {timeout_s} s")
+
+
+@pytest.mark.parametrize("name", sorted(LARGE_RADIOGRAPHS))
+def test_full_resolution_at_one_to_one(
+    world: World, served: str, browser_page: Page, shared_dir: Path, name: str
+) -> None:
+    """Zoomed to one screen pixel per image pixel, the canvas holds the image's own pixels."""
+    from playwright.sync_api import expect
+
+    from api.viewer_pixels import viewer_pixels
+
+    relative, rows, columns = LARGE_RADIOGRAPHS[name]
+    page = browser_page
+    add_user(world, "rad", Role.RADIOLOGIST)
+    study_id, image_id, source = _seed_real(world, shared_dir, relative, rows, columns)
+    transferred: list[tuple[str, int]] = []
+    page.on(
+        "requestfinished",
+        lambda r: transferred.append((r.url, r.sizes()["responseBodySize"])),
+    )
+    _sign_in(page, served)
+    transferred.clear()
+    opened = time.perf_counter()
+    _go(page, study_id)
+    first = _until(page, "img => img.complete && img.naturalWidth > 0", "#radiograph")
+    _until(page, "s => s.dataset.values === 'ready'", "#stage")
+    before_zoom = sum(size for _, size in transferred)
+    picture = page.locator("#radiograph").evaluate("img => img.naturalWidth")
+    print(
+        f"\n{name} {columns}x{rows}: first picture {first - opened:.2f} s "
+        f"({picture} px wide), {before_zoom / 1e6:.1f} MB before zoom"
+    )
+
+    # Wheel in about the centre until the image has a screen pixel per image pixel or more.
+    box = page.locator("#stage").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    zoomed = time.perf_counter()
+    while True:
+        layer = page.locator("#layer").bounding_box()
+        assert layer is not None
+        if layer["width"] >= columns:
+            break
+        page.mouse.wheel(0, -100)
+        deadline = time.perf_counter() + 5
+        while page.locator("#layer").bounding_box() == layer:
+            assert time.perf_counter() < deadline, "the wheel did not zoom"
+            page.wait_for_timeout(20)
+    full = _until(page, "s => s.dataset.values === 'full'", "#stage", timeout_s=20)
+    canvas = page.locator("#wl-canvas")
+    expect(canvas).to_be_visible()
+    expect(canvas).to_have_attribute("data-image-id", str(image_id))
+    size = canvas.evaluate("c => [c.width, c.height]")
+    print(
+        f"{name}: full resolution {full - zoomed:.2f} s after the zoom began, "
+        f"{sum(s for _, s in transferred) / 1e6:.1f} MB in all"
+    )
+    assert size == [columns, rows]
+    assert picture < columns, "the first picture should be the reduced one"
+
+    # The canvas at the image's window, pixel for pixel, against the values computed here.
+    from pydicom import dcmread
+
+    values = viewer_pixels(dcmread(source), max(rows, columns))
+    assert values.values.shape == (rows, columns)
+    x0, y0, n = columns // 2 - 8, rows // 2 - 8, 16
+    shown = np.array(
+        canvas.evaluate(
+            "(c, p) => Array.from(c.getContext('2d').getImageData(p[0], p[1], p[2], p[2]).data)",
+            [x0, y0, n],
+        ),
+        dtype=np.float64,
+    ).reshape(n, n, 4)[..., 0]
+    patch = values.values[y0 : y0 + n, x0 : x0 + n].astype(np.float64)
+    modality = values.offset + values.scale * (patch - 1)
+    w = values.window
+    if w.function.value == "LINEAR":
+        grey = (modality - (w.center - 0.5)) / (w.width - 1) + 0.5
+    elif w.function.value == "SIGMOID":
+        grey = 1 / (1 + np.exp(-4 * (modality - w.center) / w.width))
+    else:
+        grey = (modality - w.center) / w.width + 0.5
+    grey = np.clip(grey, 0, 1)
+    expected = np.rint((1 - grey if values.invert else grey) * 255)
+    expected[patch == 0] = 0
+    assert np.abs(shown - expected).max() <= 1
+    assert np.ptp(shown) > 0, "a flat patch proves nothing; pick a patch with detail"
