@@ -10,6 +10,7 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from pynetdicom import AE, evt
@@ -26,7 +27,8 @@ from dicom_node.conformance import (
     VERIFICATION_SOP_CLASS,
     StoreStatus,
 )
-from dicom_node.ingest import IngestRefusedError, ingest_encoded
+from dicom_node.dimse_stream import take_received
+from dicom_node.ingest import IngestRefusedError, ingest_encoded, ingest_received
 from dicom_node.storage import InstanceStore, StorageError
 from dicom_node.tls import server_context
 from dicom_node.transport import GuardedAssociationServer
@@ -59,17 +61,20 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
 def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
     request = cast(C_STORE, event.request)
+    received = take_received(event)
+    ingest = partial(
+        ingest_encoded if received is None else ingest_received,
+        transfer_syntax=str(event.context.transfer_syntax),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        duplicate_policy=ctx.settings.node.duplicate_policy,
+    )
     try:
-        outcome, _ = ingest_encoded(
-            ctx.sessions,
-            ctx.store,
-            request.DataSet.getbuffer(),  # type: ignore[union-attr]
-            transfer_syntax=str(event.context.transfer_syntax),
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-            duplicate_policy=ctx.settings.node.duplicate_policy,
-        )
+        if received is not None:  # written to storage while it arrived
+            outcome, _ = ingest(ctx.sessions, ctx.store, received)
+        else:  # a small data set, complete in its first P-DATA, is kept in memory
+            outcome, _ = ingest(ctx.sessions, ctx.store, request.DataSet.getbuffer())  # type: ignore[union-attr]
     except IngestRefusedError as refusal:
         log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
         return int(refusal.status)
@@ -120,6 +125,7 @@ def start_scp(
         evt_handlers=handlers,
         server_class=GuardedAssociationServer,
         settings=settings,
+        store=ctx.store,
     )
     assert isinstance(server, GuardedAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)

@@ -49,6 +49,7 @@ from dicom_node.admission import (
     read_associate_rq,
     refuse,
 )
+from dicom_node.dimse_stream import StreamingDIMSE
 from dicom_node.pdu import (
     HEADER_LENGTH,
     LOCAL_LIMIT_EXCEEDED,
@@ -57,6 +58,7 @@ from dicom_node.pdu import (
     abort_pdu,
     length_limit,
 )
+from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +126,33 @@ class BoundedAssociationSocket(AssociationSocket):
         return self._read(nr_bytes)
 
     def _read(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` from the prefix, then the socket, received straight into one buffer.
+
+        pynetdicom's ``AssociationSocket.recv`` reads 4 KiB at a time and appends each piece:
+        16 system calls and copies for a 64 KiB PDU. Shorter data means the peer closed.
+        """
         from_prefix = self._prefix[:nr_bytes]
         del self._prefix[:nr_bytes]
-        if len(from_prefix) == nr_bytes:
+        sock = self.socket
+        if len(from_prefix) == nr_bytes or sock is None:
             return from_prefix
+        buffer = bytearray(nr_bytes)
+        received = len(from_prefix)
+        buffer[:received] = from_prefix
         try:
-            return from_prefix + super().recv(nr_bytes - len(from_prefix))
+            with memoryview(buffer) as view:
+                while received < nr_bytes:
+                    count = sock.recv_into(view[received:], nr_bytes - received)
+                    if not count:
+                        break
+                    received += count
         except TimeoutError:
             # The socket's timeout is the network timeout: a peer that stops mid-PDU for that
             # long is treated as gone. Short data makes the DUL close the connection.
             log.warning("peer %s stalled in the middle of a PDU", self.assoc.requestor.address)
             return bytearray()
+        del buffer[received:]
+        return buffer
 
     def _abort(self, reason: AbortReason) -> bytearray:
         """Send an A-ABORT, linger for the peer to close, and report the connection closed."""
@@ -192,7 +210,11 @@ class GuardedRequestHandler(RequestHandler):
         assoc = self._create_bounded_association(sock, encoded)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
-        assoc.join()
+        try:
+            assoc.join()
+        finally:
+            if isinstance(assoc.dimse, StreamingDIMSE):
+                assoc.dimse.discard_all()  # a data set cut off by an abort leaves nothing
 
     def _create_bounded_association(self, sock: socket.socket, prefix: bytearray) -> Association:
         """``RequestHandler._create_association`` of pynetdicom 3.0.4 with our socket class."""
@@ -210,6 +232,8 @@ class GuardedRequestHandler(RequestHandler):
             linger_s=self.server.admission.limits.artim_timeout_s,
         )
         assoc.set_socket(bounded)
+        if self.server.store is not None:
+            assoc.dimse = StreamingDIMSE(assoc, self.server.store)
 
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
@@ -240,8 +264,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     #: Connection threads live as long as their association; never join them on close.
     daemon_threads = True
 
-    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, settings: Settings, store: InstanceStore | None = None, **kwargs: Any
+    ) -> None:
         self.settings = settings
+        #: Where C-STORE data sets are written while they arrive (none: pynetdicom's way).
+        self.store = store
         self.admission = Admission(AdmissionLimits.from_settings(settings.node))
         # The listen backlog (socketserver's default is 5): a burst of connections must reach
         # accept() and its limits, not have its SYNs dropped and retried seconds later.
