@@ -114,7 +114,7 @@ class StreamingDIMSE(DIMSEServiceProvider):
             log.warning("C-STORE data set kept in memory: %s", type(exc).__name__)
             return
         data_set = cast(BytesIO, message.data_set)
-        incoming.write(data_set.getbuffer())
+        incoming.write(data_set.getvalue())
         message.data_set = BytesIO()
         self._incoming = incoming
 
@@ -131,6 +131,11 @@ class StreamingDIMSE(DIMSEServiceProvider):
         # A list, not a tuple: pynetdicom's setter checks for ``[ID, PDV]``.
         end.presentation_data_value_list = [cast(tuple[int, bytes], [context_id, _END_OF_DATA_SET])]
         super().receive_primitive(end)
+
+    @property
+    def receiving(self) -> bool:
+        """Whether a data set is being received (the peer owes us its next fragment)."""
+        return self._incoming is not None
 
     def take(self, path: Path | None) -> ReceivedDataSet | None:
         """The received data set a C-STORE request names, now owned by the caller."""

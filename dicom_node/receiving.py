@@ -1,9 +1,10 @@
 """A C-STORE data set written to the storage's temporary file while its fragments arrive.
 
-The receiving thread only copies each P-DATA fragment into a buffer. Full buffers (1 MiB) are
-written, hashed (SHA-256) and handed to the kernel's write-back on a writer thread, one buffer
-in flight per data set, so the disk works while the network still delivers and the receiving
-thread never waits for the disk unless the disk is the slower of the two. When the last
+The receiving thread only collects the P-DATA fragments (no copy: they are the bytes pynetdicom
+decoded). Every 1 MiB of them is written (one ``writev``), hashed (SHA-256) and handed to the
+kernel's write-back on a writer thread, one chunk in flight per data set, so the disk works
+while the network still delivers and the receiving thread never waits for the disk unless the
+disk is the slower of the two. When the last
 fragment arrives only the last buffer and the fsync are left.
 
 The file has the layout :meth:`InstanceStore.write_temporary` gives it (preamble, our file
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes handed to the writer thread at a time.
 CHUNK_BYTES = 1 << 20
+#: Fragments handed over at most at a time (below IOV_MAX, 1024 on Linux, for tiny PDUs).
+_CHUNK_FRAGMENTS = 512
 #: How much of the data set's beginning is kept for the header (it ends before the pixels).
 HEADER_PREFIX_BYTES = 256 * 1024
 
@@ -139,7 +142,8 @@ class IncomingDataSet:
         self._write_back = write_back
         self._chunk_bytes = chunk_bytes
         self.path, self._fd = store.create_temporary()
-        self._buffer = bytearray(head)
+        self._fragments: list[bytes | memoryview] = [head]
+        self._buffered = len(head)
         self._prefix = bytearray()
         self._length = 0  # of the data set received so far
         self._offset = 0  # in the file, of the next chunk handed to the writer
@@ -150,16 +154,18 @@ class IncomingDataSet:
         self._discarded = False
         self._lock = threading.Lock()
 
-    def write(self, fragment: bytes | bytearray | memoryview) -> None:
-        """Append a fragment of the data set (the receiving thread's only copy of it)."""
+    def write(self, fragment: bytes | memoryview) -> None:
+        """Append a fragment of the data set; it must not change afterwards (bytes, or a view
+        of bytes)."""
         if self._error is not None or self._discarded:
             return
         missing = HEADER_PREFIX_BYTES - len(self._prefix)
         if missing > 0:
             self._prefix += fragment[:missing]
-        self._buffer += fragment
+        self._fragments.append(fragment)
+        self._buffered += len(fragment)
         self._length += len(fragment)
-        if len(self._buffer) >= self._chunk_bytes:
+        if self._buffered >= self._chunk_bytes or len(self._fragments) >= _CHUNK_FRAGMENTS:
             with self._lock:
                 if not self._discarded:
                     self._hand_off(last=False)
@@ -198,32 +204,33 @@ class IncomingDataSet:
 
     def _hand_off(self, *, last: bool) -> None:
         """Give the buffer to the writer thread (under the lock, so never after a discard)."""
-        chunk, self._buffer = self._buffer, bytearray()
+        chunk, size = self._fragments, self._buffered
+        self._fragments, self._buffered = [], 0
         self._wait()  # one chunk in flight: the disk's pace holds the receiver back
         if self._error is not None:
             return
-        offset, self._offset = self._offset, self._offset + len(chunk)
-        self._pending = _WRITERS.submit(self._write_chunk, chunk, offset, last)
+        offset, self._offset = self._offset, self._offset + size
+        self._pending = _WRITERS.submit(self._write_chunk, chunk, offset, size, last)
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
 
-    def _write_chunk(self, chunk: bytearray, offset: int, last: bool) -> None:
+    def _write_chunk(
+        self, chunk: list[bytes | memoryview], offset: int, size: int, last: bool
+    ) -> None:
         """On the writer thread: write, hash, push out; fsync and close after the last chunk."""
         try:
-            with memoryview(chunk) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(self._fd, view[written:])
-            self._sha.update(chunk)
+            _write_all(self._fd, chunk, size)
+            for fragment in chunk:
+                self._sha.update(fragment)
             if last:
                 if self._store.fsync:
                     os.fsync(self._fd)
                 self._close()
             elif self._write_back is WriteBack.START:
-                start_write_back(self._fd, offset, len(chunk))
+                start_write_back(self._fd, offset, size)
             elif self._write_back is WriteBack.FDATASYNC:
                 os.fdatasync(self._fd)
         except OSError as exc:
@@ -235,6 +242,15 @@ class IncomingDataSet:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _write_all(fd: int, fragments: list[bytes | memoryview], size: int) -> None:
+    """Write the fragments in order with one ``writev`` (more only after a short write)."""
+    written = os.writev(fd, fragments) if fragments else 0
+    if written < size:
+        rest = memoryview(b"".join(fragments))
+        while written < size:
+            written += os.write(fd, rest[written:])
 
 
 __all__ = [
