@@ -258,9 +258,12 @@ def main() -> None:
     parser.add_argument("--aet", default="FRACTUREGW")
     parser.add_argument("--compare", action="store_true", help="disk, gateway, Orthanc, storescp")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare)")
+    parser.add_argument(
+        "--folder", type=Path, help="where the images and the receivers' storage go (a temp dir)"
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=REPO_ROOT) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.folder) as tmp:
         work = Path(tmp)
         images = work / "images"
         images.mkdir()

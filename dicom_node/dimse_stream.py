@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: The message control header's bits (PS3.8 E.2): command (else data set), last fragment.
 _COMMAND = 0x01
 _LAST = 0x02
+#: A PDV item's item length (4 bytes), presentation context ID and message control header.
+_PDV_HEADER = 6
 #: A P-DATA value that ends a data set without adding to it.
 _END_OF_DATA_SET = bytes([_LAST])
 
@@ -75,18 +77,13 @@ class StreamingDIMSE(DIMSEServiceProvider):
                 # A command in the middle of a data set: not ours to make sense of.
                 self._incoming = None
                 incoming.discard()
-                rest = P_DATA()
-                rest.presentation_data_value_list = values[index:]
-                super().receive_primitive(rest)
+                super().receive_primitive(_p_data(values[index:]))
                 return
             incoming.write(memoryview(value)[1:])
             if control & _LAST:
                 self._complete(incoming, context_id)
-                rest_values = values[index + 1 :]
-                if rest_values:
-                    rest = P_DATA()
-                    rest.presentation_data_value_list = rest_values
-                    self.receive_primitive(rest)
+                if index + 1 < len(values):
+                    self.receive_primitive(_p_data(values[index + 1 :]))
                 return
 
     def _start_streaming(self) -> None:
@@ -127,10 +124,37 @@ class StreamingDIMSE(DIMSEServiceProvider):
         message = self.message
         assert message is not None
         message._data_set_path = received.path
-        end = P_DATA()
-        # A list, not a tuple: pynetdicom's setter checks for ``[ID, PDV]``.
-        end.presentation_data_value_list = [cast(tuple[int, bytes], [context_id, _END_OF_DATA_SET])]
-        super().receive_primitive(end)
+        super().receive_primitive(_p_data([(context_id, _END_OF_DATA_SET)]))
+
+    def receive_fragments(self, body: bytearray) -> bool:
+        """Write a P-DATA-TF body's PDVs if all are non-final fragments of the data set.
+
+        ``body`` is a PDU's PDV items (PS3.8 9.3.5.1: item length, context ID, message control
+        header, fragment) and must not change afterwards. Nothing is written unless every item
+        qualifies; then the caller leaves the PDU to pynetdicom (False).
+        """
+        incoming, message = self._incoming, self.message
+        if incoming is None or message is None:
+            return False
+        view = memoryview(body)
+        fragments = []
+        offset = 0
+        while offset < len(view):
+            if offset + _PDV_HEADER > len(view):
+                return False
+            length = int.from_bytes(view[offset : offset + 4], "big")
+            end = offset + 4 + length
+            if length < 2 or end > len(view):
+                return False
+            if view[offset + 4] != message.context_id or view[offset + 5] & (_COMMAND | _LAST):
+                return False
+            fragments.append(view[offset + _PDV_HEADER : end])
+            offset = end
+        if not fragments:
+            return False
+        for fragment in fragments:
+            incoming.write(fragment)
+        return True
 
     @property
     def receiving(self) -> bool:
@@ -153,6 +177,15 @@ class StreamingDIMSE(DIMSEServiceProvider):
             left, self._received = list(self._received.values()), {}
         for received in left:
             received.discard()
+
+
+def _p_data(values: list[tuple[int, bytes]]) -> P_DATA:
+    """A P-DATA primitive of ``values`` (as lists: pynetdicom's setter checks for ``[ID, PDV]``)."""
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [
+        cast(tuple[int, bytes], [context_id, value]) for context_id, value in values
+    ]
+    return primitive
 
 
 def take_received(event: Event) -> ReceivedDataSet | None:

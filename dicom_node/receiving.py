@@ -1,7 +1,7 @@
 """A C-STORE data set written to the storage's temporary file while its fragments arrive.
 
-The receiving thread only collects the P-DATA fragments (no copy: they are the bytes pynetdicom
-decoded). Every 1 MiB of them is written (one ``writev``), hashed (SHA-256) and handed to the
+The receiving thread only collects the P-DATA fragments (no copy: they are views of the PDUs as
+received). Every 1 MiB of them is written (one ``writev``), hashed (SHA-256) and handed to the
 kernel's write-back on a writer thread, one chunk in flight per data set, so the disk works
 while the network still delivers and the receiving thread never waits for the disk unless the
 disk is the slower of the two. When the last
@@ -155,8 +155,7 @@ class IncomingDataSet:
         self._lock = threading.Lock()
 
     def write(self, fragment: bytes | memoryview) -> None:
-        """Append a fragment of the data set; it must not change afterwards (bytes, or a view
-        of bytes)."""
+        """Append a fragment of the data set; it is kept, not copied, so must not change."""
         if self._error is not None or self._discarded:
             return
         missing = HEADER_PREFIX_BYTES - len(self._prefix)

@@ -19,10 +19,12 @@ Why this module overrides library internals: pynetdicom (checked against 3.0.4) 
   client stalls every other sender. :class:`GuardedAssociationServer` accepts plain sockets and
   the handshake happens in the connection's own thread, under the ARTIM deadline.
 
-Two more for speed, not safety: PDU bodies are received into one buffer (``recv_into``) instead
-of 4 KiB appends, and while a C-STORE data set arrives ``ready`` waits on the socket for the next
-PDU instead of letting the DUL sleep a poll interval; each accepted association's DIMSE provider
-writes data sets to storage as they arrive (:mod:`dicom_node.dimse_stream`).
+Three more for speed, not safety: PDU bodies are received into one buffer (``recv_into``)
+instead of 4 KiB appends; while a C-STORE data set arrives, ``ready`` waits on the socket for the
+next PDU instead of letting the DUL sleep a poll interval, and the data set's own P-DATA-TF PDUs
+go straight to it (``BoundedAssociationSocket._stream_data_pdus``) instead of through the DUL's
+decoding and state machine; each accepted association's DIMSE provider writes data sets to
+storage as they arrive (:mod:`dicom_node.dimse_stream`).
 
 The override points are ``RequestHandler._create_association`` (copied, with our socket class
 and DIMSE provider), ``AssociationSocket.ready`` and the call pattern of ``_read_pdu_data``
@@ -62,6 +64,7 @@ from dicom_node.pdu import (
     LOCAL_LIMIT_EXCEEDED,
     AbortReason,
     PduHeader,
+    PduType,
     abort_pdu,
     length_limit,
 )
@@ -71,6 +74,9 @@ log = logging.getLogger(__name__)
 
 #: How long the DUL waits on the socket for the next fragment of a data set being received.
 _NEXT_FRAGMENT_WAIT_S = 0.01
+
+#: The DUL state in which P-DATA flows (PS3.8 9.2): "data transfer".
+_DATA_TRANSFER_STATE = "Sta6"
 
 #: pynetdicom's acceptor mode name (``pynetdicom._globals.MODE_ACCEPTOR``).
 _MODE_ACCEPTOR = "acceptor"
@@ -104,6 +110,8 @@ class BoundedAssociationSocket(AssociationSocket):
         self._maximum_pdu_size = maximum_pdu_size
         self._linger_s = linger_s
         self._header: PduHeader | None = None
+        #: The body of the PDU whose header was returned last, when it was read ahead.
+        self._body: bytearray | None = None
 
     @property
     def ready(self) -> bool:
@@ -130,15 +138,22 @@ class BoundedAssociationSocket(AssociationSocket):
         return bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read a PDU header, or the body of the header read last if its length is in bounds."""
+        """Read a PDU header, or the body of the header read last if its length is in bounds.
+
+        While a C-STORE data set arrives, its P-DATA-TF PDUs are handed to it here
+        (:meth:`_stream_data_pdus`) and the header returned is the next other PDU's.
+        """
         if self._header is None:
             data = self._read(nr_bytes)
+            if nr_bytes == HEADER_LENGTH and len(data) == HEADER_LENGTH:
+                data = self._stream_data_pdus(data)
             if nr_bytes == HEADER_LENGTH and len(data) == HEADER_LENGTH:
                 header = PduHeader.decode(data)
                 # An unrecognised type gets no body read (the DUL answers Evt19 itself).
                 self._header = header if header.known_type is not None else None
             return data
         header, self._header = self._header, None
+        body, self._body = self._body, None
         pdu_type = header.known_type
         assert pdu_type is not None  # only known types are kept
         limit = length_limit(pdu_type, self._maximum_pdu_size)
@@ -151,7 +166,45 @@ class BoundedAssociationSocket(AssociationSocket):
                 self.assoc.requestor.address,
             )
             return self._abort(AbortReason.INVALID_PDU_PARAMETER_VALUE)
+        if body is not None:
+            return body
         return self._read(nr_bytes)
+
+    def _stream_data_pdus(self, data: bytearray) -> bytearray:
+        """Give the P-DATA-TF PDUs of a data set being received straight to it.
+
+        pynetdicom's DUL spends about as much time on each PDU (decoding it into objects,
+        events, the state machine, a DIMSE primitive) as the rest of a C-STORE together. A
+        P-DATA-TF whose PDVs are all non-final fragments of the data set being received, in
+        Sta6 with nothing of ours waiting to be sent, leads to exactly one thing there (DT-2:
+        the fragments go to the DIMSE provider), so it is done here instead; its length is
+        bounded as every PDU's. Any other PDU (the last fragment, a command, an A-ABORT) is
+        left to the DUL: its header is returned and, if read already, its body kept for the
+        next ``recv``. ``EVT_DATA_RECV`` and ``EVT_PDU_RECV`` are not triggered for the PDUs
+        consumed here (we bind neither). A local abort waits for the next PDU or the network
+        timeout, as it does when the peer stalls in the middle of a PDU.
+        """
+        dimse = self.assoc.dimse
+        if not isinstance(dimse, StreamingDIMSE):
+            return data
+        dul = self.assoc.dul
+        while (
+            dimse.receiving
+            and dul.to_provider_queue.empty()
+            and dul.state_machine.current_state == _DATA_TRANSFER_STATE
+        ):
+            header = PduHeader.decode(data)
+            if header.pdu_type != PduType.P_DATA_TF or header.length > self._maximum_pdu_size:
+                return data
+            body = self._read(header.length)
+            if len(body) != header.length or not dimse.receive_fragments(body):
+                self._body = body  # the DUL decodes it (or sees it cut short)
+                return data
+            dul._idle_timer.restart()
+            data = self._read(HEADER_LENGTH)
+            if len(data) != HEADER_LENGTH:
+                break  # closed or stalled: the DUL sees a short header
+        return data
 
     def _read(self, nr_bytes: int) -> bytearray:
         """``nr_bytes`` from the prefix, then the socket, received straight into one buffer.

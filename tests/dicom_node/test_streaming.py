@@ -142,6 +142,48 @@ def test_data_set_reaches_the_disk_before_its_last_fragment(node: Service) -> No
     assert files_under(node.store.tmp_dir) == []
 
 
+def test_last_pdu_with_several_fragments_is_left_to_pynetdicom_and_stored(node: Service) -> None:
+    """A P-DATA-TF carrying a middle and the final fragment: not consumed early, not lost."""
+    ds = large_dx(side=600)
+    data = encode(ds, is_implicit_vr=False, is_little_endian=True)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=CALLED)
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 9
+    request.AffectedSOPClassUID = DX_PRESENTATION_STORAGE
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = BytesIO(data)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = assoc.accepted_contexts[0].context_id
+    primitives = list(message.encode_msg(context_id, 16384))
+    # Merge the last two data PDUs into one PDU of two PDVs (PS3.8 9.3.5 allows several).
+    last = primitives.pop()
+    merged = primitives[-1].presentation_data_value_list + last.presentation_data_value_list
+    primitives[-1].presentation_data_value_list = [list(value) for value in merged]  # type: ignore[misc]
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    socket = assoc.dul.socket
+    assert socket is not None
+    try:
+        for primitive in primitives:
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            socket.send(pdu.encode())
+        _, response = assoc.dimse.get_msg(block=True)
+        assert response is not None
+        assert response.Status == StoreStatus.SUCCESS
+    finally:
+        assoc._reactor_checkpoint.set()
+        assoc.release()
+    (row,) = stored_rows(node)
+    assert dcmread(node.store.absolute(row.storage_path)).PixelData == ds.PixelData
+
+
 def test_scp_streams_with_our_dimse_provider(node: Service) -> None:
     """Every association the node accepts writes data sets as they arrive."""
     from dicom_node.dimse_stream import StreamingDIMSE
