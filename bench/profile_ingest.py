@@ -1,15 +1,19 @@
 """Where a durable C-STORE's time goes in our SCP (run by hand, next to bench_ingest.py).
 
-Runs the node in this process on a temporary home, wraps the C-STORE handler's phases with
-timers, sends N synthetic 10 MB 16-bit DX images with dcmtk ``storescu`` over one association
-(maximum PDU 64 KiB, as bench_ingest.py), and prints per-image medians. Round 1 stores new
-instances; round 2 resends the same ones, which are answered as identical duplicates (the
-temporary file is still written and fsynced, but nothing is renamed or inserted).
+Runs the node in this process on a temporary home, wraps the C-STORE's phases with timers,
+sends N synthetic 10 MB 16-bit DX images with dcmtk ``storescu`` over one association (maximum
+PDU 64 KiB, as bench_ingest.py), and prints per-image medians and the receiving process's CPU
+time per image. Round 1 stores new instances; round 2 resends the same ones, which are
+answered as identical duplicates (the temporary file is still written and fsynced, but
+nothing is renamed or inserted).
 
     python bench/profile_ingest.py --images 40
 
-``network + protocol`` is the time per image that is not spent in the handler: receiving the
-PDUs in pynetdicom, decoding the DIMSE message, the response and storescu's own work.
+Phases: ``receive`` runs from the command set to the last fragment (the data set is written
+to the temporary file meanwhile); the handler then parses the header, waits for the rest of
+the file to be written and fsynced, renames it into place (folder fsynced) and records it in
+one transaction. ``network + protocol`` is the time per image not spent in the handler:
+receiving the PDUs, the response and storescu's own work.
 """
 
 from __future__ import annotations
@@ -68,16 +72,33 @@ def main() -> None:
         import dicom_node.ingest as ingest
         import dicom_node.scp as scp
         from config.settings import Settings
+        from dicom_node.receiving import IncomingDataSet, ReceivedDataSet
         from dicom_node.storage import InstanceStore
         from gateway.service import Service
 
-        scp.ingest_encoded = timed("handler", scp.ingest_encoded)  # type: ignore[assignment]
-        ingest.parse_header = timed("parse header", ingest.parse_header)  # type: ignore[assignment]
-        ingest.record_instance = timed("record", ingest.record_instance)  # type: ignore[assignment]
-        InstanceStore.write_temporary = timed(  # type: ignore[method-assign]
-            "write + fsync temporary", InstanceStore.write_temporary
+        opened = IncomingDataSet.__init__
+
+        def open_timed(self: IncomingDataSet, *args: Any, **kwargs: Any) -> None:
+            self.opened_at = time.perf_counter()  # type: ignore[attr-defined]
+            opened(self, *args, **kwargs)
+
+        finish = IncomingDataSet.finish
+
+        def finish_timed(self: IncomingDataSet) -> ReceivedDataSet:
+            TIMES["receive"].append(time.perf_counter() - self.opened_at)  # type: ignore[attr-defined]
+            return finish(self)
+
+        IncomingDataSet.__init__ = open_timed  # type: ignore[method-assign]
+        IncomingDataSet.finish = finish_timed  # type: ignore[method-assign]
+        scp.ingest_received = timed("handler", scp.ingest_received)  # type: ignore[assignment]
+        ingest.parse_received_header = timed(  # type: ignore[assignment]
+            "parse header", ingest.parse_received_header
         )
-        InstanceStore.commit = timed("rename + folder fsync", InstanceStore.commit)  # type: ignore[method-assign]
+        ReceivedDataSet.durable = timed(  # type: ignore[method-assign]
+            "wait for write + fsync", ReceivedDataSet.durable
+        )
+        InstanceStore.place = timed("rename + folder fsync", InstanceStore.place)  # type: ignore[method-assign]
+        ingest._record = timed("database transaction", ingest._record)  # type: ignore[assignment]
 
         service = Service(Settings())
         service.start(worker=False)
@@ -85,6 +106,7 @@ def main() -> None:
             for label in ("new instances", "identical resends"):
                 TIMES.clear()
                 os.sync()
+                cpu_start = time.process_time()
                 start = time.perf_counter()
                 subprocess.run(
                     [storescu, "-aet", "PROFILE", "-aec", "FRACTUREGW", "--max-pdu", str(MAX_PDU)]
@@ -94,8 +116,12 @@ def main() -> None:
                     capture_output=True,
                 )
                 per_image = (time.perf_counter() - start) / len(paths) * 1000
+                cpu = (time.process_time() - cpu_start) / len(paths) * 1000
                 phases = {k: statistics.median(v) * 1000 for k, v in TIMES.items()}
-                print(f"{label}: {1000 / per_image:.1f} images/s, {per_image:.1f} ms per image")
+                print(
+                    f"{label}: {1000 / per_image:.1f} images/s, {per_image:.1f} ms per image, "
+                    f"receiver CPU {cpu:.1f} ms per image"
+                )
                 for name, ms in phases.items():
                     print(f"  {name:<26} {ms:6.1f} ms (median)")
                 print(f"  {'network + protocol':<26} {per_image - phases['handler']:6.1f} ms")

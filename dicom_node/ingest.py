@@ -5,9 +5,11 @@ Called by the C-STORE handler after the file is durable and before Success is re
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +22,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DuplicatePolicy
@@ -33,7 +35,8 @@ from dicom_node.conformance import (
     StoreStatus,
 )
 from dicom_node.identity import CONFLICT_REASON, PatientIdentity, check_instance_identity
-from dicom_node.storage import InstanceStore, StoredDigest, is_valid_uid
+from dicom_node.receiving import HEADER_PREFIX_BYTES, ReceivedDataSet
+from dicom_node.storage import InstanceStore, StorageError, StoredDigest, is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class InstanceHeader:
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: the header ends before these.
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 #: The header is parsed from this much of the data set first (it almost always suffices).
-_HEADER_PREFIX = 256 * 1024
+_HEADER_PREFIX = HEADER_PREFIX_BYTES
 
 
 def _at_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
@@ -243,39 +246,53 @@ def record_instance(
 ) -> IngestOutcome:
     """Move the temporary file into place and record it; the caller answers Success after this.
 
-    One transaction: look up the SOP Instance UID, rename the file into place, insert the row,
-    commit. File names carry the content digest, so two different copies never share a path.
-    A crash between rename and commit leaves an unacknowledged file that a resend reuses; a
-    failed commit removes the file unless a committed row already points at it. The caller
-    removes ``tmp`` in every case.
+    The file is renamed into place and its folder fsynced first, outside the database's write
+    transaction, so writers of other instances do not queue behind the disk. File names carry
+    the content digest: two different copies never share a path, and a name that exists holds
+    these bytes already (a resend, or a copy from before a crash), so it is reused. Then one
+    transaction, with the study locked, looks up the SOP Instance UID and settles duplicates:
+    a copy this call placed that the outcome does not keep is removed under that lock, and a
+    new or replacing row is written only after checking its file is there. A crash between
+    rename and commit leaves an unacknowledged file that a resend reuses and start-up
+    reconciliation records; a failed commit removes the placed file unless a committed row
+    points at it. The caller removes ``tmp`` in every case.
     """
     final = store.path_for(header.study_instance_uid, header.sop_instance_uid, digest.sha256)
     relative = str(final.relative_to(store.root))
-    for attempt in range(_CREATE_RACE_RETRIES):
-        try:
-            outcome, replaced_path = _record(
-                factory,
-                store,
-                header,
-                tmp,
-                final,
-                digest,
-                transfer_syntax_uid=transfer_syntax_uid,
-                calling_ae_title=calling_ae_title,
-                duplicate_policy=duplicate_policy,
-            )
-            break
-        except IntegrityError:
-            # Another association created the same study or series first; its row is now
-            # committed, so the next attempt finds and locks it. The file was not moved yet.
-            if not tmp.exists() or attempt == _CREATE_RACE_RETRIES - 1:
-                raise
-        except BaseException:
-            if not tmp.exists() and _committed_path(factory, header.sop_instance_uid) != relative:
-                final.unlink(missing_ok=True)  # moved into place, but never recorded
-            raise
+    placed = store.place(tmp, final)
+    try:
+        for attempt in range(_CREATE_RACE_RETRIES):
+            try:
+                outcome, replaced_path = _record(
+                    factory,
+                    store,
+                    header,
+                    tmp,
+                    final,
+                    digest,
+                    placed=placed,
+                    transfer_syntax_uid=transfer_syntax_uid,
+                    calling_ae_title=calling_ae_title,
+                    duplicate_policy=duplicate_policy,
+                )
+                break
+            except IntegrityError:
+                # Another association created the same study or series first; its row is now
+                # committed, so the next attempt finds and locks it.
+                if attempt == _CREATE_RACE_RETRIES - 1:
+                    raise
+    except BaseException:
+        if placed:
+            _discard_unreferenced(factory, store, header, relative)
+        raise
+    if outcome is IngestOutcome.CONFLICT_KEPT:
+        kept = store.keep_conflict(final if placed else tmp, header.sop_instance_uid, digest.sha256)
+        log.warning(
+            "duplicate SOP instance with different content kept aside as %s (keep_first)",
+            kept.name,
+        )
     if replaced_path is not None and replaced_path != relative:
-        store.absolute(replaced_path).unlink(missing_ok=True)
+        _discard_unreferenced(factory, store, header, replaced_path)
         log.warning("duplicate SOP instance with different content replaced the stored copy")
     return outcome
 
@@ -291,11 +308,17 @@ def _record(
     final: Path,
     digest: StoredDigest,
     *,
+    placed: bool,
     transfer_syntax_uid: str,
     calling_ae_title: str,
     duplicate_policy: DuplicatePolicy,
 ) -> tuple[IngestOutcome, str | None]:
-    """One attempt, in one transaction; returns the outcome and a replaced file to delete."""
+    """One attempt, in one transaction; returns the outcome and a replaced file to delete.
+
+    Runs no fsync: the only file operations here are the rare ones that must happen under the
+    study's lock (removing a placed copy that is not kept; putting back a copy that a
+    concurrent failed writer removed).
+    """
     relative = str(final.relative_to(store.root))
     with factory() as session, session.begin():
         # Lock the study first: writers of one study are serialised (SQLite: BEGIN IMMEDIATE).
@@ -304,22 +327,19 @@ def _record(
             select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
         ).first()
         if existing is not None and existing.sha256 == digest.sha256:
+            if placed and existing.storage_path != relative:
+                final.unlink(missing_ok=True)  # the recorded copy lives elsewhere
             _mark_received(existing.study, reopen=False)
-            tmp.unlink(missing_ok=True)
             return IngestOutcome.IDEMPOTENT, None
         if existing is not None and duplicate_policy is DuplicatePolicy.REJECT:
-            tmp.unlink(missing_ok=True)
+            if placed:
+                final.unlink(missing_ok=True)
             log.warning("duplicate SOP instance with different content refused (reject)")
             return IngestOutcome.CONFLICT_REJECTED, None
         if existing is not None and duplicate_policy is DuplicatePolicy.KEEP_FIRST:
-            kept = store.keep_conflict(tmp, header.sop_instance_uid, digest.sha256)
             _mark_received(existing.study, reopen=False)
-            log.warning(
-                "duplicate SOP instance with different content kept aside as %s (keep_first)",
-                kept.name,
-            )
-            return IngestOutcome.CONFLICT_KEPT, None
-        store.commit(tmp, final)
+            return IngestOutcome.CONFLICT_KEPT, None  # moved aside after the commit
+        _ensure_in_place(store, tmp, final)
         if existing is not None:  # policy replace: the new copy becomes the analysed one
             replaced = existing.storage_path
             existing.storage_path = relative
@@ -344,6 +364,44 @@ def _record(
             calling_ae_title=calling_ae_title,
         )
     return IngestOutcome.STORED, None
+
+
+def _ensure_in_place(store: InstanceStore, tmp: Path, final: Path) -> None:
+    """Under the study's lock: the file a row will point at is there (put it back if not).
+
+    It is missing only if a concurrent writer of the same bytes failed and removed the copy it
+    had placed; this call's temporary file then still exists (it found ``final`` and kept it).
+    """
+    if final.exists():
+        return
+    if not tmp.exists():
+        raise StorageError(errno.ENOENT, "the stored copy disappeared before it was recorded")
+    store.commit(tmp, final)
+
+
+def _discard_unreferenced(
+    factory: sessionmaker[Session], store: InstanceStore, header: InstanceHeader, relative: str
+) -> None:
+    """Remove a stored copy no committed row points at, under the study's lock; best effort.
+
+    Under the lock, so a concurrent writer that found the copy and is about to record it
+    either committed first (the copy stays) or checks for it after (and puts its own back).
+    If the database is unavailable the copy stays; start-up reconciliation records it.
+    """
+    try:
+        with factory() as session, session.begin():
+            session.scalars(
+                select(Study.id)
+                .where(Study.study_instance_uid == header.study_instance_uid)
+                .with_for_update()
+            ).first()
+            referenced = session.scalar(
+                select(Instance.id).where(Instance.storage_path == relative).limit(1)
+            )
+            if referenced is None:
+                store.absolute(relative).unlink(missing_ok=True)
+    except (OSError, SQLAlchemyError, ValueError) as exc:
+        log.warning("an unrecorded stored copy is left for reconciliation: %s", type(exc).__name__)
 
 
 def _add_instance(
@@ -465,13 +523,6 @@ def _check_identity(
         instance.eligibility_reason = CONFLICT_REASON
 
 
-def _committed_path(factory: sessionmaker[Session], sop_instance_uid: str) -> str | None:
-    with factory() as session:
-        return session.scalar(
-            select(Instance.storage_path).where(Instance.sop_instance_uid == sop_instance_uid)
-        )
-
-
 def _initial_eligibility(sop_class_uid: str) -> tuple[Eligibility, str | None]:
     if sop_class_uid in RADIOGRAPH_SOP_CLASSES:
         return Eligibility.PENDING, None
@@ -562,15 +613,100 @@ def ingest_encoded(
     calling_ae_title: str,
     duplicate_policy: DuplicatePolicy,
 ) -> tuple[IngestOutcome, InstanceHeader]:
-    """The whole ingest of one encoded data set, as a C-STORE carries it.
+    """The whole ingest of one encoded data set held in memory (an upload, a small C-STORE).
 
     Checks the header against the request's identifiers, writes the bytes as received with our
     file meta (fsynced), moves them into place and records them. Raises
     :class:`IngestRefusedError` with the status to answer when the data set is refused; storage
     and database errors propagate (the caller maps them to "out of resources").
     """
+    header = _checked_header(
+        lambda: parse_header(encoded, transfer_syntax), sop_class_uid, sop_instance_uid
+    )
+    meta = file_meta_for(sop_class_uid, sop_instance_uid, transfer_syntax)
+    tmp, digest = store.write_temporary(meta, encoded)
     try:
-        header = parse_header(encoded, transfer_syntax)
+        outcome = _record_checked(
+            factory, store, header, tmp, digest, transfer_syntax, calling_ae_title, duplicate_policy
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    return outcome, header
+
+
+def ingest_received(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    received: ReceivedDataSet,
+    *,
+    transfer_syntax: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling_ae_title: str,
+    duplicate_policy: DuplicatePolicy,
+) -> tuple[IngestOutcome, InstanceHeader]:
+    """The ingest of a data set received into its temporary file (:mod:`dicom_node.receiving`).
+
+    The header is parsed from the data set's first bytes while the writer thread finishes the
+    file; then the file is made durable, moved into place and recorded, as
+    :func:`ingest_encoded` does. The temporary file is removed in every case.
+    """
+    try:
+        header = _checked_header(
+            lambda: parse_received_header(received, transfer_syntax),
+            sop_class_uid,
+            sop_instance_uid,
+        )
+        digest = received.durable()
+        outcome = _record_checked(
+            factory,
+            store,
+            header,
+            received.path,
+            digest,
+            transfer_syntax,
+            calling_ae_title,
+            duplicate_policy,
+        )
+    finally:
+        received.discard()
+    return outcome, header
+
+
+def parse_received_header(received: ReceivedDataSet, transfer_syntax: str) -> InstanceHeader:
+    """Parse the header from a received data set's first bytes, reading the file only if needed.
+
+    The file is read for a deflated data set, or when the header does not end within the first
+    :data:`~dicom_node.receiving.HEADER_PREFIX_BYTES` (no pixel data, or an unusually long
+    header): never for an ordinary image.
+    """
+    syntax = UID(transfer_syntax)
+    whole = len(received.prefix) == received.data_set_length
+    if not syntax.is_deflated:
+        try:
+            ds = _read_header(received.prefix, syntax, require_pixels=not whole)
+        except HeaderError:
+            raise
+        except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+            if whole:
+                raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
+            ds = None  # cut inside an element: the whole data set decides
+        if ds is not None:
+            try:
+                return _header_from_dataset(ds)
+            except HeaderError:
+                raise
+            except (ValueError, TypeError, KeyError) as exc:
+                raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
+    return parse_header(received.read_data_set(), transfer_syntax)
+
+
+def _checked_header(
+    parse: Callable[[], InstanceHeader], sop_class_uid: str, sop_instance_uid: str
+) -> InstanceHeader:
+    """The parsed header, checked against the request's identifiers (PS3.4 B.2.3)."""
+    try:
+        header = parse()
     except HeaderError as exc:
         status = (
             StoreStatus.MISSING_IDENTIFIERS
@@ -588,26 +724,34 @@ def ingest_encoded(
             StoreStatus.INSTANCE_UID_MISMATCH,
             "data set SOP Instance UID differs from the request's",
         )
-    meta = file_meta_for(sop_class_uid, sop_instance_uid, transfer_syntax)
-    tmp, digest = store.write_temporary(meta, encoded)
-    try:
-        outcome = record_instance(
-            factory,
-            store,
-            header,
-            tmp,
-            digest,
-            transfer_syntax_uid=transfer_syntax,
-            calling_ae_title=calling_ae_title,
-            duplicate_policy=duplicate_policy,
-        )
-    finally:
-        tmp.unlink(missing_ok=True)
+    return header
+
+
+def _record_checked(
+    factory: sessionmaker[Session],
+    store: InstanceStore,
+    header: InstanceHeader,
+    tmp: Path,
+    digest: StoredDigest,
+    transfer_syntax: str,
+    calling_ae_title: str,
+    duplicate_policy: DuplicatePolicy,
+) -> IngestOutcome:
+    outcome = record_instance(
+        factory,
+        store,
+        header,
+        tmp,
+        digest,
+        transfer_syntax_uid=transfer_syntax,
+        calling_ae_title=calling_ae_title,
+        duplicate_policy=duplicate_policy,
+    )
     if outcome is IngestOutcome.CONFLICT_REJECTED:
         raise IngestRefusedError(
             StoreStatus.DUPLICATE_CONFLICT, "same SOP Instance UID with different content"
         )
-    return outcome, header
+    return outcome
 
 
 __all__ = [
@@ -617,7 +761,9 @@ __all__ = [
     "InstanceHeader",
     "file_meta_for",
     "ingest_encoded",
+    "ingest_received",
     "parse_header",
+    "parse_received_header",
     "record_instance",
     "record_stored_file",
 ]

@@ -10,6 +10,7 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from pynetdicom import AE, evt
@@ -26,7 +27,8 @@ from dicom_node.conformance import (
     VERIFICATION_SOP_CLASS,
     StoreStatus,
 )
-from dicom_node.ingest import IngestRefusedError, ingest_encoded
+from dicom_node.dimse_stream import take_received
+from dicom_node.ingest import IngestRefusedError, ingest_encoded, ingest_received
 from dicom_node.netlog import quiet_peer_faults
 from dicom_node.network_audit import NodeAudit
 from dicom_node.storage import InstanceStore, StorageError
@@ -63,17 +65,21 @@ def storage_contexts(settings: Settings) -> list[PresentationContext]:
 def handle_store(event: Event, ctx: StoreContext) -> int:
     """Store the instance durably and record it; only then answer Success."""
     request = cast(C_STORE, event.request)
+    received = take_received(event)
+    ingest = partial(
+        ingest_encoded if received is None else ingest_received,
+        transfer_syntax=str(event.context.transfer_syntax),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        duplicate_policy=ctx.settings.node.duplicate_policy,
+    )
     try:
-        outcome, header = ingest_encoded(
-            ctx.sessions,
-            ctx.store,
-            request.DataSet.getbuffer(),  # type: ignore[union-attr]
-            transfer_syntax=str(event.context.transfer_syntax),
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-            duplicate_policy=ctx.settings.node.duplicate_policy,
-        )
+        if received is not None:  # written to storage while it arrived
+            outcome, header = ingest(ctx.sessions, ctx.store, received)
+        else:  # a small data set, complete in its first P-DATA, is kept in memory
+            buffer = request.DataSet.getbuffer()  # type: ignore[union-attr]
+            outcome, header = ingest(ctx.sessions, ctx.store, buffer)
     except IngestRefusedError as refusal:
         log.warning("C-STORE refused with %s: %s", refusal.status.name, refusal.reason)
         return int(refusal.status)
@@ -129,6 +135,7 @@ def start_scp(
         server_class=GuardedAssociationServer,
         settings=settings,
         audit=ctx.audit,
+        store=ctx.store,
     )
     assert isinstance(server, GuardedAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)

@@ -101,6 +101,15 @@ class InstanceStore:
         """
         return self.commit(self._write_temporary_file(data), final)
 
+    def create_temporary(self) -> tuple[Path, int]:
+        """A new, empty temporary file opened for writing: its path and file descriptor."""
+        tmp = self.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot write to storage: {exc.strerror}") from exc
+        return tmp, fd
+
     def _write_temporary_file(self, *chunks: bytes | memoryview) -> Path:
         tmp = self.tmp_dir / f"{secrets.token_hex(16)}{TMP_SUFFIX}"
         try:
@@ -118,10 +127,24 @@ class InstanceStore:
             raise
         return tmp
 
+    def place(self, tmp: Path, final: Path) -> bool:
+        """Rename ``tmp`` to ``final`` durably unless ``final`` exists; whether it was renamed.
+
+        File names carry the content digest, so an existing ``final`` holds the same bytes (a
+        resend, or a copy from before a crash) and ``tmp`` is left for the caller to remove.
+        """
+        if final.exists():
+            return False
+        self.commit(tmp, final)
+        return True
+
     def commit(self, tmp: Path, final: Path) -> str:
         """Rename ``tmp`` to ``final`` atomically and durably; return the path relative to root."""
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.parent.is_dir():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if self.fsync:  # the new folder's own entry must be durable too
+                    _fsync_dir(final.parent.parent)
             os.replace(tmp, final)
             if self.fsync:
                 _fsync_dir(final.parent)

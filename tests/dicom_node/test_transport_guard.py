@@ -1,8 +1,9 @@
 """dicom_node.transport overrides pynetdicom internals: fail as soon as they change underneath.
 
 If a test here fails after a pynetdicom upgrade, read the changed function against
-``dicom_node/transport.py`` (its docstring says what it relies on), adapt the module, run
-``tests/dicom_node/test_hostile_network.py``, then update the digest.
+``dicom_node/transport.py`` or ``dicom_node/dimse_stream.py`` (their docstrings say what they
+rely on), adapt the module, run ``tests/dicom_node/test_hostile_network.py`` and
+``tests/dicom_node/test_streaming.py``, then update the digest.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pynetdicom
 import pytest
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -51,6 +55,19 @@ CHECKED: dict[str, tuple[Callable[..., Any], str]] = {
     ),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data, "19f2d4e38c13c835"),
     "Association.run_reactor": (Association.run_reactor, "ed8bbbe3b3d6ddae"),
+    # dicom_node/dimse_stream.py: how a C-STORE data set is assembled and handed over.
+    "DIMSEServiceProvider.receive_primitive": (
+        DIMSEServiceProvider.receive_primitive,
+        "5f99c86b14a15cef",
+    ),
+    "DIMSEMessage.decode_msg": (DIMSEMessage.decode_msg, "f51c777e841a76be"),
+    "DIMSEMessage.message_to_primitive": (
+        DIMSEMessage.message_to_primitive,
+        "f8f43d34e43450ef",
+    ),
+    "StorageServiceClass.SCP": (StorageServiceClass.SCP, "63afca7fc6c6e7ee"),
+    # BoundedAssociationSocket.ready stands in for the poll sleep of this loop.
+    "DULServiceProvider.run_reactor": (DULServiceProvider.run_reactor, "e3a10eb3a0931e48"),
 }
 
 
