@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -23,7 +24,10 @@ from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
 from gateway.worker import JobHeldError, PermanentJobError
 from inference.errors import NotAnalysable
-from inference.pixels import check_analysable
+from inference.model_package import ModelCard
+from inference.pixels import check_analysable, to_model_input
+from inference.preprocess import PreparedImage
+from inference.scope import check_in_scope
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,23 @@ def classify_instance(store: InstanceStore, instance: Instance) -> tuple[Eligibi
     except (InvalidDicomError, ValueError, EOFError) as exc:
         return Eligibility.OUT_OF_SCOPE, f"unreadable: {type(exc).__name__}"
     return Eligibility.ELIGIBLE, None
+
+
+def prepare_instance(path: Path, card: ModelCard) -> PreparedImage:
+    """Read an eligible stored instance and turn it into the model's input, or refuse it.
+
+    The whole file is read (pixels included), checked against the model's scope and converted
+    as the card says. Nothing else may escape: the analysis step records a refusal for this
+    image and goes on with the study's others, whereas any other exception fails the job.
+
+    Raises
+    ------
+    NotAnalysable
+        From :func:`inference.scope.check_in_scope` or :func:`inference.pixels.to_model_input`.
+    """
+    ds = dcmread(path)
+    check_in_scope(ds, card.body_parts)
+    return to_model_input(ds, card.input_size, crop=card.preprocessing.crop)
 
 
 def hold_if_identity_conflict(session: Session, study_id: int, *, lock: bool = False) -> Study:
