@@ -185,12 +185,13 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
         raise NotAnalysable(Reason.MULTI_FRAME, f"{frames} frames; only single images are read")
     if frames < 1:
         raise NotAnalysable(Reason.DIMENSIONS, f"Number of Frames is {frames}")
+    # Type 1 in the Image Pixel module (PS3.3 C.7.6.3), and the decoders need every one.
     rows = _int_attribute(ds, "Rows")
     columns = _int_attribute(ds, "Columns")
-    samples = _int_attribute(ds, "SamplesPerPixel", default=1)
+    samples = _int_attribute(ds, "SamplesPerPixel")
     bits_allocated = _int_attribute(ds, "BitsAllocated")
-    bits_stored = _int_attribute(ds, "BitsStored", default=bits_allocated)
-    representation = _int_attribute(ds, "PixelRepresentation", default=0)
+    bits_stored = _int_attribute(ds, "BitsStored")
+    representation = _int_attribute(ds, "PixelRepresentation")
     if not (1 <= rows <= _MAX_DIMENSION and 1 <= columns <= _MAX_DIMENSION):
         raise NotAnalysable(Reason.DIMENSIONS, f"image of {columns}x{rows} pixels")
     if rows * columns * samples > max_pixels:
@@ -200,6 +201,8 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
         )
     if samples not in (1, 3):
         raise NotAnalysable(Reason.DIMENSIONS, f"Samples per Pixel is {samples}")
+    if samples == 3 and _int_attribute(ds, "PlanarConfiguration") not in (0, 1):
+        raise NotAnalysable(Reason.DIMENSIONS, "Planar Configuration is neither 0 nor 1")
     if bits_allocated not in _ALLOWED_BITS_ALLOCATED:
         raise NotAnalysable(Reason.DIMENSIONS, f"Bits Allocated is {bits_allocated}")
     if not 1 <= bits_stored <= bits_allocated:

@@ -60,6 +60,11 @@ def test_multi_frame() -> None:
         ({"SamplesPerPixel": 4}, Reason.DIMENSIONS),
         ({"PixelRepresentation": 2}, Reason.DIMENSIONS),
         ({"NumberOfFrames": 0}, Reason.DIMENSIONS),
+        # Type 1 attributes the decoders need: found missing by the fuzzer (tests/fuzz), which
+        # made pydicom's decoder raise AttributeError past every refusal.
+        ({"PixelRepresentation": None}, Reason.DIMENSIONS),
+        ({"BitsStored": None}, Reason.DIMENSIONS),
+        ({"SamplesPerPixel": None}, Reason.DIMENSIONS),
         ({"PhotometricInterpretation": "PALETTE COLOR"}, Reason.UNSUPPORTED_PHOTOMETRIC),
         ({"PhotometricInterpretation": "HSV"}, Reason.UNSUPPORTED_PHOTOMETRIC),
         ({"PhotometricInterpretation": "RGB"}, Reason.UNSUPPORTED_PHOTOMETRIC),
@@ -186,3 +191,12 @@ def test_inputs_are_not_modified() -> None:
     display_grey(ds, max_size=16)
     assert ds == before
     assert ds.PixelData == before.PixelData
+
+
+def test_colour_without_planar_configuration_is_refused() -> None:
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    ds = make_image(pixels, photometric="RGB")
+    del ds.PlanarConfiguration
+    assert reason_of(ds) == Reason.DIMENSIONS
+    ds.PlanarConfiguration = 2
+    assert reason_of(ds) == Reason.DIMENSIONS
