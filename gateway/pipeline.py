@@ -23,6 +23,7 @@ from db.models import Eligibility, Instance, Study
 from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
 from gateway.worker import JobHeldError, PermanentJobError
+from inference.decode import check_elements
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard
 from inference.pixels import check_analysable, to_model_input
@@ -62,9 +63,11 @@ def prepare_instance(path: Path, card: ModelCard) -> PreparedImage:
     Raises
     ------
     NotAnalysable
-        From :func:`inference.scope.check_in_scope` or :func:`inference.pixels.to_model_input`.
+        From :func:`inference.decode.check_elements`, :func:`inference.scope.check_in_scope`
+        or :func:`inference.pixels.to_model_input`.
     """
     ds = dcmread(path)
+    check_elements(ds)  # the scope check below reads elements too
     check_in_scope(ds, card.body_parts)
     return to_model_input(ds, card.input_size, crop=card.preprocessing.crop)
 

@@ -23,6 +23,7 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.errors import BytesLengthException
 from pydicom.pixels.decoders.base import get_decoder
 
 from inference.errors import NotAnalysable, Reason
@@ -158,6 +159,50 @@ def _int_attribute(ds: Dataset, keyword: str, *, default: int | None = None) -> 
         raise NotAnalysable(Reason.DIMENSIONS, f"{keyword} is not an integer") from exc
 
 
+#: Exceptions pydicom raises when it converts a raw element it cannot read: an unknown VR is
+#: ``NotImplementedError`` (its ``hooks.raw_element_value``), a binary value whose length is not
+#: a multiple of its VR's size ``BytesLengthException``, an ambiguous VR (US or SS) without the
+#: Pixel Representation that decides it ``AttributeError``, a value the VR cannot hold one of
+#: the others.
+_ELEMENT_ERRORS = (
+    NotImplementedError,
+    BytesLengthException,
+    AttributeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OverflowError,
+)
+
+
+def check_elements(ds: Dataset) -> None:
+    """Refuse a data set with a standard element that cannot be read (sequences included).
+
+    pydicom converts an element's raw bytes when the element is first used, so an element it
+    cannot read would otherwise surface as an arbitrary exception wherever the pipeline first
+    touches it. Converted here once, every later use reads the converted value (Pixel Data
+    included: the checks that follow read it anyway). Private elements are left alone: the
+    pipeline never reads them, and they are where vendors' files most often break the rules.
+
+    Raises
+    ------
+    NotAnalysable
+        ``malformed_element``, naming the tag (never its value).
+    """
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            continue
+        try:
+            element = ds[tag]
+        except _ELEMENT_ERRORS as exc:
+            raise NotAnalysable(
+                Reason.MALFORMED_ELEMENT, f"element {tag} cannot be read ({type(exc).__name__})"
+            ) from exc
+        if element.VR == "SQ":
+            for item in element.value or ():
+                check_elements(item)
+
+
 def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
     """Refuse, before decoding, a dataset the pipeline cannot or should not decode.
 
@@ -169,10 +214,12 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
     Raises
     ------
     NotAnalysable
-        ``no_pixel_data``, ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
+        ``malformed_element`` (:func:`check_elements`), ``no_pixel_data``,
+        ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
         ``unsupported_photometric``, ``truncated``, ``undecodable`` (an encapsulated Pixel
         Data that does not start with an item, PS3.5 A.4) or ``pixel_data_mismatch``.
     """
+    check_elements(ds)
     if "PixelData" not in ds:
         raise NotAnalysable(Reason.NO_PIXEL_DATA, "the dataset has no Pixel Data (7FE0,0010)")
     tsyntax = transfer_syntax_of(ds)
