@@ -6,6 +6,7 @@ Called by the C-STORE handler after the file is durable and before Success is re
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -143,6 +144,9 @@ def parse_header(encoded: bytes | memoryview, transfer_syntax: str) -> InstanceH
         EOFError,
         OSError,
         zlib.error,
+        NotImplementedError,  # pydicom: an element of an unknown VR
+        BytesLengthException,  # pydicom: a binary value of a length its VR cannot have
+        struct.error,  # pydicom: the data set ends inside an element's header
     ) as exc:
         raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
 

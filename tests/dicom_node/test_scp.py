@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
@@ -353,6 +353,51 @@ def test_unparseable_data_set_gets_cannot_understand(node: Service, tmp_path: Pa
         int(StoreStatus.CANNOT_UNDERSTAND),
         int(StoreStatus.MISSING_IDENTIFIERS),
     )
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def store_files_as_they_are(port: int, paths: list[Path]) -> list[int]:
+    """C-STORE each file's data set bytes unparsed (even those ``send_files`` would skip)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the file meta is read, the rest streamed
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in paths]
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def test_a_header_element_pydicom_cannot_read_gets_cannot_understand(
+    node: Service, tmp_path: Path
+) -> None:
+    """Found by fuzzing (tests/fuzz): an element of unknown VR, a US value of odd length, or a
+    data set that ends inside an element's header made pydicom raise past the handler's
+    refusals, answered 0110 (processing failure) instead of C000."""
+    path = tmp_path / "good.dcm"
+    small_dx().save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    meta, data = raw[: _meta_end(raw)], raw[_meta_end(raw) :]
+    sop_instance_uid = b"\x08\x00\x18\x00UI"
+    rows = b"\x28\x00\x10\x00US\x02\x00\x08\x00"
+    patient_name = b"\x10\x00\x10\x00PN"
+    broken = {
+        "unknown-vr.dcm": data.replace(sop_instance_uid, b"\x08\x00\x18\x00U\x00"),
+        "odd-length-rows.dcm": data.replace(rows, b"\x28\x00\x10\x00US\x03\x00\x08\x00\x00"),
+        # after group 0008, a sequence whose 4-byte length is cut to 2: the data set ends there
+        "ends-in-a-length.dcm": data[: data.index(patient_name)]
+        + b"\x08\x00\x40\x11SQ\x00\x00\x26\x00",
+    }
+    paths = []
+    for name, body in broken.items():
+        assert body != data
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(meta + body)
+    assert store_files_as_they_are(node.dicom_port, paths) == [StoreStatus.CANNOT_UNDERSTAND] * 3
     assert count(node, Instance) == 0
     assert files_under(node.store.root) == []
 
