@@ -8,6 +8,7 @@ added by :func:`gateway.service.build_pipeline` when those parts are configured.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,13 @@ def classify_instance(store: InstanceStore, instance: Instance) -> tuple[Eligibi
         return Eligibility.OUT_OF_SCOPE, f"{exc.reason}: {exc.message}"[:256]
     except (InvalidDicomError, ValueError, EOFError) as exc:
         return Eligibility.OUT_OF_SCOPE, f"unreadable: {type(exc).__name__}"
+    except struct.error:  # pydicom: the data set ends inside an element's header
+        return Eligibility.OUT_OF_SCOPE, "unreadable: the data set ends inside an element"
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the storage failed, not the file: the job is retried
+        # pydicom: a sequence item that the data set ends inside (an OSError without errno)
+        return Eligibility.OUT_OF_SCOPE, "unreadable: the data set ends inside an element"
     return Eligibility.ELIGIBLE, None
 
 
