@@ -3,8 +3,9 @@
 :func:`check_analysable` refuses a dataset from its header, and from what its Pixel Data says
 about itself (:mod:`inference.streams`), before anything large is allocated.
 :func:`decode_image` decodes the (single) frame with pydicom's pixel API and the installed
-codecs (pylibjpeg plugins, python-gdcm, Pillow), YBR colour coming back as RGB; for JPEG 2000
-it can decode a reduced resolution level when the caller needs fewer pixels.
+codecs (pylibjpeg plugins, pyjpegls, Pillow; not python-gdcm, see :data:`DECODING_PLUGINS`),
+YBR colour coming back as RGB; for JPEG 2000 it can decode a reduced resolution level when the
+caller needs fewer pixels.
 :func:`check_decoded` holds the decoded array to the header once more.
 """
 
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,6 +95,12 @@ _PHOTOMETRIC_VALUES = frozenset(p.value for p in Photometric)
 _ALLOWED_BITS_ALLOCATED = frozenset({8, 16, 32})
 _MAX_DIMENSION = 65535  # Rows and Columns are US (PS3.3 C.7.6.3)
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+#: pydicom's decoding plugins the pipeline uses, in the order they are tried. python-gdcm,
+#: pydicom's first choice for every JPEG and JPEG 2000 syntax, is left out: on some corrupt JPEG
+#: streams its wrapper lets a C++ exception escape and the process aborts (``std::terminate``),
+#: which no ``except`` can catch (found by ``tests/fuzz``; docs/SECURITY.md). Every syntax of
+#: :data:`DECODABLE_TRANSFER_SYNTAXES` has at least one of these (pylibjpeg for all).
+DECODING_PLUGINS: tuple[str, ...] = ("pylibjpeg", "pyjpegls", "pydicom", "pillow")
 _DECODE_ERRORS = (
     RuntimeError,
     ValueError,
@@ -500,6 +508,36 @@ def _decode_j2k_reduced(ds: Dataset, min_long_side: int) -> DecodedImage | None:
     return DecodedImage(pixels=pixels, photometric=photometric, reduction=reduction)
 
 
+def _decode_full(ds: Dataset, tsyntax: uid.UID) -> tuple[NDArray[np.generic], dict[str, Any]]:
+    """The frame at full resolution, with pydicom's overrides of the header (YBR -> RGB).
+
+    An encapsulated frame is offered to each of :data:`DECODING_PLUGINS` that is installed, in
+    turn, until one decodes it, as pydicom itself would, but without python-gdcm.
+
+    Raises
+    ------
+    NotAnalysable
+        ``undecodable`` when every plugin fails.
+    """
+    decoder = get_decoder(tsyntax)
+    plugins = (
+        [""]  # native: pydicom's own reader, no plugin to choose
+        if decoder.is_native
+        else [plugin for plugin in DECODING_PLUGINS if plugin in decoder.available_plugins]
+    )
+    for plugin in plugins:
+        try:
+            with warnings.catch_warnings():
+                # Codec chatter (a J2K sign mismatch pydicom corrects) is not the caller's concern.
+                warnings.simplefilter("ignore")
+                return decoder.as_array(ds, index=0, decoding_plugin=plugin)
+        except _DECODE_ERRORS:
+            continue
+    raise NotAnalysable(
+        Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
+    )
+
+
 def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedImage:
     """Check and decode the single frame of ``ds``; the dataset is not modified.
 
@@ -528,15 +566,7 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
         if reduced is not None:
             check_decoded(reduced.pixels, ds, reduced.reduction)
             return reduced
-    try:
-        with warnings.catch_warnings():
-            # Codec chatter (e.g. a J2K sign mismatch pydicom corrects) is not the caller's concern.
-            warnings.simplefilter("ignore")
-            pixels, overrides = get_decoder(tsyntax).as_array(ds, index=0)
-    except _DECODE_ERRORS as exc:
-        raise NotAnalysable(
-            Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
-        ) from exc
+    pixels, overrides = _decode_full(ds, tsyntax)
     check_decoded(pixels, ds)
     photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
     return DecodedImage(pixels=pixels, photometric=photometric)

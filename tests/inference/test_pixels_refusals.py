@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
 import re
+import subprocess
+import sys
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -17,9 +20,12 @@ import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
 
+from inference.decode import DECODING_PLUGINS
 from inference.errors import NotAnalysable, Reason
 from inference.pixels import check_analysable, display_grey, to_model_input
 from tests.inference.dicom_factory import compressed, make_image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_image(**attributes: Any) -> Dataset:
@@ -295,3 +301,49 @@ def test_a_broken_private_element_is_left_alone() -> None:
         ds, b"\x29\x00\x10\x10US\x02\x00\x07\x00", b"\x29\x00\x10\x10U\x00\x02\x00\x07\x00"
     )
     assert to_model_input(broken, 32).tensor.shape == (32, 32, 1)
+
+
+#: Decodes a JPEG Baseline image whose first Huffman table segment is one byte too long, in a
+#: process of its own: python-gdcm aborts the process on it (std::terminate), pydicom's first
+#: choice of plugin; the pipeline must decode it with another plugin or refuse it.
+CORRUPT_JPEG_CHILD = """
+import io, sys
+import numpy as np
+from PIL import Image
+from pydicom import uid
+from pydicom.encaps import encapsulate
+from inference.errors import NotAnalysable
+from inference.pixels import to_model_input
+from tests.inference.dicom_factory import make_image
+
+grey = np.random.default_rng(0).integers(0, 255, size=(8, 8), dtype=np.uint8)
+buffer = io.BytesIO()
+Image.fromarray(grey).save(buffer, format="JPEG", quality=90)
+stream = buffer.getvalue()
+second_table = stream.index(b"\\xff\\xc4", stream.index(b"\\xff\\xc4") + 2)
+stream = stream[:second_table] + b"\\x6a" + stream[second_table:]
+ds = make_image(grey, write=False)
+ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+ds.PixelData = encapsulate([stream])
+ds["PixelData"].VR = "OB"
+try:
+    print(to_model_input(ds, 32).tensor.shape)
+except NotAnalysable as exc:
+    print(exc.reason)
+"""
+
+
+def test_a_corrupt_jpeg_never_reaches_python_gdcm() -> None:
+    """Found by the fuzzer: one byte too many in a Huffman table made the process abort."""
+    assert "gdcm" not in DECODING_PLUGINS
+    child = subprocess.run(
+        [sys.executable, "-c", CORRUPT_JPEG_CHILD],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() in {"(32, 32, 1)", Reason.UNDECODABLE}
