@@ -398,6 +398,9 @@ def test_a_header_element_pydicom_cannot_read_gets_cannot_understand(
         paths.append(tmp_path / name)
         paths[-1].write_bytes(meta + body)
     assert store_files_as_they_are(node.dicom_port, paths) == [StoreStatus.CANNOT_UNDERSTAND] * 3
+    # ``fracture-gateway send`` reads the file before sending: the last one is no DICOM file
+    (cut,) = send_files(paths[2:], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert (cut.status, cut.error) == (None, "not a DICOM file: error")
     assert count(node, Instance) == 0
     assert files_under(node.store.root) == []
 
