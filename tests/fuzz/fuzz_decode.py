@@ -101,6 +101,11 @@ def main(argv: list[str]) -> None:
     args = _with_seeds(_with_defaults(argv))
     limit = int(_flag(args, "-rss_limit_mb"))
     artifact_prefix = _flag(args, "-artifact_prefix", "")
+    if artifact_prefix:  # libFuzzer refuses a prefix whose folder does not exist
+        prefix = Path(artifact_prefix)
+        (prefix if artifact_prefix.endswith("/") else prefix.parent).mkdir(
+            parents=True, exist_ok=True
+        )
     with received_instance_path(peak_rss_limit_mb=limit) as received:
 
         def one_input(data: bytes) -> None:
