@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from sqlalchemy import select
@@ -172,7 +173,8 @@ def _read_header(data: bytes, syntax: UID, *, require_pixels: bool = False) -> D
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
-    if value is None or value == "":
+    # A sequence where text belongs is no text; printing it would convert its items' elements.
+    if value is None or value == "" or isinstance(value, Sequence):
         return None
     return str(value)[:limit]
 
@@ -192,7 +194,10 @@ def image_dimension(ds: Dataset, keyword: str) -> int | None:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+    raw = ds.get(keyword, "")
+    if isinstance(raw, Sequence):  # not printed: that would convert its items' elements
+        raise HeaderError(f"{keyword} is not a valid UID", missing_identifiers=True)
+    value = str(raw or "").strip().rstrip("\x00")
     if not value:
         raise HeaderError(f"{keyword} is missing", missing_identifiers=True)
     if not is_valid_uid(value):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 import subprocess
 import time
 from io import BytesIO
@@ -13,7 +14,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -403,6 +404,29 @@ def test_a_header_element_pydicom_cannot_read_gets_cannot_understand(
     assert (cut.status, cut.error) == (None, "not a DICOM file: error")
     assert count(node, Instance) == 0
     assert files_under(node.store.root) == []
+
+
+def test_a_sequence_in_place_of_a_uid_gets_missing_identifiers(
+    node: Service, tmp_path: Path
+) -> None:
+    """Found by fuzzing: Study Instance UID encoded as a sequence whose item holds LUT Data
+    (US or OW) without its LUT Descriptor. Printing the sequence as the UID read the item,
+    and pydicom raised AttributeError (answered 0110); it is now no valid UID (C001)."""
+    ds = small_dx()
+    del ds.StudyInstanceUID
+    data = bytearray(encode(ds, is_implicit_vr=False, is_little_endian=True))
+    lut_data = struct.pack("<HH2sHI", 0x0028, 0x3006, b"UN", 0, 4) + b"\x00\x01\x00\x02"
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(lut_data)) + lut_data
+    study_uid = struct.pack("<HH2sHI", 0x0020, 0x000D, b"SQ", 0, len(item)) + item
+    series_uid = b"\x20\x00\x0e\x00UI"
+    at = data.index(series_uid)  # (0020,000D) goes right before (0020,000E)
+    data[at:at] = study_uid
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path = tmp_path / "sequence-as-uid.dcm"
+    path.write_bytes(b"\x00" * 128 + b"DICM" + meta.getvalue() + bytes(data))
+    assert store_files_as_they_are(node.dicom_port, [path]) == [StoreStatus.MISSING_IDENTIFIERS]
+    assert count(node, Instance) == 0
 
 
 def test_malformed_shared_files_never_leave_partial_state(node: Service, shared_dir: Path) -> None:
