@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 import warnings
 import zlib
 from collections.abc import Callable
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from sqlalchemy import select
@@ -146,6 +148,9 @@ def parse_header(encoded: bytes | memoryview, transfer_syntax: str) -> InstanceH
         EOFError,
         OSError,
         zlib.error,
+        NotImplementedError,  # pydicom: an element of an unknown VR
+        BytesLengthException,  # pydicom: a binary value of a length its VR cannot have
+        struct.error,  # pydicom: the data set ends inside an element's header
     ) as exc:
         raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
 
@@ -171,7 +176,8 @@ def _read_header(data: bytes, syntax: UID, *, require_pixels: bool = False) -> D
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
-    if value is None or value == "":
+    # A sequence where text belongs is no text; printing it would convert its items' elements.
+    if value is None or value == "" or isinstance(value, Sequence):
         return None
     return str(value)[:limit]
 
@@ -191,7 +197,10 @@ def image_dimension(ds: Dataset, keyword: str) -> int | None:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+    raw = ds.get(keyword, "")
+    if isinstance(raw, Sequence):  # not printed: that would convert its items' elements
+        raise HeaderError(f"{keyword} is not a valid UID", missing_identifiers=True)
+    value = str(raw or "").strip().rstrip("\x00")
     if not value:
         raise HeaderError(f"{keyword} is missing", missing_identifiers=True)
     if not is_valid_uid(value):

@@ -7,6 +7,7 @@ file's own SOP class and transfer syntax, so nothing is converted on the way.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,8 @@ def send_files(
     for path in files:
         try:
             metas.append((path, _read_meta(path)))
-        except (InvalidDicomError, OSError, ValueError) as exc:
+        # struct.error: pydicom, for a file that ends inside an element's length
+        except (InvalidDicomError, OSError, ValueError, struct.error) as exc:
             report(SendResult(path, None, f"not a DICOM file: {type(exc).__name__}"))
 
     batch: list[tuple[Path, _Meta]] = []

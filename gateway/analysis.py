@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pydicom import dcmread
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,12 +22,11 @@ from db.models import ImagePrediction as ImagePredictionRow
 from db.models import StudyPrediction as StudyPredictionRow
 from dicom_node.storage import InstanceStore
 from gateway.heatmaps import save_heatmap
+from gateway.pipeline import prepare_instance
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard, OperatingPointName, load_package
-from inference.pixels import to_model_input
 from inference.predictor import Predictor, StudyPrediction
 from inference.preprocess import PreparedImage
-from inference.scope import check_in_scope
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +74,7 @@ class AnalyseStep:
         refused: dict[int, str] = {}
         for instance in instances:
             try:
-                ds = dcmread(self.store.absolute(instance.storage_path))
-                check_in_scope(ds, self.card.body_parts)
-                image = to_model_input(ds, self.card.input_size, crop=self.card.preprocessing.crop)
+                image = prepare_instance(self.store.absolute(instance.storage_path), self.card)
             except NotAnalysable as exc:
                 refused[instance.id] = f"{exc.reason}: {exc.message}"[:256]
                 continue

@@ -8,8 +8,10 @@ added by :func:`gateway.service.build_pipeline` when those parts are configured.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -22,8 +24,12 @@ from db.models import Eligibility, Instance, Study
 from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
 from gateway.worker import JobHeldError, PermanentJobError
+from inference.decode import check_elements
 from inference.errors import NotAnalysable
-from inference.pixels import check_analysable
+from inference.model_package import ModelCard
+from inference.pixels import check_analysable, to_model_input
+from inference.preprocess import PreparedImage
+from inference.scope import check_in_scope
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,33 @@ def classify_instance(store: InstanceStore, instance: Instance) -> tuple[Eligibi
         return Eligibility.OUT_OF_SCOPE, f"{exc.reason}: {exc.message}"[:256]
     except (InvalidDicomError, ValueError, EOFError) as exc:
         return Eligibility.OUT_OF_SCOPE, f"unreadable: {type(exc).__name__}"
+    except struct.error:  # pydicom: the data set ends inside an element's header
+        return Eligibility.OUT_OF_SCOPE, "unreadable: the data set ends inside an element"
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the storage failed, not the file: the job is retried
+        # pydicom: a sequence item that the data set ends inside (an OSError without errno)
+        return Eligibility.OUT_OF_SCOPE, "unreadable: the data set ends inside an element"
     return Eligibility.ELIGIBLE, None
+
+
+def prepare_instance(path: Path, card: ModelCard) -> PreparedImage:
+    """Read an eligible stored instance and turn it into the model's input, or refuse it.
+
+    The whole file is read (pixels included), checked against the model's scope and converted
+    as the card says. Nothing else may escape: the analysis step records a refusal for this
+    image and goes on with the study's others, whereas any other exception fails the job.
+
+    Raises
+    ------
+    NotAnalysable
+        From :func:`inference.decode.check_elements`, :func:`inference.scope.check_in_scope`
+        or :func:`inference.pixels.to_model_input`.
+    """
+    ds = dcmread(path)
+    check_elements(ds)  # the scope check below reads elements too
+    check_in_scope(ds, card.body_parts)
+    return to_model_input(ds, card.input_size, crop=card.preprocessing.crop)
 
 
 def hold_if_identity_conflict(session: Session, study_id: int, *, lock: bool = False) -> Study:

@@ -3,8 +3,9 @@
 :func:`check_analysable` refuses a dataset from its header, and from what its Pixel Data says
 about itself (:mod:`inference.streams`), before anything large is allocated.
 :func:`decode_image` decodes the (single) frame with pydicom's pixel API and the installed
-codecs (pylibjpeg plugins, python-gdcm, Pillow), YBR colour coming back as RGB; for JPEG 2000
-it can decode a reduced resolution level when the caller needs fewer pixels.
+codecs (pylibjpeg plugins, pyjpegls, Pillow; not python-gdcm, see :data:`DECODING_PLUGINS`),
+YBR colour coming back as RGB; for JPEG 2000 it can decode a reduced resolution level when the
+caller needs fewer pixels.
 :func:`check_decoded` holds the decoded array to the header once more.
 """
 
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +25,7 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.errors import BytesLengthException
 from pydicom.pixels.decoders.base import get_decoder
 
 from inference.errors import NotAnalysable, Reason
@@ -92,6 +95,12 @@ _PHOTOMETRIC_VALUES = frozenset(p.value for p in Photometric)
 _ALLOWED_BITS_ALLOCATED = frozenset({8, 16, 32})
 _MAX_DIMENSION = 65535  # Rows and Columns are US (PS3.3 C.7.6.3)
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+#: pydicom's decoding plugins the pipeline uses, in the order they are tried. python-gdcm,
+#: pydicom's first choice for every JPEG and JPEG 2000 syntax, is left out: on some corrupt JPEG
+#: streams its wrapper lets a C++ exception escape and the process aborts (``std::terminate``),
+#: which no ``except`` can catch (found by ``tests/fuzz``; docs/SECURITY.md). Every syntax of
+#: :data:`DECODABLE_TRANSFER_SYNTAXES` has at least one of these (pylibjpeg for all).
+DECODING_PLUGINS: tuple[str, ...] = ("pylibjpeg", "pyjpegls", "pydicom", "pillow")
 _DECODE_ERRORS = (
     RuntimeError,
     ValueError,
@@ -158,6 +167,50 @@ def _int_attribute(ds: Dataset, keyword: str, *, default: int | None = None) -> 
         raise NotAnalysable(Reason.DIMENSIONS, f"{keyword} is not an integer") from exc
 
 
+#: Exceptions pydicom raises when it converts a raw element it cannot read: an unknown VR is
+#: ``NotImplementedError`` (its ``hooks.raw_element_value``), a binary value whose length is not
+#: a multiple of its VR's size ``BytesLengthException``, an ambiguous VR (US or SS) without the
+#: Pixel Representation that decides it ``AttributeError``, a value the VR cannot hold one of
+#: the others.
+_ELEMENT_ERRORS = (
+    NotImplementedError,
+    BytesLengthException,
+    AttributeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OverflowError,
+)
+
+
+def check_elements(ds: Dataset) -> None:
+    """Refuse a data set with a standard element that cannot be read (sequences included).
+
+    pydicom converts an element's raw bytes when the element is first used, so an element it
+    cannot read would otherwise surface as an arbitrary exception wherever the pipeline first
+    touches it. Converted here once, every later use reads the converted value (Pixel Data
+    included: the checks that follow read it anyway). Private elements are left alone: the
+    pipeline never reads them, and they are where vendors' files most often break the rules.
+
+    Raises
+    ------
+    NotAnalysable
+        ``malformed_element``, naming the tag (never its value).
+    """
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            continue
+        try:
+            element = ds[tag]
+        except _ELEMENT_ERRORS as exc:
+            raise NotAnalysable(
+                Reason.MALFORMED_ELEMENT, f"element {tag} cannot be read ({type(exc).__name__})"
+            ) from exc
+        if element.VR == "SQ":
+            for item in element.value or ():
+                check_elements(item)
+
+
 def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
     """Refuse, before decoding, a dataset the pipeline cannot or should not decode.
 
@@ -169,10 +222,12 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
     Raises
     ------
     NotAnalysable
-        ``no_pixel_data``, ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
+        ``malformed_element`` (:func:`check_elements`), ``no_pixel_data``,
+        ``unsupported_transfer_syntax``, ``multi_frame``, ``dimensions``,
         ``unsupported_photometric``, ``truncated``, ``undecodable`` (an encapsulated Pixel
         Data that does not start with an item, PS3.5 A.4) or ``pixel_data_mismatch``.
     """
+    check_elements(ds)
     if "PixelData" not in ds:
         raise NotAnalysable(Reason.NO_PIXEL_DATA, "the dataset has no Pixel Data (7FE0,0010)")
     tsyntax = transfer_syntax_of(ds)
@@ -185,12 +240,13 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
         raise NotAnalysable(Reason.MULTI_FRAME, f"{frames} frames; only single images are read")
     if frames < 1:
         raise NotAnalysable(Reason.DIMENSIONS, f"Number of Frames is {frames}")
+    # Type 1 in the Image Pixel module (PS3.3 C.7.6.3), and the decoders need every one.
     rows = _int_attribute(ds, "Rows")
     columns = _int_attribute(ds, "Columns")
-    samples = _int_attribute(ds, "SamplesPerPixel", default=1)
+    samples = _int_attribute(ds, "SamplesPerPixel")
     bits_allocated = _int_attribute(ds, "BitsAllocated")
-    bits_stored = _int_attribute(ds, "BitsStored", default=bits_allocated)
-    representation = _int_attribute(ds, "PixelRepresentation", default=0)
+    bits_stored = _int_attribute(ds, "BitsStored")
+    representation = _int_attribute(ds, "PixelRepresentation")
     if not (1 <= rows <= _MAX_DIMENSION and 1 <= columns <= _MAX_DIMENSION):
         raise NotAnalysable(Reason.DIMENSIONS, f"image of {columns}x{rows} pixels")
     if rows * columns * samples > max_pixels:
@@ -200,6 +256,8 @@ def check_analysable(ds: Dataset, *, max_pixels: int = 100_000_000) -> None:
         )
     if samples not in (1, 3):
         raise NotAnalysable(Reason.DIMENSIONS, f"Samples per Pixel is {samples}")
+    if samples == 3 and _int_attribute(ds, "PlanarConfiguration") not in (0, 1):
+        raise NotAnalysable(Reason.DIMENSIONS, "Planar Configuration is neither 0 nor 1")
     if bits_allocated not in _ALLOWED_BITS_ALLOCATED:
         raise NotAnalysable(Reason.DIMENSIONS, f"Bits Allocated is {bits_allocated}")
     if not 1 <= bits_stored <= bits_allocated:
@@ -450,6 +508,36 @@ def _decode_j2k_reduced(ds: Dataset, min_long_side: int) -> DecodedImage | None:
     return DecodedImage(pixels=pixels, photometric=photometric, reduction=reduction)
 
 
+def _decode_full(ds: Dataset, tsyntax: uid.UID) -> tuple[NDArray[np.generic], dict[str, Any]]:
+    """The frame at full resolution, with pydicom's overrides of the header (YBR -> RGB).
+
+    An encapsulated frame is offered to each of :data:`DECODING_PLUGINS` that is installed, in
+    turn, until one decodes it, as pydicom itself would, but without python-gdcm.
+
+    Raises
+    ------
+    NotAnalysable
+        ``undecodable`` when every plugin fails.
+    """
+    decoder = get_decoder(tsyntax)
+    plugins = (
+        [""]  # native: pydicom's own reader, no plugin to choose
+        if decoder.is_native
+        else [plugin for plugin in DECODING_PLUGINS if plugin in decoder.available_plugins]
+    )
+    for plugin in plugins:
+        try:
+            with warnings.catch_warnings():
+                # Codec chatter (a J2K sign mismatch pydicom corrects) is not the caller's concern.
+                warnings.simplefilter("ignore")
+                return decoder.as_array(ds, index=0, decoding_plugin=plugin)
+        except _DECODE_ERRORS:
+            continue
+    raise NotAnalysable(
+        Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
+    )
+
+
 def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedImage:
     """Check and decode the single frame of ``ds``; the dataset is not modified.
 
@@ -478,15 +566,7 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
         if reduced is not None:
             check_decoded(reduced.pixels, ds, reduced.reduction)
             return reduced
-    try:
-        with warnings.catch_warnings():
-            # Codec chatter (e.g. a J2K sign mismatch pydicom corrects) is not the caller's concern.
-            warnings.simplefilter("ignore")
-            pixels, overrides = get_decoder(tsyntax).as_array(ds, index=0)
-    except _DECODE_ERRORS as exc:
-        raise NotAnalysable(
-            Reason.UNDECODABLE, f"no installed decoder could decode the {tsyntax.name} stream"
-        ) from exc
+    pixels, overrides = _decode_full(ds, tsyntax)
     check_decoded(pixels, ds)
     photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
     return DecodedImage(pixels=pixels, photometric=photometric)

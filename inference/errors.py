@@ -8,6 +8,8 @@ from enum import StrEnum
 class Reason(StrEnum):
     """Why an image is not analysable; the values are stable, machine-usable codes."""
 
+    #: An element pydicom cannot read: an unknown VR, a value its VR cannot hold.
+    MALFORMED_ELEMENT = "malformed_element"
     NO_PIXEL_DATA = "no_pixel_data"
     MULTI_FRAME = "multi_frame"
     DIMENSIONS = "dimensions"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 import subprocess
 import time
 from io import BytesIO
@@ -13,9 +14,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
@@ -389,6 +390,77 @@ def test_unparseable_data_set_gets_cannot_understand(node: Service, tmp_path: Pa
     )
     assert count(node, Instance) == 0
     assert files_under(node.store.root) == []
+
+
+def store_files_as_they_are(port: int, paths: list[Path]) -> list[int]:
+    """C-STORE each file's data set bytes unparsed (even those ``send_files`` would skip)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the file meta is read, the rest streamed
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in paths]
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def test_a_header_element_pydicom_cannot_read_gets_cannot_understand(
+    node: Service, tmp_path: Path
+) -> None:
+    """Found by fuzzing (tests/fuzz): an element of unknown VR, a US value of odd length, or a
+    data set that ends inside an element's header made pydicom raise past the handler's
+    refusals, answered 0110 (processing failure) instead of C000."""
+    path = tmp_path / "good.dcm"
+    small_dx().save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    meta, data = raw[: _meta_end(raw)], raw[_meta_end(raw) :]
+    sop_instance_uid = b"\x08\x00\x18\x00UI"
+    rows = b"\x28\x00\x10\x00US\x02\x00\x08\x00"
+    patient_name = b"\x10\x00\x10\x00PN"
+    broken = {
+        "unknown-vr.dcm": data.replace(sop_instance_uid, b"\x08\x00\x18\x00U\x00"),
+        "odd-length-rows.dcm": data.replace(rows, b"\x28\x00\x10\x00US\x03\x00\x08\x00\x00"),
+        # after group 0008, a sequence whose 4-byte length is cut to 2: the data set ends there
+        "ends-in-a-length.dcm": data[: data.index(patient_name)]
+        + b"\x08\x00\x40\x11SQ\x00\x00\x26\x00",
+    }
+    paths = []
+    for name, body in broken.items():
+        assert body != data
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(meta + body)
+    assert store_files_as_they_are(node.dicom_port, paths) == [StoreStatus.CANNOT_UNDERSTAND] * 3
+    # ``fracture-gateway send`` reads the file before sending: the last one is no DICOM file
+    (cut,) = send_files(paths[2:], "127.0.0.1", node.dicom_port, CALLED, "TESTSCU")
+    assert (cut.status, cut.error) == (None, "not a DICOM file: error")
+    assert count(node, Instance) == 0
+    assert files_under(node.store.root) == []
+
+
+def test_a_sequence_in_place_of_a_uid_gets_missing_identifiers(
+    node: Service, tmp_path: Path
+) -> None:
+    """Found by fuzzing: Study Instance UID encoded as a sequence whose item holds LUT Data
+    (US or OW) without its LUT Descriptor. Printing the sequence as the UID read the item,
+    and pydicom raised AttributeError (answered 0110); it is now no valid UID (C001)."""
+    ds = small_dx()
+    del ds.StudyInstanceUID
+    data = bytearray(encode(ds, is_implicit_vr=False, is_little_endian=True))
+    lut_data = struct.pack("<HH2sHI", 0x0028, 0x3006, b"UN", 0, 4) + b"\x00\x01\x00\x02"
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(lut_data)) + lut_data
+    study_uid = struct.pack("<HH2sHI", 0x0020, 0x000D, b"SQ", 0, len(item)) + item
+    series_uid = b"\x20\x00\x0e\x00UI"
+    at = data.index(series_uid)  # (0020,000D) goes right before (0020,000E)
+    data[at:at] = study_uid
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path = tmp_path / "sequence-as-uid.dcm"
+    path.write_bytes(b"\x00" * 128 + b"DICM" + meta.getvalue() + bytes(data))
+    assert store_files_as_they_are(node.dicom_port, [path]) == [StoreStatus.MISSING_IDENTIFIERS]
+    assert count(node, Instance) == 0
 
 
 def test_malformed_shared_files_never_leave_partial_state(node: Service, shared_dir: Path) -> None:

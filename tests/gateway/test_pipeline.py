@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -15,10 +17,12 @@ from db import jobs
 from db.models import Eligibility, ImagePrediction, Instance, StudyPrediction
 from dicom_node.grouping import complete_quiet_studies
 from dicom_node.send import send_files
+from dicom_node.storage import InstanceStore
 from gateway.analysis import AnalyseStep
 from gateway.heatmaps import heatmap_on_original_grid
-from gateway.pipeline import ClassifyStep
+from gateway.pipeline import ClassifyStep, classify_instance
 from gateway.service import Service
+from tests.inference.dicom_factory import DX_FOR_PRESENTATION, make_image
 from tests.training.packages import localising_package, make_package
 
 
@@ -179,3 +183,42 @@ def test_a_localising_model_stores_regions_and_a_chest_is_not_applicable(
                 assert 0 <= region["y0"] < region["y1"] <= 2140
     finally:
         service.stop()
+
+
+def truncated_file(sequence: bytes) -> bytes:
+    """A small DX image file whose data set ends with ``sequence``, a broken sequence."""
+    pixels = np.zeros((4, 4), dtype=np.uint8)
+    buffer = io.BytesIO()
+    make_image(pixels, write=False).save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    return data[: data.index(b"\x28\x00\x02\x00US")] + sequence  # before Samples per Pixel
+
+
+#: Referenced Image Sequence (0008,1140) of undefined length with an item of undefined length
+#: that the data set ends inside (pydicom: OSError without errno, "No tag to read"), and one
+#: whose 4-byte length is cut to 2 (pydicom: struct.error). Both reached the pipeline's
+#: classification unrefused (found by tests/fuzz), whose job then failed for the whole study.
+UNCLOSED_ITEM = b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff"
+UNCLOSED_ITEM += b"\x08\x00\x55\x11UI\x04\x001.2\x00"
+CUT_LENGTH = b"\x08\x00\x40\x11SQ\x00\x00\x26\x00"
+
+
+@pytest.mark.parametrize("sequence", [UNCLOSED_ITEM, CUT_LENGTH], ids=["unclosed-item", "cut"])
+def test_classify_refuses_a_file_that_ends_inside_an_element(
+    tmp_path: Path, sequence: bytes
+) -> None:
+    store = InstanceStore(tmp_path / "storage", fsync=False)
+    path = store.instances_dir / "broken.dcm"
+    path.write_bytes(truncated_file(sequence))
+    instance = Instance(sop_class_uid=DX_FOR_PRESENTATION, storage_path="instances/broken.dcm")
+    eligibility, reason = classify_instance(store, instance)
+    assert eligibility is Eligibility.OUT_OF_SCOPE
+    assert reason == "unreadable: the data set ends inside an element"
+
+
+def test_classify_lets_a_storage_failure_through(tmp_path: Path) -> None:
+    """A file the storage cannot give back is no verdict on the instance: the job is retried."""
+    store = InstanceStore(tmp_path / "storage", fsync=False)
+    instance = Instance(sop_class_uid=DX_FOR_PRESENTATION, storage_path="instances/gone.dcm")
+    with pytest.raises(FileNotFoundError):
+        classify_instance(store, instance)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
+import os
 import pickle
+import re
+import subprocess
+import sys
 import tracemalloc
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +20,12 @@ import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
 
+from inference.decode import DECODING_PLUGINS
 from inference.errors import NotAnalysable, Reason
 from inference.pixels import check_analysable, display_grey, to_model_input
 from tests.inference.dicom_factory import compressed, make_image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_image(**attributes: Any) -> Dataset:
@@ -60,6 +69,11 @@ def test_multi_frame() -> None:
         ({"SamplesPerPixel": 4}, Reason.DIMENSIONS),
         ({"PixelRepresentation": 2}, Reason.DIMENSIONS),
         ({"NumberOfFrames": 0}, Reason.DIMENSIONS),
+        # Type 1 attributes the decoders need: found missing by the fuzzer (tests/fuzz), which
+        # made pydicom's decoder raise AttributeError past every refusal.
+        ({"PixelRepresentation": None}, Reason.DIMENSIONS),
+        ({"BitsStored": None}, Reason.DIMENSIONS),
+        ({"SamplesPerPixel": None}, Reason.DIMENSIONS),
         ({"PhotometricInterpretation": "PALETTE COLOR"}, Reason.UNSUPPORTED_PHOTOMETRIC),
         ({"PhotometricInterpretation": "HSV"}, Reason.UNSUPPORTED_PHOTOMETRIC),
         ({"PhotometricInterpretation": "RGB"}, Reason.UNSUPPORTED_PHOTOMETRIC),
@@ -186,3 +200,150 @@ def test_inputs_are_not_modified() -> None:
     display_grey(ds, max_size=16)
     assert ds == before
     assert ds.PixelData == before.PixelData
+
+
+def test_colour_without_planar_configuration_is_refused() -> None:
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    ds = make_image(pixels, photometric="RGB")
+    del ds.PlanarConfiguration
+    assert reason_of(ds) == Reason.DIMENSIONS
+    ds.PlanarConfiguration = 2
+    assert reason_of(ds) == Reason.DIMENSIONS
+
+
+def encoded(ds: Dataset) -> bytes:
+    """``ds`` as a Part 10 file (Explicit VR Little Endian unless its file meta says other)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def with_bytes_replaced(ds: Dataset, old: bytes, new: bytes) -> Dataset:
+    """``ds`` written, the one occurrence of ``old`` replaced by ``new``, and read back."""
+    data = encoded(ds)
+    assert data.count(old) == 1
+    return pydicom.dcmread(io.BytesIO(data.replace(old, new)))
+
+
+#: Window Center (0028,1050) DS, LUT Explanation (0028,3003) LO and Pixel Data (7FE0,0010) OW,
+#: explicit VR little endian.
+WINDOW_CENTER_DS = b"\x28\x00\x50\x10DS"
+LUT_EXPLANATION_LO = b"\x28\x00\x03\x30LO"
+PIXEL_DATA_OW = b"\xe0\x7f\x10\x00OW"
+
+
+def odd_length_bits_stored(ds: Dataset) -> Dataset:
+    """Bits Stored (US) with a 3-byte value: no number of 2-byte values."""
+    data = encoded(ds)
+    start = data.index(b"\x28\x00\x01\x01US\x02\x00")
+    value = data[start + 8 : start + 10]
+    broken = data[:start] + b"\x28\x00\x01\x01US\x03\x00" + value + b"\x00" + data[start + 10 :]
+    return pydicom.dcmread(io.BytesIO(broken))
+
+
+def ambiguous_vr_without_pixel_representation() -> Dataset:
+    """Implicit VR: Smallest Image Pixel Value is US or SS by Pixel Representation, absent."""
+    ds = small_image(SmallestImagePixelValue=0, transfer_syntax=uid.ImplicitVRLittleEndian)
+    del ds.PixelRepresentation
+    return pydicom.dcmread(io.BytesIO(encoded(ds)))
+
+
+def unknown_vr_in_a_voi_lut_item() -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = list(range(4096))
+    item["LUTData"].VR = "US"
+    item.LUTExplanation = "identity"
+    return with_bytes_replaced(
+        small_image(VOILUTSequence=[item]), LUT_EXPLANATION_LO, b"\x28\x00\x03\x30U\x00"
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # From inputs the fuzzer found (tests/fuzz), minimised, made with pydicom: each made
+        # pydicom raise past every refusal (NotImplementedError, BytesLengthException,
+        # AttributeError) where the pipeline first read the element.
+        lambda: with_bytes_replaced(
+            small_image(WindowCenter=2000, WindowWidth=4000),
+            WINDOW_CENTER_DS,
+            b"\x28\x00\x50\x10U\x00",
+        ),
+        lambda: with_bytes_replaced(small_image(), PIXEL_DATA_OW, b"\xe0\x7f\x10\x00O\x80"),
+        lambda: odd_length_bits_stored(small_image()),
+        ambiguous_vr_without_pixel_representation,
+        unknown_vr_in_a_voi_lut_item,
+    ],
+    ids=[
+        "unknown-vr",
+        "unknown-vr-of-pixel-data",
+        "odd-length-us",
+        "ambiguous-vr",
+        "unknown-vr-in-a-sequence",
+    ],
+)
+def test_an_element_pydicom_cannot_read_is_refused_as_malformed(make: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the very values refused here
+        with pytest.raises(NotAnalysable) as info:
+            check_analysable(make())
+        assert reason_of(make()) == Reason.MALFORMED_ELEMENT
+    assert info.value.reason == Reason.MALFORMED_ELEMENT
+    assert re.search(r"element \([0-9A-F]{4},[0-9A-F]{4}\) cannot be read", info.value.message)
+
+
+def test_a_broken_private_element_is_left_alone() -> None:
+    ds = small_image()
+    block = ds.private_block(0x0029, "FRACTURE TEST", create=True)
+    block.add_new(0x10, "US", 7)
+    broken = with_bytes_replaced(
+        ds, b"\x29\x00\x10\x10US\x02\x00\x07\x00", b"\x29\x00\x10\x10U\x00\x02\x00\x07\x00"
+    )
+    assert to_model_input(broken, 32).tensor.shape == (32, 32, 1)
+
+
+#: Decodes a JPEG Baseline image whose first Huffman table segment is one byte too long, in a
+#: process of its own: python-gdcm aborts the process on it (std::terminate), pydicom's first
+#: choice of plugin; the pipeline must decode it with another plugin or refuse it.
+CORRUPT_JPEG_CHILD = """
+import io, sys
+import numpy as np
+from PIL import Image
+from pydicom import uid
+from pydicom.encaps import encapsulate
+from inference.errors import NotAnalysable
+from inference.pixels import to_model_input
+from tests.inference.dicom_factory import make_image
+
+grey = np.random.default_rng(0).integers(0, 255, size=(8, 8), dtype=np.uint8)
+buffer = io.BytesIO()
+Image.fromarray(grey).save(buffer, format="JPEG", quality=90)
+stream = buffer.getvalue()
+second_table = stream.index(b"\\xff\\xc4", stream.index(b"\\xff\\xc4") + 2)
+stream = stream[:second_table] + b"\\x6a" + stream[second_table:]
+ds = make_image(grey, write=False)
+ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+ds.PixelData = encapsulate([stream])
+ds["PixelData"].VR = "OB"
+try:
+    print(to_model_input(ds, 32).tensor.shape)
+except NotAnalysable as exc:
+    print(exc.reason)
+"""
+
+
+def test_a_corrupt_jpeg_never_reaches_python_gdcm() -> None:
+    """Found by the fuzzer: one byte too many in a Huffman table made the process abort."""
+    assert "gdcm" not in DECODING_PLUGINS
+    child = subprocess.run(
+        [sys.executable, "-c", CORRUPT_JPEG_CHILD],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() in {"(32, 32, 1)", Reason.UNDECODABLE}
