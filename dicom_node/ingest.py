@@ -119,6 +119,21 @@ def _at_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
+#: What reading a header that pydicom cannot parse raises: the data set is not understood.
+HEADER_READ_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError,
+    ValueError,
+    TypeError,
+    KeyError,
+    EOFError,
+    OSError,
+    zlib.error,
+    NotImplementedError,  # pydicom: an element of an unknown VR
+    BytesLengthException,  # pydicom: a binary value of a length its VR cannot have
+    struct.error,  # pydicom: the data set ends inside an element's header
+)
+
+
 def parse_header(encoded: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
     """Parse the identifiers from a received data set's bytes, stopping before the pixels.
 
@@ -140,18 +155,7 @@ def parse_header(encoded: bytes | memoryview, transfer_syntax: str) -> InstanceH
         return _header_from_dataset(ds)
     except HeaderError:
         raise
-    except (
-        InvalidDicomError,
-        ValueError,
-        TypeError,
-        KeyError,
-        EOFError,
-        OSError,
-        zlib.error,
-        NotImplementedError,  # pydicom: an element of an unknown VR
-        BytesLengthException,  # pydicom: a binary value of a length its VR cannot have
-        struct.error,  # pydicom: the data set ends inside an element's header
-    ) as exc:
+    except HEADER_READ_ERRORS as exc:
         raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
 
 
@@ -696,7 +700,7 @@ def parse_received_header(received: ReceivedDataSet, transfer_syntax: str) -> In
             ds = _read_header(received.prefix, syntax, require_pixels=not whole)
         except HeaderError:
             raise
-        except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+        except HEADER_READ_ERRORS as exc:
             if whole:
                 raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
             ds = None  # cut inside an element: the whole data set decides
@@ -705,7 +709,7 @@ def parse_received_header(received: ReceivedDataSet, transfer_syntax: str) -> In
                 return _header_from_dataset(ds)
             except HeaderError:
                 raise
-            except (ValueError, TypeError, KeyError) as exc:
+            except HEADER_READ_ERRORS as exc:
                 raise HeaderError(f"cannot parse the data set: {type(exc).__name__}") from exc
     return parse_header(received.read_data_set(), transfer_syntax)
 
