@@ -151,7 +151,15 @@ def apply_modality(arr: NDArray[np.generic], ds: Dataset) -> FloatArray:
     """
     try:
         out = apply_modality_lut(arr, ds)
-    except (TypeError, ValueError, AttributeError, IndexError, NotImplementedError) as exc:
+    # KeyError: pydicom indexes the item by tag, so an item without LUT Data raises it
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        NotImplementedError,
+    ) as exc:
         raise NotAnalysable(Reason.INVALID_LUT, "the Modality LUT cannot be applied") from exc
     return np.asarray(out, dtype=np.float64)
 

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import convert_color_space
+from pydicom.sequence import Sequence
 
+from inference.errors import NotAnalysable, Reason
 from inference.pixels import (
     VoiLutFunction,
+    apply_modality,
     apply_window,
     display_grey,
     grey_from_pixels,
@@ -153,6 +156,26 @@ def test_signed_pixels_table() -> None:
         VOILUTFunction="LINEAR_EXACT",
     )
     assert grey_of(ds) == pytest.approx([0.0, 0.5, 1.0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"LUTDescriptor": [256, 0, 16]},  # no LUT Data
+        {"LUTData": [0, 1, 2]},  # no LUT Descriptor
+        {},  # an empty item
+    ],
+    ids=["no-data", "no-descriptor", "empty"],
+)
+def test_an_incomplete_modality_lut_is_refused_as_invalid_lut(item: dict[str, object]) -> None:
+    lut = Dataset()
+    for keyword, value in item.items():
+        setattr(lut, keyword, value)
+    ds = make_image(row(0, 1, 2), bits_stored=12)
+    ds.ModalityLUTSequence = Sequence([lut])
+    with pytest.raises(NotAnalysable) as caught:
+        apply_modality(ds.pixel_array, ds)
+    assert caught.value.reason == Reason.INVALID_LUT
 
 
 @pytest.mark.parametrize(
