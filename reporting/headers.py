@@ -2,23 +2,29 @@
 
 Result objects belong to the source's patient and study, so those attributes are copied
 element by element, exactly as received (PS3.3 C.7.1.1 Patient, C.7.2.1 General Study,
-C.7.2.2 Patient Study, and the clinical trial modules); the Specific Character Set that says how
-their text is encoded is set on the finished object by :mod:`reporting.charset`.
+C.7.2.2 Patient Study, and the clinical trial modules), except values invalid for their VR,
+which :mod:`reporting.copied_values` keeps, empties or leaves out; the Specific Character Set
+that says how their text is encoded is set on the finished object by :mod:`reporting.charset`.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 
 from highdicom import ContributingEquipment, SOPClass
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 
 # One Implementation Class UID and Version Name for everything this project writes.
 from dicom_node.conformance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.codes import PROCESSING_EQUIPMENT
+from reporting.copied_values import CopiedValueIssue, apply_policy
 from reporting.findings import AlgorithmInfo, ResultInputError
+
+log = logging.getLogger(__name__)
 
 #: Attributes the object builders read from their reference dataset at construction time.
 #: Their values are blanked in :func:`neutral_header` so that no patient data passes through
@@ -37,8 +43,17 @@ _PATIENT_STUDY_KEYWORDS = (
 _IDENTITY_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
-def copy_patient_and_study(source: Dataset, target: SOPClass) -> None:
+def copy_patient_and_study(source: Dataset, target: SOPClass) -> list[CopiedValueIssue]:
     """Copy the source's patient and study modules into ``target``, element by element.
+
+    A value invalid for its VR is kept, emptied or left out (:mod:`reporting.copied_values`);
+    each such case is logged as a warning that names the result, the attribute and the reason,
+    never the value, so that an administrator can see why a result fails validation.
+
+    Returns
+    -------
+    list[CopiedValueIssue]
+        The copied values that were invalid, and what was done with each.
 
     Raises
     ------
@@ -51,6 +66,15 @@ def copy_patient_and_study(source: Dataset, target: SOPClass) -> None:
         raise ResultInputError(
             f"cannot copy patient/study attributes from SOP Class {source.get('SOPClassUID')}"
         ) from exc
+    issues = apply_policy(source, target)
+    for issue in issues:
+        log.warning(
+            "result %s (%s): source value of %s",
+            target.SOPInstanceUID,
+            UID(target.SOPClassUID).name,
+            issue,
+        )
+    return issues
 
 
 def neutral_header(source: Dataset) -> Dataset:
