@@ -31,9 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.errors import NotAnalysable, Reason
@@ -49,6 +51,8 @@ DecodeTask = Callable[[Dataset, int | None], "DecodedImage"]
 #: Imported once by the fork server, so that every child starts with the codecs loaded.
 _PRELOAD = ["inference.decode"]
 _MIB = 1024 * 1024
+#: Decoded frames of at least this many bytes come back through shared memory, not the pipe.
+_SHARED_FROM = 256 * 1024
 #: How many decodes this child has run; a module global, because it counts in the child.
 _decodes_here = 0
 
@@ -70,11 +74,50 @@ class IsolationConfig(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SharedImage:
+    """A decoded frame a child left in shared memory: only its name and layout cross the pipe.
+
+    A ``ProcessPoolExecutor`` moves a result through a pipe 64 KiB at a time, about 30 ms for
+    10 MiB on two cores; one copy into shared memory and one out of it take a few
+    (docs/PERFORMANCE.md).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    photometric: str
+    reduction: int
+
+    @classmethod
+    def from_image(cls, image: DecodedImage) -> SharedImage:
+        """Copy the frame into a new shared memory block (the receiver unlinks it)."""
+        pixels = image.pixels
+        block = SharedMemory(create=True, size=max(1, pixels.nbytes))
+        try:
+            np.ndarray(pixels.shape, pixels.dtype, buffer=block.buf)[...] = pixels
+        finally:
+            block.close()
+        return cls(block.name, pixels.shape, pixels.dtype.str, image.photometric, image.reduction)
+
+    def take(self) -> DecodedImage:
+        """The frame, copied out of its block, which is then unlinked."""
+        from inference.decode import DecodedImage
+
+        block = SharedMemory(name=self.name)
+        try:
+            pixels = np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf).copy()
+        finally:
+            block.close()
+            block.unlink()
+        return DecodedImage(pixels, self.photometric, self.reduction)
+
+
+@dataclass(frozen=True, slots=True)
 class ChildReport:
     """A child's answer: the decoded frame or the task's refusal, and what the parent needs to
     decide on recycling (a refused decode is the one that leaks)."""
 
-    outcome: DecodedImage | NotAnalysable
+    outcome: DecodedImage | SharedImage | NotAnalysable
     pid: int
     decodes: int
     rss_bytes: int
@@ -90,11 +133,13 @@ def run_in_child(task: DecodeTask, ds: Dataset, min_long_side: int | None) -> Ch
     """Run ``task`` in this (child) process and report on the child with its result."""
     global _decodes_here
     _decodes_here += 1
-    outcome: DecodedImage | NotAnalysable
+    outcome: DecodedImage | SharedImage | NotAnalysable
     try:
-        outcome = task(ds, min_long_side)
+        image = task(ds, min_long_side)
     except NotAnalysable as exc:
         outcome = exc
+    else:
+        outcome = SharedImage.from_image(image) if image.pixels.nbytes >= _SHARED_FROM else image
     return ChildReport(outcome, os.getpid(), _decodes_here, resident_bytes())
 
 
@@ -154,6 +199,8 @@ class DecodePool:
             self._retire(executor, f"a child grew to {report.rss_bytes // _MIB} MiB")
         if isinstance(report.outcome, NotAnalysable):
             raise report.outcome
+        if isinstance(report.outcome, SharedImage):
+            return report.outcome.take()
         return report.outcome
 
     def close(self) -> None:
