@@ -288,6 +288,22 @@ class OutboxSettings(BaseModel):
     )
 
 
+class DecodeIsolationSettings(BaseModel):
+    """Compressed Pixel Data decoded in child processes (:mod:`inference.isolation`).
+
+    The native codecs see bytes from the network: in a child, memory one of them leaks goes back
+    to the system when the child is replaced, and a crash ends the child only (the image is
+    refused as ``undecodable``). Native (uncompressed) Pixel Data is always read in-process.
+    Children are replaced after ``decodes_per_child`` decodes, or once one's resident size
+    exceeds ``max_child_rss_mib`` after a decode. ``enabled = false`` decodes in-process.
+    """
+
+    enabled: bool = True
+    processes: int = Field(2, ge=1, le=64)
+    decodes_per_child: int = Field(200, ge=1)
+    max_child_rss_mib: int = Field(1024, ge=64)
+
+
 class InferenceSettings(BaseModel):
     """The model the service runs."""
 
@@ -297,6 +313,7 @@ class InferenceSettings(BaseModel):
         "high_sensitivity", pattern="^(high_sensitivity|high_specificity)$"
     )
     enabled: bool = True
+    decode_isolation: DecodeIsolationSettings = Field(default_factory=DecodeIsolationSettings)
 
 
 class LoginThrottleSettings(BaseModel):

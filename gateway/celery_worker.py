@@ -33,6 +33,7 @@ from dicom_node.storage import InstanceStore
 from gateway.celery_app import ANALYSE_TASK, DELIVER_TASK, make_app
 from gateway.pipeline import StudyPipeline
 from gateway.worker import run_one
+from inference import isolation
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class WorkerContext:
     audit: NodeAudit
     pipeline: StudyPipeline
     sender: OutboxWorker
+    #: Whether this worker holds the process's decode pool (:mod:`inference.isolation`).
+    decode_pool_held: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -79,7 +82,10 @@ class WorkerContext:
             tls=settings.node.tls,
             on_attempts=audit.deliveries_attempted,
         )
-        return cls(settings, engine, sessions, store, audit, pipeline, sender)
+        # Compressed Pixel Data is decoded in children of this worker process (forkserver:
+        # the threads pool and TensorFlow rule out fork), started on the first such decode.
+        held = isolation.acquire(settings.inference.decode_isolation)
+        return cls(settings, engine, sessions, store, audit, pipeline, sender, held)
 
     def analyse(self, job_id: int) -> None:
         """Run the named job if it is due (claimed with a fenced lease, heartbeat while it runs)."""
@@ -100,6 +106,9 @@ class WorkerContext:
 
     def close(self) -> None:
         self.audit.stop()
+        if self.decode_pool_held:
+            self.decode_pool_held = False
+            isolation.release()
         self.engine.dispose()
 
 

@@ -28,6 +28,7 @@ from dicom_node.storage import InstanceStore
 from dicom_node.transport import GuardedAssociationServer
 from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
 from gateway.worker import Executor, InProcessExecutor
+from inference import isolation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Service:
     #: What the start-up reconciliation of the storage folder did (None: not run here).
     reconciliation: ReconcileReport | None = field(init=False, default=None)
     extra: list[Any] = field(init=False, default_factory=list)
+    #: Whether this service holds the process's decode pool (:mod:`inference.isolation`).
+    decode_pool_held: bool = field(init=False, default=False)
     _stopped: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -110,6 +113,9 @@ class Service:
         kept image sizes get theirs (:mod:`dicom_node.sizes`). Other roles leave the folder alone,
         since a receiving process may be writing to it.
         """
+        # The job workers, the publish step and the API decode here: compressed Pixel Data goes
+        # to child processes (their processes start on the first such decode).
+        self.decode_pool_held = isolation.acquire(self.settings.inference.decode_isolation)
         if dicom or worker:
             self.audit = NodeAudit.from_settings(self.settings, self.sessions)
             self.audit.start()
@@ -185,4 +191,7 @@ class Service:
             self.executor.stop()
         if self.audit is not None:
             self.audit.stop()
+        if self.decode_pool_held:
+            self.decode_pool_held = False
+            isolation.release()
         self.engine.dispose()

@@ -5,7 +5,8 @@ about itself (:mod:`inference.streams`), before anything large is allocated.
 :func:`decode_image` decodes the (single) frame with pydicom's pixel API and the installed
 codecs (pylibjpeg plugins, pyjpegls, Pillow; not python-gdcm, see :data:`DECODING_PLUGINS`),
 YBR colour coming back as RGB; for JPEG 2000 it can decode a reduced resolution level when the
-caller needs fewer pixels.
+caller needs fewer pixels. Compressed Pixel Data is decoded in child processes when the process
+holds a decode pool (:mod:`inference.isolation`).
 :func:`check_decoded` holds the decoded array to the header once more.
 """
 
@@ -28,6 +29,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException
 from pydicom.pixels.decoders.base import get_decoder
 
+from inference import isolation
 from inference.errors import NotAnalysable, Reason
 from inference.streams import (
     MISMATCH,
@@ -538,8 +540,37 @@ def _decode_full(ds: Dataset, tsyntax: uid.UID) -> tuple[NDArray[np.generic], di
     )
 
 
+def decode_frame(ds: Dataset, min_long_side: int | None) -> DecodedImage:
+    """Decode the frame of ``ds``, a dataset :func:`check_analysable` accepted.
+
+    For compressed Pixel Data, what runs in a decoding child process when the service isolates
+    decoding (:mod:`inference.isolation`); :func:`check_decoded` is left to the caller.
+
+    Raises
+    ------
+    NotAnalysable
+        ``undecodable`` when every installed decoder fails.
+    """
+    tsyntax = transfer_syntax_of(ds)
+    if (
+        min_long_side is not None
+        and tsyntax in REDUCIBLE_TRANSFER_SYNTAXES
+        and int(ds.get("SamplesPerPixel", 1)) == 1
+    ):
+        reduced = _decode_j2k_reduced(ds, min_long_side)
+        if reduced is not None:
+            return reduced
+    pixels, overrides = _decode_full(ds, tsyntax)
+    photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
+    return DecodedImage(pixels=pixels, photometric=photometric)
+
+
 def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedImage:
     """Check and decode the single frame of ``ds``; the dataset is not modified.
+
+    Native Pixel Data is read in this process. Compressed Pixel Data goes to the codecs in a
+    child process when the process holds a decode pool (:func:`inference.isolation.acquire`,
+    the service does at start-up), here otherwise.
 
     Parameters
     ----------
@@ -553,20 +584,15 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
     Raises
     ------
     NotAnalysable
-        From :func:`check_analysable`, or ``undecodable`` when every installed decoder fails.
+        From :func:`check_analysable`, or ``undecodable`` when every installed decoder fails
+        or the decoding process dies.
     """
     check_analysable(ds)
     tsyntax = transfer_syntax_of(ds)
-    if (
-        min_long_side is not None
-        and tsyntax in REDUCIBLE_TRANSFER_SYNTAXES
-        and int(ds.get("SamplesPerPixel", 1)) == 1
-    ):
-        reduced = _decode_j2k_reduced(ds, min_long_side)
-        if reduced is not None:
-            check_decoded(reduced.pixels, ds, reduced.reduction)
-            return reduced
-    pixels, overrides = _decode_full(ds, tsyntax)
-    check_decoded(pixels, ds)
-    photometric = str(overrides.get("photometric_interpretation", ds.PhotometricInterpretation))
-    return DecodedImage(pixels=pixels, photometric=photometric)
+    pool = isolation.shared_pool()
+    if pool is not None and tsyntax not in NATIVE_TRANSFER_SYNTAXES:
+        decoded = pool.decode(isolation.pixel_module(ds), min_long_side)
+    else:
+        decoded = decode_frame(ds, min_long_side)
+    check_decoded(decoded.pixels, ds, decoded.reduction)
+    return decoded

@@ -19,9 +19,12 @@ from dicom_node.grouping import complete_quiet_studies
 from dicom_node.send import send_files
 from dicom_node.storage import InstanceStore
 from gateway.analysis import AnalyseStep
+from gateway.celery_worker import WorkerContext
 from gateway.heatmaps import heatmap_on_original_grid
 from gateway.pipeline import ClassifyStep, classify_instance
 from gateway.service import Service
+from inference import isolation
+from inference.decode import decode_image
 from tests.inference.dicom_factory import DX_FOR_PRESENTATION, make_image
 from tests.training.packages import localising_package, make_package
 
@@ -222,3 +225,25 @@ def test_classify_lets_a_storage_failure_through(tmp_path: Path) -> None:
     instance = Instance(sop_class_uid=DX_FOR_PRESENTATION, storage_path="instances/gone.dcm")
     with pytest.raises(FileNotFoundError):
         classify_instance(store, instance)
+
+
+def test_the_service_and_a_celery_worker_hold_the_decode_pool_while_they_run(
+    tmp_path: Path, tiny_package: Path, shared_dir: Path
+) -> None:
+    """Taken at start-up, not at import; given back at stop; the same pool for both roles."""
+    rle = dcmread(shared_dir / "dicom/robyoung-dicom-test-files/data/WG04/RLE/RG3_RLE")
+    assert isolation.shared_pool() is None
+    svc = start_service(tmp_path / "home", tiny_package)
+    try:
+        pool = isolation.shared_pool()
+        assert pool is not None
+        worker = WorkerContext.build(svc.settings)
+        try:
+            assert isolation.shared_pool() is pool
+            assert decode_image(rle).pixels.shape == (1760, 1760)
+        finally:
+            worker.close()
+        assert isolation.shared_pool() is pool  # the service still holds it
+    finally:
+        svc.stop()
+    assert isolation.shared_pool() is None

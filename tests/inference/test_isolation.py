@@ -1,0 +1,193 @@
+"""Compressed Pixel Data decoded in child processes: a crash or a leak stays in the child.
+
+Real processes, real codecs, a real leaking input (:mod:`tests.inference.leaky_jpeg`); the crash
+is a real ``abort()`` in a child, from a decode task defined here.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+from pydicom.dataset import Dataset
+
+from config.settings import Settings
+from inference import isolation
+from inference.decode import DecodedImage, decode_frame, decode_image
+from inference.errors import NotAnalysable, Reason
+from tests.inference.dicom_factory import compressed, make_image
+from tests.inference.leaky_jpeg import intact_lossless, leaking_lossless
+from tests.inference.test_pixels_syntaxes import SYNTAX_FILES
+
+MIB = 1024 * 1024
+#: Decodes of the leaking input per measurement.
+DECODES = 30
+#: The process's resident growth over :data:`DECODES` refused decodes, in-process, is at least
+#: this (measured: 33 MiB, about two 512 KiB images a decode); the precondition of the test.
+LEAK_IN_PROCESS = 15 * MIB
+#: What the parent may grow over the same decodes when they run in children (measured: 0.3-0.5 MiB).
+GROWTH_WITH_POOL = 4 * MIB
+NATIVE = Path("pydicom/src/pydicom/data/test_files/CT_small.dcm")
+#: A Rows value no real test file has: the crashing task aborts on it.
+CRASH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    enabled: bool = True
+    processes: int = 2
+    decodes_per_child: int = 200
+    max_child_rss_mib: int = 1024
+
+
+def abort_on_1024_rows(ds: Dataset, min_long_side: int | None) -> DecodedImage:
+    """A decode task that dies like a crashing codec (SIGABRT) on an image of 1024 rows."""
+    if int(ds.Rows) == CRASH_ROWS:
+        os.abort()
+    return decode_frame(ds, min_long_side)
+
+
+@pytest.fixture
+def held() -> Iterator[list[bool]]:
+    """Holds taken in a test are given back at its end, whatever happens."""
+    holds: list[bool] = []
+    yield holds
+    for hold in holds:
+        if hold:
+            isolation.release()
+    assert isolation.shared_pool() is None
+
+
+def resident() -> int:
+    gc.collect()
+    return isolation.resident_bytes()
+
+
+def refuse_repeatedly(ds: Dataset, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(NotAnalysable) as refused:
+            decode_image(ds)
+        assert refused.value.reason == Reason.UNDECODABLE
+
+
+def test_isolation_is_on_by_default() -> None:
+    assert Settings().inference.decode_isolation.enabled
+
+
+def test_the_pool_decodes_as_the_process_does(shared_dir: Path, held: list[bool]) -> None:
+    ds = intact_lossless(shared_dir)
+    here = decode_image(ds)
+    held.append(isolation.acquire(PoolConfig()))
+    there = decode_image(ds)
+    assert there.photometric == here.photometric
+    assert there.pixels.dtype == here.pixels.dtype
+    np.testing.assert_array_equal(there.pixels, here.pixels)
+
+
+def test_every_syntax_decodes_the_same_in_a_child(shared_dir: Path, held: list[bool]) -> None:
+    datasets = []
+    for tsyntax, name in SYNTAX_FILES.items():
+        ds = pydicom.dcmread(shared_dir / "dicom" / name)
+        ds.file_meta.TransferSyntaxUID = uid.UID(tsyntax)
+        datasets.append(ds)
+    grey = (np.arange(900 * 1100, dtype=np.uint32).reshape(900, 1100) % 4096).astype(np.uint16)
+    j2k = compressed(make_image(grey, bits_stored=12), uid.JPEG2000Lossless)
+    here = [decode_image(ds) for ds in datasets] + [decode_image(j2k, min_long_side=256)]
+    held.append(isolation.acquire(PoolConfig()))
+    there = [decode_image(ds) for ds in datasets] + [decode_image(j2k, min_long_side=256)]
+    assert there[-1].reduction == 2
+    for mine, theirs in zip(here, there, strict=True):
+        assert (theirs.photometric, theirs.reduction) == (mine.photometric, mine.reduction)
+        assert theirs.pixels.dtype == mine.pixels.dtype
+        np.testing.assert_array_equal(theirs.pixels, mine.pixels)
+
+
+def test_a_child_that_dies_is_refused_and_replaced(shared_dir: Path, held: list[bool]) -> None:
+    held.append(isolation.acquire(PoolConfig(), task=abort_on_1024_rows))
+    crashing = intact_lossless(shared_dir)  # 1024 rows: the task aborts on it
+    innocent = pydicom.dcmread(
+        shared_dir / "dicom" / "pydicom/src/pydicom/data/test_files/SC_rgb_jpeg_gdcm.dcm"
+    )
+    expected = decode_frame(innocent, None).pixels
+
+    with pytest.raises(NotAnalysable) as refused:
+        decode_image(crashing)
+    assert refused.value.reason == Reason.UNDECODABLE
+    assert refused.value.message == "the decoding process died on this Pixel Data"
+
+    # The parent lives on, and the pool with it: the next decode works.
+    np.testing.assert_array_equal(decode_image(innocent).pixels, expected)
+    # Native Pixel Data never goes to a child (this pool's children could not decode it).
+    assert decode_image(pydicom.dcmread(shared_dir / "dicom" / NATIVE)).pixels.shape == (128, 128)
+
+    # Decodes in flight when a child dies are run again, alone: only the crashing one is refused.
+    def attempt(ds: Dataset) -> str | np.ndarray:
+        try:
+            return decode_image(ds).pixels
+        except NotAnalysable as exc:
+            return exc.reason
+
+    with ThreadPoolExecutor(6) as threads:
+        outcomes = list(threads.map(attempt, [innocent, innocent, crashing, innocent, innocent]))
+    assert outcomes[2] == Reason.UNDECODABLE
+    for outcome in outcomes[:2] + outcomes[3:]:
+        assert isinstance(outcome, np.ndarray)
+        np.testing.assert_array_equal(outcome, expected)
+
+
+def test_the_parent_does_not_grow_on_leaking_input(shared_dir: Path, held: list[bool]) -> None:
+    leaking = leaking_lossless(shared_dir)
+    refuse_repeatedly(leaking, 3)  # warm-up: allocations made once
+    before = resident()
+    refuse_repeatedly(leaking, DECODES)
+    in_process = resident() - before
+    # The input leaks when decoded here: otherwise the rest proves nothing.
+    assert in_process >= LEAK_IN_PROCESS, f"grew {in_process / MIB:.1f} MiB in-process"
+
+    held.append(isolation.acquire(PoolConfig(decodes_per_child=10)))
+    refuse_repeatedly(leaking, 3)
+    before = resident()
+    refuse_repeatedly(leaking, DECODES)
+    with_pool = resident() - before
+    assert with_pool <= GROWTH_WITH_POOL, f"grew {with_pool / MIB:.1f} MiB with the pool"
+    pool = isolation.shared_pool()
+    assert pool is not None
+    assert pool.recycled >= 2
+
+
+def test_a_child_that_grows_is_replaced(shared_dir: Path, held: list[bool]) -> None:
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as probe:
+        baseline = probe.submit(isolation.resident_bytes).result()
+    # Far more decodes per child than the test runs: only the resident size can recycle.
+    config = PoolConfig(
+        processes=1, decodes_per_child=10_000, max_child_rss_mib=baseline // MIB + 12
+    )
+    held.append(isolation.acquire(config))
+    refuse_repeatedly(leaking_lossless(shared_dir), DECODES)
+    pool = isolation.shared_pool()
+    assert pool is not None
+    assert pool.recycled >= 1
+
+
+def test_holds_are_counted_and_the_last_stops_the_pool(held: list[bool]) -> None:
+    assert not isolation.acquire(PoolConfig(enabled=False))
+    assert isolation.shared_pool() is None
+    assert isolation.acquire(PoolConfig())
+    assert isolation.acquire(PoolConfig())
+    pool = isolation.shared_pool()
+    isolation.release()
+    assert isolation.shared_pool() is pool
+    isolation.release()
+    assert isolation.shared_pool() is None
+    with pytest.raises(RuntimeError):
+        isolation.release()
