@@ -21,12 +21,12 @@ from db.models import Eligibility, Instance
 from db.models import ImagePrediction as ImagePredictionRow
 from db.models import StudyPrediction as StudyPredictionRow
 from dicom_node.storage import InstanceStore
-from gateway.heatmaps import save_heatmap
-from gateway.pipeline import prepare_instance
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard, OperatingPointName, load_package
 from inference.predictor import Predictor, StudyPrediction
 from inference.preprocess import PreparedImage
+from pipeline.heatmaps import save_heatmap
+from pipeline.study import prepare_instance
 
 log = logging.getLogger(__name__)
 
