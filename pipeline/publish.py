@@ -33,12 +33,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DEFAULT_RESULT_OBJECTS, RoutingRule, Settings
 from db.engine import reading, writing
-from db.jobs import ClaimedJob, ensure_held
+from db.jobs import ClaimedJob, PermanentJobError, ensure_held
 from db.models import ImagePrediction, Instance, Study, StudyPrediction
 from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
 from dicom_node.storage import InstanceStore, safe_name
-from gateway.worker import PermanentJobError
 from inference.model_package import ModelCard, OperatingPointName
 from inference.pixels import display_grey
 from inference.regions import Region
