@@ -15,10 +15,11 @@ from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
-# One Implementation Class UID and Version Name for everything this project writes.
-from dicom_node.conformance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.codes import PROCESSING_EQUIPMENT
 from reporting.findings import AlgorithmInfo, ResultInputError
+
+# One Implementation Class UID and Version Name for everything this project writes.
+from reporting.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 #: Attributes the object builders read from their reference dataset at construction time.
 #: Their values are blanked in :func:`neutral_header` so that no patient data passes through

@@ -17,6 +17,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN: tuple[tuple[str, frozenset[str], str], ...] = (
     ("api", frozenset({"gateway"}), "the API uses the domain packages, never the composition root"),
     ("pipeline", frozenset({"gateway", "api"}), "the study's steps sit below the service and HTTP"),
+    (
+        "reporting",
+        frozenset({"dicom_node", "db", "api", "pipeline", "gateway"}),
+        "building DICOM objects is pure: no network, no database",
+    ),
+    (
+        "inference",
+        frozenset({"dicom_node", "db", "api", "pipeline", "gateway"}),
+        "pixels to probabilities is pure: no network, no database",
+    ),
 )
 
 
