@@ -30,7 +30,7 @@ from api.accounts import (
     revoke_token,
     set_active,
 )
-from api.audit import Actor
+from audit.events import Actor
 from config.settings import Settings, load_settings
 from db.review import Role
 

@@ -17,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN: tuple[tuple[str, frozenset[str], str], ...] = (
     ("api", frozenset({"gateway"}), "the API uses the domain packages, never the composition root"),
     ("pipeline", frozenset({"gateway", "api"}), "the study's steps sit below the service and HTTP"),
+    ("dicom_node", frozenset({"api", "pipeline", "gateway"}), "the network edge sits below HTTP"),
+    ("audit", frozenset({"api", "dicom_node", "pipeline", "gateway"}), "everyone audits"),
     (
         "reporting",
         frozenset({"dicom_node", "db", "api", "pipeline", "gateway"}),

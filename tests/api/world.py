@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.accounts import create_user
-from api.audit import Actor
+from audit.events import Actor
 from config.settings import Settings
 from db.base import utcnow
 from db.engine import make_engine, make_session_factory
