@@ -7,6 +7,10 @@ dependency. ``gateway/`` is the composition root: nothing below it imports it.
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +68,59 @@ def test_package_does_not_import_a_layer_above(
     imports = imported_packages(package)
     offending = {name: sorted(imports[name]) for name in sorted(forbidden & imports.keys())}
     assert not offending, f"{package} imports {offending}: {why}"
+
+
+#: Modules that need the model card or start the service, but not the model itself: importing
+#: any of them must not load TensorFlow (seconds of start-up, and gigabytes in every API worker).
+LIGHT_MODULES = (
+    "inference.model_package",
+    "pipeline.study",
+    "pipeline.publish",
+    "pipeline.heatmaps",
+    "api.app",
+    "gateway.cli",
+)
+
+_IMPORT_AND_REPORT = """
+import importlib, json, sys
+heavy = {}
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    heavy[name] = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+print(json.dumps(heavy))
+"""
+
+
+def test_the_model_card_and_the_service_load_without_tensorflow() -> None:
+    """Each module is imported in turn in a fresh interpreter; none may pull in Keras."""
+    child = subprocess.run(
+        [sys.executable, "-c", _IMPORT_AND_REPORT, *LIGHT_MODULES],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    heavy = json.loads(child.stdout.strip().splitlines()[-1])
+    assert list(heavy) == list(LIGHT_MODULES)
+    assert {name: loaded for name, loaded in heavy.items() if loaded} == {}
+
+
+@pytest.mark.slow
+def test_the_tensorflow_check_sees_a_module_that_loads_it() -> None:
+    """inference.predictor builds Keras models, so it loads TensorFlow: the check can fail."""
+    child = subprocess.run(
+        [sys.executable, "-c", _IMPORT_AND_REPORT, "inference.predictor"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == {
+        "inference.predictor": ["keras", "tensorflow"]
+    }
