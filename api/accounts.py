@@ -12,14 +12,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.audit import Actor, EventId, EventType
 from api.security import (
     SHOWN_PREFIX_LENGTH,
     hash_password,
     machine_token_digest,
     new_machine_token,
 )
+from audit import events
+from audit.codes import EventId, EventType
+from audit.events import Actor
 from db.base import utcnow
 from db.review import ApiToken, AuditAction, Role, User
 
@@ -48,7 +49,7 @@ def create_user(session: Session, actor: Actor, username: str, password: str, ro
     user = User(username=username, password_hash=hash_password(password), role=role, active=True)
     session.add(user)
     session.flush()
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,
@@ -67,7 +68,7 @@ def set_active(session: Session, actor: Actor, username: str, *, active: bool) -
     if user is None:
         raise AccountError("no such user")
     user.active = active
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,
@@ -117,7 +118,7 @@ def create_token(
     )
     session.add(row)
     session.flush()
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,
@@ -137,7 +138,7 @@ def revoke_token(session: Session, actor: Actor, name: str) -> ApiToken:
         raise AccountError("no such token")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,

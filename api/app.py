@@ -15,8 +15,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import audit
-from api.audit import Actor, Code, EventId, EventType
 from api.csp import CONTENT_SECURITY_POLICY
 from api.deps import AppContext
 from api.docs import add_api_docs
@@ -24,6 +22,9 @@ from api.metrics import make_registry
 from api.model_slot import ModelSlot
 from api.routes import admin, auth, predict, studies, system
 from api.security import signing_key
+from audit import events
+from audit.codes import Code, EventId, EventType
+from audit.events import Actor
 from config.settings import Settings
 from db.review import AuditAction
 from dicom_node.storage import InstanceStore
@@ -37,7 +38,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 def _record_activity(sessions: sessionmaker[Session], event_type: Code) -> None:
     """Audit the API's start or stop (PS3.15 A.5.3.1 Application Activity)."""
     with sessions() as session, session.begin():
-        audit.record(
+        events.record(
             session,
             Actor("application:fracture-gateway-api"),
             EventId.APPLICATION_ACTIVITY,

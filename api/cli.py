@@ -1,13 +1,12 @@
 """Command-line administration of the review API: users, machine tokens, the review export.
 
-``register(app)`` adds ``user``, ``token``, ``export-reviews`` and ``api`` to the main CLI.
+``register(app)`` adds ``user``, ``token`` and ``export-reviews`` to the main CLI.
 Every change is recorded in the audit trail as done by ``cli:<operating-system user>``.
 """
 
 from __future__ import annotations
 
 import getpass
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from api.accounts import (
     revoke_token,
     set_active,
 )
-from api.audit import Actor
+from audit.events import Actor
 from config.settings import Settings, load_settings
 from db.review import Role
 
@@ -235,34 +234,8 @@ def export_reviews_command(
         console.print(f"left out ({reason}): {n}")
 
 
-def api_command(
-    host: Annotated[str | None, typer.Option(help="Overrides api.host.")] = None,
-    port: Annotated[int | None, typer.Option(help="Overrides api.port.")] = None,
-) -> None:
-    """Run only the review API (no DICOM node, no workers) until interrupted."""
-    import signal
-
-    from gateway.http import start_api
-    from gateway.service import Service
-
-    settings = _settings()
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if overrides:
-        settings = settings.model_copy(update={"api": settings.api.model_copy(update=overrides)})
-    service = Service(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    server = start_api(settings, service)
-    service.extra.append(server)
-    console.print(f"fracture-gateway API on http://{settings.api.host}:{server.port}")
-    stop.wait()
-    service.stop()
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main command line."""
     app.add_typer(user_app, name="user")
     app.add_typer(token_app, name="token")
     app.command("export-reviews")(export_reviews_command)
-    app.command("api")(api_command)

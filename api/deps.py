@@ -21,8 +21,6 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import audit
-from api.audit import Actor, EventId, EventType
 from api.model_slot import ModelSlot
 from api.security import (
     InvalidCredentials,
@@ -30,6 +28,9 @@ from api.security import (
     is_machine_token,
     machine_token_digest,
 )
+from audit import events
+from audit.codes import EventId, EventType
+from audit.events import Actor
 from config.settings import Settings
 from db.base import utcnow
 from db.engine import reading
@@ -122,9 +123,9 @@ def _unauthorised(detail: str = "not authenticated") -> HTTPException:
 
 def _refuse(session: Session, request: Request, reason: str) -> HTTPException:
     """Audit a failed authentication, commit it, and return the 401 to raise."""
-    audit.record(
+    events.record(
         session,
-        Actor(audit.ANONYMOUS, None, client_ip(request)),
+        Actor(events.ANONYMOUS, None, client_ip(request)),
         EventId.USER_AUTHENTICATION,
         AuditAction.EXECUTE,
         AuditOutcome.MINOR_FAILURE,
@@ -150,7 +151,7 @@ def _machine_principal(
         raise _refuse(session, request, f"expired machine token id {row.id}")
     session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
     principal = Principal(PrincipalKind.TOKEN, row.id, row.name, Role(row.role), client_ip(request))
-    audit.record(
+    events.record(
         session,
         principal.actor,
         EventId.USER_AUTHENTICATION,
@@ -196,7 +197,7 @@ CurrentUser = Annotated[Principal, Depends(current_principal)]
 def require_admin(principal: CurrentUser, session: SessionDep, request: Request) -> Principal:
     """The caller, if an admin; 403 (audited as a security alert) otherwise."""
     if principal.role != Role.ADMIN:
-        audit.record(
+        events.record(
             session,
             principal.actor,
             EventId.SECURITY_ALERT,

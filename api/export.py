@@ -40,8 +40,9 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import audit
-from api.audit import Actor, EventId
+from audit import events
+from audit.codes import EventId
+from audit.events import Actor
 from db.engine import reading, writing
 from db.models import Eligibility, Instance, Series
 from db.review import AuditAction, FindingFeedback, FindingVerdict, FractureLabel, Review
@@ -280,7 +281,7 @@ def export_reviews(
     _write_csv(out / SIDECAR, SIDECAR_COLUMNS, rows)
     _write_csv(out / FINDINGS_SIDECAR, FINDINGS_COLUMNS, finding_rows)
     with writing(sessions) as session:
-        audit.record(
+        events.record(
             session,
             actor,
             EventId.EXPORT,

@@ -16,9 +16,9 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.storage import InstanceStore
-from gateway.heatmaps import heatmap_on_original_grid
 from inference.errors import NotAnalysable
 from inference.pixels import display_grey
+from pipeline.heatmaps import heatmap_on_original_grid
 from reporting.render import (
     HEAT_FLOOR,
     blend_heatmap,

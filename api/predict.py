@@ -84,7 +84,7 @@ def is_dicom(data: bytes) -> bool:
 def check_radiograph(ds: Dataset) -> None:
     """Refuse a DICOM upload the model does not cover, before any pixel is decoded.
 
-    The rule is the node's (``gateway.pipeline.classify_instance``): a CR or DX image storage
+    The rule is the node's (``pipeline.study.classify_instance``): a CR or DX image storage
     SOP Class (PS3.4 B.5, :data:`dicom_node.conformance.RADIOGRAPH_SOP_CLASSES`). A CT, MR or
     ultrasound image would otherwise get a fracture probability that means nothing. The
     message names the SOP Class and Modality, never patient data; a value that is not a

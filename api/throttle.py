@@ -20,8 +20,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.audit import Actor, EventId, EventType
+from audit import events
+from audit.codes import EventId, EventType
+from audit.events import Actor
 from config.settings import LoginThrottleSettings
 from db.review import AuditAction, AuditOutcome, LoginThrottle, ThrottleScope
 
@@ -212,7 +213,7 @@ def lift(session: Session, actor: Actor, row_id: int) -> LoginThrottle | None:
     row = session.get(LoginThrottle, row_id, with_for_update=True)
     if row is not None:
         row.failures, row.blocked_until, row.locked_at = 0, None, None
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,

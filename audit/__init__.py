@@ -1,1 +1,2 @@
-"""The audit trail's vocabulary, the DICOM audit message and its delivery to a syslog collector."""
+"""The audit trail: its vocabulary, its events, the DICOM audit message and its delivery to a
+syslog collector."""

@@ -192,13 +192,13 @@ def write_section(path: Path, text: str) -> None:
 
 def time_pipeline_steps() -> dict[str, list[float]]:
     """Wrap the model step and the building of SR and SCs with timers (``--step-timings``)."""
-    import gateway.analysis
-    import gateway.publish
+    import pipeline.analysis
+    import pipeline.publish
 
     times: dict[str, list[float]] = {"model step": [], "build + store results": []}
     wrapped = (
-        (gateway.analysis.AnalyseStep, "__call__", "model step"),
-        (gateway.publish.PublishStep, "_build_and_store", "build + store results"),
+        (pipeline.analysis.AnalyseStep, "__call__", "model step"),
+        (pipeline.publish.PublishStep, "_build_and_store", "build + store results"),
     )
     for cls, name, label in wrapped:
         original = getattr(cls, name)

@@ -30,7 +30,9 @@ __all__ = [
     "JOBS",
     "MAX_ERROR_LENGTH",
     "ClaimedJob",
+    "JobHeldError",
     "LeaseLostError",
+    "PermanentJobError",
     "backoff_delay",
     "claim",
     "claim_next",
@@ -61,6 +63,17 @@ JOBS = Queue(
     max_attempts="max_attempts",
     held=_identity_conflict,
 )
+
+
+class PermanentJobError(Exception):
+    """A job failure that a retry cannot fix: a step raises it, the executor fails the job at
+    once with this reason (:func:`fail` with ``permanent=True``)."""
+
+
+class JobHeldError(Exception):
+    """The job must wait (its study's patient identity is in conflict): a step raises it, the
+    executor puts it back to pending without using an attempt (:func:`hold`); it is taken again
+    once the cause is resolved."""
 
 
 @dataclass(frozen=True, slots=True)

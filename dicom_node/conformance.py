@@ -27,12 +27,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-#: Our Implementation Class UID (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2), so it needs no
-#: organisational root; written in the file meta of every instance we store or create.
-IMPLEMENTATION_CLASS_UID = UID("2.25.219142584386649567783818091273293477114")
-#: Implementation Version Name (SH, at most 16 characters).
-IMPLEMENTATION_VERSION_NAME = "FRACTURE_GW_1"
-
 #: Verification SOP Class (C-ECHO).
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 #: Computed Radiography Image Storage.

@@ -29,8 +29,9 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.audit import Actor, EventId
+from audit import events
+from audit.codes import EventId
+from audit.events import Actor
 from db.models import Eligibility, Instance, Study
 from db.review import AuditAction, AuditOutcome
 
@@ -170,7 +171,7 @@ def check_instance_identity(
         return []
     study.identity_conflict = True
     names = ", ".join(field.value for field in conflicts)
-    audit.record(
+    events.record(
         session,
         Actor(f"dicom:{calling_ae_title.strip()}"[:96]),
         EventId.IMPORT,
@@ -227,7 +228,7 @@ def resolve_conflict(
             instance.eligibility_reason = EXCLUDED_REASON
     study.identity_conflict = False
     excluded = [instance.id for instance in conflicting]
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.PATIENT_RECORD,

@@ -30,15 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import DuplicatePolicy
 from db.base import utcnow
 from db.models import Eligibility, Instance, Series, Study, StudyStatus
-from dicom_node.conformance import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    RADIOGRAPH_SOP_CLASSES,
-    StoreStatus,
-)
+from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES, StoreStatus
 from dicom_node.identity import CONFLICT_REASON, PatientIdentity, check_instance_identity
 from dicom_node.receiving import HEADER_PREFIX_BYTES, ReceivedDataSet
 from dicom_node.storage import InstanceStore, StorageError, StoredDigest, is_valid_uid
+from reporting.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from dicom_node.network_audit import NodeAudit
 from dicom_node.outbox import OutboxWorker, claim_one
 from dicom_node.storage import InstanceStore
 from gateway.celery_app import ANALYSE_TASK, DELIVER_TASK, make_app
-from gateway.pipeline import StudyPipeline
 from gateway.worker import run_one
 from inference import isolation
+from pipeline.study import StudyPipeline
 
 log = logging.getLogger(__name__)
 

@@ -89,6 +89,30 @@ def serve(
     service.stop()
 
 
+@app.command("api")
+def api_only(
+    host: Annotated[str | None, typer.Option(help="Overrides api.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides api.port.")] = None,
+) -> None:
+    """Run only the review API (no DICOM node, no workers) until interrupted."""
+    from gateway.http import start_api
+    from gateway.service import Service
+
+    settings = _settings()
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"api": settings.api.model_copy(update=overrides)})
+    service = Service(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = start_api(settings, service)
+    service.extra.append(server)
+    console.print(f"fracture-gateway API on http://{settings.api.host}:{server.port}")
+    stop.wait()
+    service.stop()
+
+
 @app.command("worker")
 def celery_worker(
     queues: Annotated[

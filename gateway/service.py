@@ -26,9 +26,9 @@ from dicom_node.scp import StoreContext, start_scp
 from dicom_node.sizes import fill_image_sizes
 from dicom_node.storage import InstanceStore
 from dicom_node.transport import GuardedAssociationServer
-from gateway.pipeline import ClassifyStep, PipelineStep, StudyPipeline
 from gateway.worker import Executor, InProcessExecutor
 from inference import isolation
+from pipeline.study import ClassifyStep, PipelineStep, StudyPipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def build_pipeline(
     """
     steps: list[PipelineStep] = [ClassifyStep(sessions, store)]
     if settings.inference.enabled:
-        from gateway.analysis import AnalyseStep
-        from gateway.publish import PublishStep
+        from pipeline.analysis import AnalyseStep
+        from pipeline.publish import PublishStep
 
         analyse = AnalyseStep.from_settings(settings, sessions, store)
         steps.append(analyse)

@@ -17,21 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import JobSettings
 from db import jobs
-from db.jobs import ClaimedJob, LeaseLostError
+from db.jobs import ClaimedJob, JobHeldError, LeaseLostError, PermanentJobError
 from db.models import JobState
 
 log = logging.getLogger(__name__)
 
 JobRunner = Callable[[ClaimedJob], None]
-
-
-class PermanentJobError(Exception):
-    """A job failure that a retry cannot fix (the job fails at once, with this reason)."""
-
-
-class JobHeldError(Exception):
-    """The job must wait (its study's patient identity is in conflict): pending again, no
-    attempt used; it is taken again once the cause is resolved."""
 
 
 class Executor(Protocol):

@@ -18,11 +18,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
-# One Implementation Class UID and Version Name for everything this project writes.
-from dicom_node.conformance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from reporting.codes import PROCESSING_EQUIPMENT
 from reporting.copied_values import CopiedValueIssue, apply_policy
 from reporting.findings import AlgorithmInfo, ResultInputError
+
+# One Implementation Class UID and Version Name for everything this project writes.
+from reporting.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,14 @@ import uuid
 from collections.abc import Iterable
 from enum import StrEnum
 
+from pydicom.uid import UID
+
+#: Our Implementation Class UID (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2), so it needs no
+#: organisational root; written in the file meta of every instance we store or create.
+IMPLEMENTATION_CLASS_UID = UID("2.25.219142584386649567783818091273293477114")
+#: Implementation Version Name (SH, at most 16 characters).
+IMPLEMENTATION_VERSION_NAME = "FRACTURE_GW_1"
+
 #: UUID namespace of this project's result UIDs (a fixed, random version 4 UUID).
 RESULT_UID_NAMESPACE = uuid.UUID("6f3b0a52-8a43-4c8e-9d0e-3f4b9a1c2e71")
 

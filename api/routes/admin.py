@@ -9,8 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy.orm import Session
 
-from api import audit, throttle
-from api.audit import AuditQuery, EventId
+from api import throttle
 from api.deps import AdminUser, ContextDep, ReaderDep, SessionDep
 from api.schemas import (
     ADMIN_RESPONSES,
@@ -26,6 +25,9 @@ from api.schemas import (
     OutboxRowOut,
     RetryOut,
 )
+from audit import events
+from audit.codes import EventId
+from audit.events import AuditQuery
 from db.models import Study
 from db.results import OutboxEntry, OutboxState
 from db.review import AuditAction, AuditOutcome
@@ -63,7 +65,7 @@ def outbox(
     offset: Offset = 0,
 ) -> OutboxPage:
     """Deliveries of result objects, newest first, optionally in one state."""
-    audit.record(
+    events.record(
         session,
         admin.actor,
         EventId.QUERY,
@@ -116,7 +118,7 @@ def retry(
     """Queue a dead-lettered delivery again."""
     before = _outbox_state(reader, outbox_id)
     requeued = before is not None and retry_dead_letter(context.sessions, outbox_id)
-    audit.record(
+    events.record(
         session,
         admin.actor,
         EventId.BEGIN_TRANSFERRING,
@@ -156,7 +158,7 @@ def resolve_identity_conflict(
         except NoConflictError:
             refusal = (status.HTTP_409_CONFLICT, "the study has no identity conflict to resolve")
     if refusal is not None:
-        audit.record(
+        events.record(
             session,
             admin.actor,
             EventId.PATIENT_RECORD,
@@ -183,7 +185,7 @@ def login_throttles(
     """User names and client addresses with failed logins, locked ones first."""
     rows = throttle.current(reader, context.clock())
     page = LoginThrottlePage(items=[LoginThrottleOut.model_validate(row) for row in rows])
-    audit.record(session, admin.actor, EventId.QUERY, AuditAction.EXECUTE, object_type="login")
+    events.record(session, admin.actor, EventId.QUERY, AuditAction.EXECUTE, object_type="login")
     session.commit()
     return page
 
@@ -237,13 +239,13 @@ def audit_trail(
         object_type=object_type,
         object_id=object_id,
     )
-    total, rows = audit.search(reader, query, limit=limit, offset=offset)
+    total, rows = events.search(reader, query, limit=limit, offset=offset)
     page = AuditPage(
         total=total,
         limit=limit,
         offset=offset,
         items=[AuditEventOut.model_validate(row) for row in rows],
     )
-    audit.record(session, admin.actor, EventId.AUDIT_LOG_USED, AuditAction.READ)
+    events.record(session, admin.actor, EventId.AUDIT_LOG_USED, AuditAction.READ)
     session.commit()
     return page

@@ -9,11 +9,13 @@ from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api import audit, throttle
-from api.audit import Actor, EventId, EventType
+from api import throttle
 from api.deps import ContextDep, CurrentUser, ReaderDep, SessionDep, client_ip
 from api.schemas import AUTH_RESPONSES, AccessTokenOut, ErrorBody, MeOut
 from api.security import issue_access_token, verify_password
+from audit import events
+from audit.codes import EventId, EventType
+from audit.events import Actor
 from db.review import AuditAction, AuditOutcome, LoginThrottle, Role, ThrottleScope, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -37,7 +39,7 @@ def _audit_login(
     user_id: int | None = None,
 ) -> None:
     """One User Authentication / Login event (PS3.15 A.5.3.8, DCM 110114 / 110122)."""
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.USER_AUTHENTICATION,
@@ -52,7 +54,7 @@ def _audit_login(
 
 def _audit_lock(session: Session, actor: Actor, row: LoginThrottle) -> None:
     """A Security Alert (DCM 110113) for a user name or address locked by failed logins."""
-    audit.record(
+    events.record(
         session,
         actor,
         EventId.SECURITY_ALERT,
@@ -102,7 +104,7 @@ def login(
     policy = throttle.ThrottlePolicy.from_settings(context.settings.api.login_throttle)
     address = client_ip(request)
     subject = throttle.Subject.of(form.username, address)
-    anonymous = Actor(audit.ANONYMOUS, None, address)
+    anonymous = Actor(events.ANONYMOUS, None, address)
     refusal = throttle.admit(session, policy, subject, context.clock())
     if refusal is not None:
         kind = "locked" if refusal.locked else "throttled"

@@ -8,8 +8,6 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from api import audit
-from api.audit import EventId
 from api.deps import ContextDep, CurrentUser, SessionDep
 from api.model_slot import ModelUnavailable
 from api.predict import (
@@ -20,6 +18,8 @@ from api.predict import (
     store_upload,
 )
 from api.schemas import AUTH_RESPONSES, ErrorBody, PredictOut
+from audit import events
+from audit.codes import EventId
 from db.models import Study
 from db.review import AuditAction, AuditOutcome
 
@@ -59,7 +59,7 @@ async def predict(
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "the upload is too large")
 
     def run() -> PredictOut:
-        audit.record(
+        events.record(
             session,
             principal.actor,
             EventId.IMPORT if store else EventId.INSTANCES_ACCESSED,
@@ -88,7 +88,7 @@ async def predict(
                     context.settings, context.sessions, context.store, upload.dataset
                 )
             except UploadRejected as exc:
-                audit.record(
+                events.record(
                     session,
                     principal.actor,
                     EventId.IMPORT,

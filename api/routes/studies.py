@@ -11,8 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.audit import EventId
 from api.deps import ContextDep, CurrentUser, Principal, PrincipalKind, ReaderDep, SessionDep
 from api.findings import FeedbackRejected, create_feedback, feedback_out
 from api.pictures import DEFAULT_SIZE, MAX_SIZE, PictureUnavailable, heatmap_png, preview_png
@@ -48,6 +46,8 @@ from api.worklist import (
     worklist,
     worklist_version,
 )
+from audit import events
+from audit.codes import EventId
 from db.models import Instance, Study, StudyStatus
 from db.review import AuditAction, AuditOutcome
 from dicom_node.sizes import read_image_size
@@ -75,7 +75,7 @@ def _study_or_404(reader: Session, session: Session, principal: Principal, study
     """The study read with ``reader``; a 404 (audited through ``session``) when there is none."""
     study = reader.get(Study, study_id)
     if study is None:
-        audit.record(
+        events.record(
             session,
             principal.actor,
             EventId.PATIENT_RECORD,
@@ -145,7 +145,7 @@ def list_studies(
         identity_conflict=identity_conflict,
     )
     page = worklist(reader, flt, limit=limit, offset=offset, sort=sort)
-    audit.record(
+    events.record(
         session,
         principal.actor,
         EventId.QUERY,
@@ -173,7 +173,7 @@ def get_study(
     """A study: images, per-image and study results, result objects and deliveries, reviews."""
     study = _study_or_404(reader, session, principal, study_id)
     detail = study_detail(reader, study)
-    audit.record(
+    events.record(
         session,
         principal.actor,
         EventId.PATIENT_RECORD,
@@ -206,7 +206,7 @@ async def _picture(
             prediction = latest_image_prediction(reader, instance.id)
             heatmap_path = prediction.heatmap_path if prediction is not None else None
         usable = found and (heatmap_path is not None or not heatmap)
-        audit.record(
+        events.record(
             session,
             principal.actor,
             EventId.INSTANCES_ACCESSED,
@@ -369,7 +369,7 @@ def give_finding_feedback(
     except FeedbackRejected as exc:
         session.rollback()
         raise unprocessable(exc.field, exc.message) from exc
-    audit.record(
+    events.record(
         session,
         principal.actor,
         EventId.PATIENT_RECORD,
@@ -450,7 +450,7 @@ def review_study(
             if existing is None:
                 raise
         else:
-            audit.record(
+            events.record(
                 session,
                 principal.actor,
                 EventId.PATIENT_RECORD,

@@ -2,7 +2,7 @@
 heat maps, result objects with deliveries, and users.
 
 Everything is built directly (no network, no model): studies with CR images written by
-pydicom into a temporary storage folder, heat maps saved with ``gateway.heatmaps.save_heatmap``.
+pydicom into a temporary storage folder, heat maps saved with ``pipeline.heatmaps.save_heatmap``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.accounts import create_user
-from api.audit import Actor
+from audit.events import Actor
 from config.settings import Settings
 from db.base import utcnow
 from db.engine import make_engine, make_session_factory
@@ -39,8 +39,8 @@ from db.models import (
 from db.results import OutboxEntry, OutboxState, ResultObject, ResultObjectKind
 from db.review import Role
 from dicom_node.storage import InstanceStore
-from gateway.heatmaps import save_heatmap
 from inference.preprocess import CropBox, GeometryTransform
+from pipeline.heatmaps import save_heatmap
 
 PASSWORD = "correct-horse-battery"
 SETUP_ACTOR = Actor("cli:test-setup")

@@ -15,12 +15,13 @@ from config.settings import DuplicatePolicy, JobSettings
 from db import jobs
 from db.base import utcnow
 from db.engine import make_engine, make_session_factory
+from db.jobs import PermanentJobError
 from db.migrate import current_revisions, upgrade
 from db.models import Job, JobState, Study, StudyStatus
 from dicom_node.grouping import complete_quiet_studies
 from dicom_node.ingest import InstanceHeader, record_instance
 from dicom_node.storage import InstanceStore, StoredDigest
-from gateway.worker import PermanentJobError, run_one
+from gateway.worker import run_one
 
 
 @pytest.fixture

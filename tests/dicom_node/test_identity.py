@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.audit import Actor
+from audit.events import Actor
 from config.settings import DuplicatePolicy
 from db import jobs
 from db.base import utcnow

@@ -8,9 +8,9 @@ data set as the C-STORE carries it. From there on every step is the service's ow
    anything (refused: :class:`~dicom_node.ingest.HeaderError`, status C000 or C001);
 2. the file the node stores: :func:`dicom_node.ingest.file_meta_for` and
    :meth:`dicom_node.storage.InstanceStore.write_temporary`;
-3. :func:`gateway.pipeline.classify_instance`: SOP class, ``dcmread`` and
+3. :func:`pipeline.study.classify_instance`: SOP class, ``dcmread`` and
    :func:`inference.decode.check_analysable` (refused: out of scope, with a reason);
-4. :func:`gateway.pipeline.prepare_instance`: ``dcmread``, the model card's scope, then
+4. :func:`pipeline.study.prepare_instance`: ``dcmread``, the model card's scope, then
    :func:`inference.pixels.to_model_input` (decode, grey chain, ``prepare``) at the bundled
    model's input size (refused: :class:`~inference.errors.NotAnalysable`).
 
@@ -40,9 +40,9 @@ from db.models import Eligibility, Instance
 from dicom_node.conformance import ACCEPTED_TRANSFER_SYNTAXES
 from dicom_node.ingest import HeaderError, file_meta_for, parse_header
 from dicom_node.storage import InstanceStore
-from gateway.pipeline import classify_instance, prepare_instance
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard, read_card
+from pipeline.study import classify_instance, prepare_instance
 
 #: Peak resident memory allowed to the fuzzing process, in MiB (also its ``-rss_limit_mb``).
 RSS_LIMIT_MB = 2048

@@ -24,9 +24,9 @@ from db.review import Role
 from dicom_node.grouping import complete_quiet_studies
 from dicom_node.outbox import claim_due
 from dicom_node.send import send_files
-from gateway.pipeline import StudyPipeline
 from gateway.service import Service, build_pipeline
 from gateway.worker import run_one
+from pipeline.study import StudyPipeline
 from tests.api.world import PASSWORD, SETUP_ACTOR, radiograph
 from tests.training.packages import make_package
 

@@ -33,11 +33,11 @@ from db.models import (
 )
 from db.results import OutboxEntry, OutboxState, ResultObject, ResultObjectKind
 from dicom_node.outbox import OutboxWorker, list_outbox
-from gateway.heatmaps import save_heatmap
-from gateway.publish import SOP_CLASSES, PublishStep
 from inference.pixels import display_grey
 from inference.preprocess import prepare
 from inference.regions import Region
+from pipeline.heatmaps import save_heatmap
+from pipeline.publish import SOP_CLASSES, PublishStep
 from reporting import uids
 from tests.helpers.dcmtk import StoreSCPFactory, storescp_factory
 from tests.helpers.orthanc import Orthanc, orthanc

@@ -1,7 +1,7 @@
 """The pipeline's model step: predict every eligible image of a study, store the results.
 
 Per image: calibrated probability, the label at both operating points, the Grad-CAM map (saved
-with its transform, see :mod:`gateway.heatmaps`) and its peak on the original image. Per study:
+with its transform, see :mod:`pipeline.heatmaps`) and its peak on the original image. Per study:
 the maximum over eligible images. Rows carry the model's name and version.
 """
 
@@ -21,12 +21,12 @@ from db.models import Eligibility, Instance
 from db.models import ImagePrediction as ImagePredictionRow
 from db.models import StudyPrediction as StudyPredictionRow
 from dicom_node.storage import InstanceStore
-from gateway.heatmaps import save_heatmap
-from gateway.pipeline import prepare_instance
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard, OperatingPointName, load_package
 from inference.predictor import Predictor, StudyPrediction
 from inference.preprocess import PreparedImage
+from pipeline.heatmaps import save_heatmap
+from pipeline.study import prepare_instance
 
 log = logging.getLogger(__name__)
 

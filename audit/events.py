@@ -1,4 +1,6 @@
-"""The audit trail: who did what, when, from where, with what outcome, on which object.
+"""Audit events recorded in the caller's transaction: who did what, when, from where, with what
+outcome, on which object (the API, the CLI and the patient identity check; the DICOM node's
+network events go through :mod:`audit.trail` instead).
 
 Events are coded with the DICOM audit message vocabulary (PS3.15 A.5.3, PS3.16 CID 400-403,
 coding scheme DCM). Events are added to the caller's session so that they commit together with
@@ -14,9 +16,7 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from audit.codes import Code as Code
-from audit.codes import EventId as EventId
-from audit.codes import EventType as EventType
+from audit.codes import Code
 from db.review import AuditAction, AuditEvent, AuditOutcome
 
 

@@ -18,13 +18,13 @@ from db.models import Eligibility, ImagePrediction, Instance, StudyPrediction
 from dicom_node.grouping import complete_quiet_studies
 from dicom_node.send import send_files
 from dicom_node.storage import InstanceStore
-from gateway.analysis import AnalyseStep
 from gateway.celery_worker import WorkerContext
-from gateway.heatmaps import heatmap_on_original_grid
-from gateway.pipeline import ClassifyStep, classify_instance
 from gateway.service import Service
 from inference import isolation
 from inference.decode import decode_image
+from pipeline.analysis import AnalyseStep
+from pipeline.heatmaps import heatmap_on_original_grid
+from pipeline.study import ClassifyStep, classify_instance
 from tests.inference.dicom_factory import DX_FOR_PRESENTATION, make_image
 from tests.training.packages import localising_package, make_package
 

@@ -19,11 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import reading, writing
-from db.jobs import ClaimedJob, ensure_held
+from db.jobs import ClaimedJob, JobHeldError, PermanentJobError, ensure_held
 from db.models import Eligibility, Instance, Study
 from dicom_node.conformance import RADIOGRAPH_SOP_CLASSES
 from dicom_node.storage import InstanceStore
-from gateway.worker import JobHeldError, PermanentJobError
 from inference.decode import check_elements
 from inference.errors import NotAnalysable
 from inference.model_package import ModelCard

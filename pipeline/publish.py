@@ -1,7 +1,7 @@
 """The pipeline's results step: build the SR, heat-map SCs and presentation states, store them,
 queue their delivery.
 
-Runs after :class:`gateway.analysis.AnalyseStep`, from the predictions that step recorded for
+Runs after :class:`pipeline.analysis.AnalyseStep`, from the predictions that step recorded for
 the job. Result UIDs are derived from the study, the model and the sources
 (:mod:`reporting.uids`), so the step is idempotent: a retried job, or a re-analysis of the same
 study by the same model, finds its objects already recorded and queues nothing twice. Objects
@@ -33,17 +33,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DEFAULT_RESULT_OBJECTS, RoutingRule, Settings
 from db.engine import reading, writing
-from db.jobs import ClaimedJob, ensure_held
+from db.jobs import ClaimedJob, PermanentJobError, ensure_held
 from db.models import ImagePrediction, Instance, Study, StudyPrediction
 from db.results import OutboxEntry, ResultObject, ResultObjectKind
 from dicom_node.routing import StudyOutcome, choose_destinations
 from dicom_node.storage import InstanceStore, safe_name
-from gateway.heatmaps import heatmap_on_original_grid
-from gateway.pipeline import hold_if_identity_conflict
-from gateway.worker import PermanentJobError
 from inference.model_package import ModelCard, OperatingPointName
 from inference.pixels import display_grey
 from inference.regions import Region
+from pipeline.heatmaps import heatmap_on_original_grid
+from pipeline.study import hold_if_identity_conflict
 from reporting import uids
 from reporting.findings import (
     AlgorithmInfo,

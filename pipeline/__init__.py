@@ -1,0 +1,1 @@
+"""fracture-gateway: pipeline."""
