@@ -141,6 +141,8 @@ def queue_arrived_instances(
             .where(*waiting)
             .order_by(Instance.id)
             .limit(limit)
+            # Two nodes on one PostgreSQL database: each instance is queued by one of them.
+            .with_for_update(skip_locked=True, of=Instance)
         ).all()
         for instance_id, study_id, generation in rows:
             job = Job(

@@ -244,3 +244,24 @@ def test_a_late_image_replaces_the_studys_result(
             assert (item.result.id, item.result.n_images) == (latest.id, 3)
     finally:
         service.stop()
+
+
+def test_the_celery_worker_runs_an_image_job(
+    node: Service, shared_dir: Path, tmp_path: Path
+) -> None:
+    from gateway.celery_worker import WorkerContext
+
+    send(node, study_images(shared_dir, 1), tmp_path)
+    (job_id,) = queue_arrived_instances(node.sessions, max_attempts=3)
+    context = WorkerContext.build(node.settings)
+    try:
+        context.analyse(job_id)  # the body of the Celery task a message naming the job runs
+    finally:
+        context.close()
+    with node.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.kind == JobKind.IMAGE.value
+        assert job.state.value == "done"
+        (prediction,) = session.scalars(select(ImagePrediction)).all()
+        assert (prediction.job_id, prediction.instance_id) == (job_id, job.instance_id)
