@@ -185,7 +185,7 @@ class GroupingSettings(BaseModel):
     """
 
     quiet_period_s: float = Field(
-        2.0,
+        1.5,
         ge=0.0,
         description=(
             "a study without Number of Study Related Instances is complete when nothing arrived "
