@@ -300,6 +300,8 @@ def main() -> None:
         grouping["poll_interval_s"] = args.poll_interval
         polls = {"poll_interval_s": args.poll_interval}
     quiet = float(grouping.get("quiet_period_s", GroupingSettings().quiet_period_s))
+    if args.announce:
+        quiet = 0.0  # the study completes at its count: no quiet period to subtract
 
     pixels = synthetic_pixels(args.shared)
     latencies: list[float] = []
@@ -411,7 +413,7 @@ def main() -> None:
         f"|---|---|---|---|---|---|---|\n"
         f"| {len(latencies)} | as measured | {spread(latencies)} |\n"
         f"| {len(latencies)} | without the quiet period | "
-        f"{spread([v - (0.0 if args.announce else quiet) for v in latencies])} |\n\n"
+        f"{spread([v - quiet for v in latencies])} |\n\n"
         f"Where the time goes (median of each phase; for each study the phases add up to its "
         f"latency):\n\n"
         f"| phase | what | median |\n|---|---|---|\n{phase_rows}{arrival_row}\n"
