@@ -3,11 +3,15 @@
 Starts Orthanc (as the PACS that receives results) and a gateway Service in this process. For
 each study, sends two synthetic 16-bit DX images of 2500 x 2048 pixels (a WG04 radiograph
 upscaled) to the gateway as a PACS would, then polls Orthanc until the study's SR and both SCs
-are there. Latency = that moment - the C-STORE response of the last instance - the quiet
-period. Studies are sent one after the other (an idle system); one warm-up study is not
-counted. Writes the median (and spread) to ``docs/PERFORMANCE.md`` under ``## Results latency``.
+are there. Latency = that moment - the C-STORE response of the last instance, reported as
+is and without the quiet period. The settings are the defaults (quiet period, poll intervals,
+analysis on arrival) unless an option overrides one; ``--announce`` makes the sender give
+Number of Study Related Instances (0020,1208), so the study completes at its count instead.
+Studies are sent one after the other (an idle system); one warm-up study is not counted.
+Writes the medians (and spread) to ``docs/PERFORMANCE.md`` under ``## Results latency``.
 
     .venv/bin/python bench/bench_results_latency.py --studies 20
+    .venv/bin/python bench/bench_results_latency.py --studies 20 --announce
 """
 
 from __future__ import annotations
@@ -48,7 +52,11 @@ def synthetic_pixels(shared: Path) -> np.ndarray[Any, np.dtype[np.uint16]]:
 
 
 def dx_instance(
-    pixels: np.ndarray[Any, np.dtype[np.uint16]], study_uid: str, number: int, patient: str
+    pixels: np.ndarray[Any, np.dtype[np.uint16]],
+    study_uid: str,
+    number: int,
+    patient: str,
+    announce: bool = False,
 ) -> Dataset:
     """A DX For Presentation image, MONOCHROME2, 16 bits stored, in the given study."""
     ds = Dataset()
@@ -90,18 +98,20 @@ def dx_instance(
     ds.WindowCenter = 32768
     ds.WindowWidth = 65536
     ds.PresentationLUTShape = "IDENTITY"
+    if announce:
+        ds.NumberOfStudyRelatedInstances = IMAGES_PER_STUDY
     ds.PixelData = pixels.tobytes()
     return ds
 
 
 def write_study(
-    folder: Path, pixels: np.ndarray[Any, np.dtype[np.uint16]], index: int
+    folder: Path, pixels: np.ndarray[Any, np.dtype[np.uint16]], index: int, announce: bool
 ) -> tuple[str, list[Path]]:
     """Two images of a new study as files; returns the Study Instance UID and the files."""
     study_uid = generate_uid()
     paths = []
     for number in range(1, IMAGES_PER_STUDY + 1):
-        ds = dx_instance(pixels, study_uid, number, f"{index:03d}")
+        ds = dx_instance(pixels, study_uid, number, f"{index:03d}", announce)
         path = folder / f"study{index:03d}-{number}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -121,18 +131,29 @@ def wait_for_results(orthanc: Any, study_uid: str, expected: int, timeout_s: flo
 
 
 PHASES = (
-    ("grouping", "quiet period over to job queued (timer polling)"),
-    ("queue", "job queued to job started"),
-    ("pipeline", "classify, analyse (decode, model, Grad-CAM), build and store SR + SCs"),
+    (
+        "completion",
+        "last C-STORE response to the study's job queued: the quiet period (or the announced "
+        "count) and the timer's poll",
+    ),
+    ("queue", "study job queued to started"),
+    (
+        "pipeline",
+        "study job: classify, the study result from the cached image predictions (the model "
+        "runs only for an image without one), build and store SR + SCs",
+    ),
     ("delivery", "job done to the PACS listing every result (outbox, C-STORE, PACS storage)"),
 )
+#: Not a phase of the latency (it overlaps the completion wait), shown beside them.
+ON_ARRIVAL = "image jobs: last C-STORE response to the last image job done (model on arrival)"
 
 
-def phases(sessions: Any, study_uid: str, sent: float, arrived: float, quiet: float) -> list[float]:
-    """Seconds spent in each of :data:`PHASES` for one study, from the gateway's database."""
+def phases(sessions: Any, study_uid: str, sent: float, arrived: float) -> tuple[list[float], float]:
+    """Seconds spent in each of :data:`PHASES` for one study, from the gateway's database, and
+    when the last image job finished (relative to ``sent``; NaN when there was none)."""
     from sqlalchemy import func, select
 
-    from db.models import Job, Study
+    from db.models import Job, JobKind, Study
     from db.results import OutboxEntry, ResultObject
 
     deadline = time.monotonic() + 30
@@ -141,7 +162,14 @@ def phases(sessions: Any, study_uid: str, sent: float, arrived: float, quiet: fl
             study = session.scalars(
                 select(Study).where(Study.study_instance_uid == study_uid)
             ).one()
-            job = session.scalars(select(Job).where(Job.study_id == study.id)).one()
+            job = session.scalars(
+                select(Job).where(Job.study_id == study.id, Job.kind == JobKind.STUDY.value)
+            ).one()
+            images_done = session.scalar(
+                select(func.max(Job.finished_at)).where(
+                    Job.study_id == study.id, Job.kind == JobKind.IMAGE.value
+                )
+            )
             unsent, last_sent = session.execute(
                 select(
                     func.count() - func.count(OutboxEntry.sent_at), func.max(OutboxEntry.sent_at)
@@ -155,13 +183,14 @@ def phases(sessions: Any, study_uid: str, sent: float, arrived: float, quiet: fl
             raise TimeoutError("the gateway did not record the deliveries")
         time.sleep(0.02)
     marks = [
-        sent + quiet,
+        sent,
         job.created_at.timestamp(),
         job.started_at.timestamp(),
         job.finished_at.timestamp(),
         arrived,
     ]
-    return [b - a for a, b in itertools.pairwise(marks)]
+    on_arrival = float("nan") if images_done is None else images_done.timestamp() - sent
+    return [b - a for a, b in itertools.pairwise(marks)], on_arrival
 
 
 def machine() -> str:
@@ -217,7 +246,23 @@ def time_pipeline_steps() -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--quiet-period", type=float, default=1.0)
+    parser.add_argument(
+        "--quiet-period", type=float, default=None, help="grouping.quiet_period_s (default: ours)"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="the grouping, job and outbox poll intervals (default: the settings' own)",
+    )
+    parser.add_argument(
+        "--no-arrival-analysis", action="store_true", help="grouping.analyse_on_arrival = false"
+    )
+    parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="send Number of Study Related Instances (0020,1208) with every image",
+    )
     parser.add_argument("--model", type=Path, default=None, help="model package folder")
     parser.add_argument(
         "--shared",
@@ -238,7 +283,7 @@ def main() -> None:
         step_times = time_pipeline_steps()
 
     sys.path.insert(0, str(REPO_ROOT))  # the Orthanc helper lives with the tests
-    from config.settings import Destination, InferenceSettings, Settings
+    from config.settings import Destination, GroupingSettings, InferenceSettings, Settings
     from dicom_node.send import SendResult, send_files
     from gateway.service import Service
     from tests.helpers.orthanc import run_orthanc
@@ -247,17 +292,29 @@ def main() -> None:
     if not (model_path / "model.json").is_file():
         raise SystemExit(f"no model package at {model_path}; pass --model")
 
+    grouping: dict[str, Any] = {"analyse_on_arrival": not args.no_arrival_analysis}
+    polls: dict[str, Any] = {}
+    if args.quiet_period is not None:
+        grouping["quiet_period_s"] = args.quiet_period
+    if args.poll_interval is not None:
+        grouping["poll_interval_s"] = args.poll_interval
+        polls = {"poll_interval_s": args.poll_interval}
+    quiet = float(grouping.get("quiet_period_s", GroupingSettings().quiet_period_s))
+    if args.announce:
+        quiet = 0.0  # the study completes at its count: no quiet period to subtract
+
     pixels = synthetic_pixels(args.shared)
     latencies: list[float] = []
     breakdown: list[list[float]] = []
+    arrival_done: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
         folder = Path(tmp)
         with run_orthanc(folder / "orthanc") as orthanc:
             settings = Settings(
                 home=folder / "gateway",
                 node={"ae_title": GATEWAY_AE, "bind_address": "127.0.0.1", "port": 0},
-                grouping={"quiet_period_s": args.quiet_period, "poll_interval_s": 0.05},
-                jobs={"poll_interval_s": 0.05},
+                grouping=grouping,
+                jobs=polls,
                 inference={"model_path": model_path},
                 api={"enabled": False},
                 destinations=[
@@ -268,13 +325,13 @@ def main() -> None:
                         port=orthanc.dicom_port,
                     )
                 ],
-                outbox={"poll_interval_s": 0.05},
+                outbox=polls,
             )
             service = Service(settings)
             service.start()
             try:
                 for index in range(args.studies + 1):
-                    study_uid, files = write_study(folder, pixels, index)
+                    study_uid, files = write_study(folder, pixels, index, args.announce)
                     responses: list[float] = []
 
                     def on_response(result: SendResult, times: list[float] = responses) -> None:
@@ -293,10 +350,8 @@ def main() -> None:
                     arrived = wait_for_results(
                         orthanc, study_uid, IMAGES_PER_STUDY + 1, args.timeout
                     )
-                    latency = arrived - responses[-1] - args.quiet_period
-                    parts = phases(
-                        service.sessions, study_uid, responses[-1], arrived, args.quiet_period
-                    )
+                    latency = arrived - responses[-1]
+                    parts, images_done = phases(service.sessions, study_uid, responses[-1], arrived)
                     label = "warm-up" if index == 0 else f"study {index}"
                     detail = ", ".join(
                         f"{name} {value:.2f}"
@@ -305,19 +360,30 @@ def main() -> None:
                     steps = "".join(
                         f", {name} {sum(values):.2f}" for name, values in step_times.items()
                     )
-                    print(f"{label}: {latency:.2f} s ({detail}{steps})", flush=True)
+                    print(
+                        f"{label}: {latency:.2f} s, {latency - quiet:.2f} s without the quiet "
+                        f"period ({detail}; image jobs done at {images_done:.2f}{steps})",
+                        flush=True,
+                    )
                     for values in step_times.values():
                         values.clear()
                     if index > 0:
                         latencies.append(latency)
                         breakdown.append(parts)
+                        arrival_done.append(images_done)
                     for path in files:
                         path.unlink()
             finally:
                 service.stop()
 
-    median = statistics.median(latencies)
-    q = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [median] * 9
+    def spread(values: list[float]) -> str:
+        median = statistics.median(values)
+        q = statistics.quantiles(values, n=10) if len(values) >= 2 else [median] * 9
+        return (
+            f"{median:.2f} s | {q[0]:.2f} s | {q[-1]:.2f} s | "
+            f"{min(values):.2f} s | {max(values):.2f} s"
+        )
+
     model = f"{model_path.name}"
     shown = [a for a in sys.argv[1:] if a != "--note" and a != args.note]
     command = "python " + " ".join(
@@ -327,20 +393,30 @@ def main() -> None:
         f"| {name} | {description} | {statistics.median(column):.2f} s |\n"
         for (name, description), column in zip(PHASES, zip(*breakdown, strict=True), strict=True)
     )
+    done = [v for v in arrival_done if v == v]  # NaN: no image job
+    arrival_row = f"| (beside) | {ON_ARRIVAL} | {statistics.median(done):.2f} s |\n" if done else ""
+    completion = (
+        "the sender announces Number of Study Related Instances (0020,1208): the study completes "
+        "at its count"
+        if args.announce
+        else f"no Number of Study Related Instances: the study completes after the quiet period "
+        f"of {quiet:g} s"
+    )
     text = (
         f"{SECTION}\n\n"
         f"Time from the C-STORE response of a study's last instance to its SR and both Grad-CAM "
-        f"SCs being stored in the PACS (Orthanc {orthanc_version()}), minus the quiet period of "
-        f"{args.quiet_period:g} s. Studies of {IMAGES_PER_STUDY} synthetic 16-bit DX images of "
-        f"{ROWS} x {COLUMNS} pixels (WG04 RG2 upscaled), sent one after the other; one warm-up "
-        f"study not counted; in-process executor, SQLite.\n\n"
-        f"| studies | median | 10th percentile | 90th percentile | min | max |\n"
-        f"|---|---|---|---|---|---|\n"
-        f"| {len(latencies)} | {median:.2f} s | {q[0]:.2f} s | {q[-1]:.2f} s | "
-        f"{min(latencies):.2f} s | {max(latencies):.2f} s |\n\n"
+        f"SCs being stored in the PACS (Orthanc {orthanc_version()}); {completion}. Studies of "
+        f"{IMAGES_PER_STUDY} synthetic 16-bit DX images of {ROWS} x {COLUMNS} pixels (WG04 RG2 "
+        f"upscaled), sent one after the other; one warm-up study not counted; in-process "
+        f"executor, SQLite.\n\n"
+        f"| studies | figure | median | 10th percentile | 90th percentile | min | max |\n"
+        f"|---|---|---|---|---|---|---|\n"
+        f"| {len(latencies)} | as measured | {spread(latencies)} |\n"
+        f"| {len(latencies)} | without the quiet period | "
+        f"{spread([v - quiet for v in latencies])} |\n\n"
         f"Where the time goes (median of each phase; for each study the phases add up to its "
         f"latency):\n\n"
-        f"| phase | what | median |\n|---|---|---|\n{phase_rows}\n"
+        f"| phase | what | median |\n|---|---|---|\n{phase_rows}{arrival_row}\n"
         f"- Command: `{command}`\n"
         f"- Model package: `{model}`\n"
         f"- Machine: {machine()}; Python {platform.python_version()}\n"

@@ -177,11 +177,30 @@ class DatabaseSettings(BaseModel):
 
 
 class GroupingSettings(BaseModel):
-    """Study completion: quiet period after the last instance."""
+    """Study completion (docs/ARCHITECTURE.md, "Study completion").
 
-    quiet_period_s: float = Field(10.0, ge=0.0)
+    A study is complete when as many instances are stored as the sender announced in Number of
+    Study Related Instances (0020,1208), or when nothing arrived for ``quiet_period_s``. A later
+    instance reopens it; the next completion makes a new result that replaces the earlier one.
+    """
+
+    quiet_period_s: float = Field(
+        1.5,
+        ge=0.0,
+        description=(
+            "a study without Number of Study Related Instances is complete when nothing arrived "
+            "for this long; a later image reopens it and its new result replaces the first"
+        ),
+    )
     #: How often completion is checked: the most it adds to a result's latency (an indexed query).
     poll_interval_s: float = Field(0.25, gt=0.0)
+    analyse_on_arrival: bool = Field(
+        True,
+        description=(
+            "queue an image job for each arrived instance, so its prediction is ready before "
+            "its study completes; off: the study's job analyses every image"
+        ),
+    )
 
 
 class JobExecutor(StrEnum):

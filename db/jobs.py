@@ -86,6 +86,8 @@ class ClaimedJob:
     kind: str
     attempt: int
     token: int
+    #: The instance of an image job (``JobKind.IMAGE``); None for a study's job.
+    instance_id: int | None = None
 
     @property
     def claim(self) -> Claim:
@@ -102,10 +104,14 @@ def _claim(
         if not claims:
             return None
         (taken,) = claims
-        study_id, generation, kind = session.execute(
-            select(Job.study_id, Job.generation, Job.kind).where(Job.id == taken.id)
+        study_id, generation, kind, instance_id = session.execute(
+            select(Job.study_id, Job.generation, Job.kind, Job.instance_id).where(
+                Job.id == taken.id
+            )
         ).one()
-        return ClaimedJob(taken.id, study_id, generation, kind, taken.attempt, taken.token)
+        return ClaimedJob(
+            taken.id, study_id, generation, kind, taken.attempt, taken.token, instance_id
+        )
 
 
 def claim_next(

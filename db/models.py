@@ -19,7 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -44,6 +44,14 @@ class Eligibility(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     #: The instance names another patient than its study: stored, never analysed.
     IDENTITY_CONFLICT = "patient_conflict"  # the column holds 16 characters
+
+
+class JobKind(StrEnum):
+    """What a job does: analyse a completed study, or analyse one image as soon as it arrived."""
+
+    STUDY = "analyse_study"
+    #: One stored instance, before its study is complete: classify it and cache its prediction.
+    IMAGE = "analyse_image"
 
 
 class JobState(StrEnum):
@@ -81,6 +89,9 @@ class Study(Base):
     #: An instance named another patient: analysis and delivery are held until an admin
     #: resolves it (see :mod:`dicom_node.identity`).
     identity_conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Number of Study Related Instances (0020,1208) as the sender last gave it: the study is
+    #: complete once that many instances are stored (see :mod:`dicom_node.grouping`).
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
@@ -132,13 +143,19 @@ class Instance(Base):
 
 
 class Job(Base):
-    """An analysis of one generation of a study: a row of the fenced queue ``db.jobs.JOBS``."""
+    """An analysis of one generation of a study, or of one arrived image of a study (``kind``):
+    a row of the fenced queue ``db.jobs.JOBS``."""
 
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(32), default="analyse_study")
+    kind: Mapped[str] = mapped_column(String(32), default=JobKind.STUDY.value)
+    #: The instance of an image job (:attr:`JobKind.IMAGE`); None for a study's job.
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE", name="fk_jobs_instance_id_instances"),
+        index=True,
+    )
     generation: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[JobState] = mapped_column(enum_column(JobState), default=JobState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -157,7 +174,16 @@ class Job(Base):
     study: Mapped[Study] = relationship(back_populates="jobs")
 
     __table_args__ = (
-        UniqueConstraint("study_id", "generation", "kind", name="uq_jobs_study_generation_kind"),
+        # One job per study generation; image jobs (several per generation) are left out.
+        Index(
+            "uq_jobs_study_generation_kind",
+            "study_id",
+            "generation",
+            "kind",
+            unique=True,
+            sqlite_where=text("instance_id IS NULL"),
+            postgresql_where=text("instance_id IS NULL"),
+        ),
         Index("ix_jobs_state_next", "state", "next_run_at"),
     )
 
@@ -181,6 +207,9 @@ class ImagePrediction(Base):
     peak_x: Mapped[float | None] = mapped_column(Float)
     peak_y: Mapped[float | None] = mapped_column(Float)
     inference_ms: Mapped[float | None] = mapped_column(Float)
+    #: SHA-256 of the instance's stored bytes the prediction was computed from: a study job
+    #: reuses an image job's prediction only for the same content (None: not recorded).
+    instance_sha256: Mapped[str | None] = mapped_column(String(64))
     #: Suspected fracture regions (``inference.regions.Region.to_json`` each), strongest first;
     #: ``None`` for a model without a localisation output.
     regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)

@@ -59,6 +59,7 @@ _HEADER_KEYWORDS = (
     "InstanceNumber",
     "Rows",
     "Columns",
+    "NumberOfStudyRelatedInstances",
     "SpecificCharacterSet",
 )
 _HEADER_TAG_LIST: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_KEYWORDS]
@@ -96,6 +97,8 @@ class InstanceHeader:
     #: Rows and Columns (0028,0010-0011) of an image, kept so views need not open the file.
     rows: int | None = None
     columns: int | None = None
+    #: Number of Study Related Instances (0020,1208), when the sender announces the study's size.
+    study_related_instances: int | None = None
 
     @property
     def identity(self) -> PatientIdentity:
@@ -229,7 +232,13 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
         patient_age=_text(ds, "PatientAge", 4),
         rows=image_dimension(ds, "Rows"),
         columns=image_dimension(ds, "Columns"),
+        study_related_instances=_positive(ds, "NumberOfStudyRelatedInstances"),
     )
+
+
+def _positive(ds: Dataset, keyword: str) -> int | None:
+    value = _int(ds, keyword)
+    return value if value is not None and value > 0 else None
 
 
 class IngestOutcome(StrEnum):
@@ -332,6 +341,8 @@ def _record(
     with factory() as session, session.begin():
         # Lock the study first: writers of one study are serialised (SQLite: BEGIN IMMEDIATE).
         study = _get_or_create_study(session, header)
+        if header.study_related_instances is not None:
+            study.expected_instances = header.study_related_instances
         existing = session.scalars(
             select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
         ).first()

@@ -40,24 +40,28 @@ def build_pipeline(
     *,
     on_results_queued: Callable[[], None] | None = None,
 ) -> StudyPipeline:
-    """The study pipeline for these settings: classify, then analyse and publish when enabled.
+    """The study pipeline for these settings: classify, then analyse and publish when enabled
+    (an image job: classify and analyse its instance).
 
     ``on_results_queued`` is called when the publish step has queued deliveries (it wakes the
     outbox worker).
     """
-    steps: list[PipelineStep] = [ClassifyStep(sessions, store)]
+    classify = ClassifyStep(sessions, store)
+    steps: list[PipelineStep] = [classify]
+    image_steps: list[PipelineStep] = [classify]
     if settings.inference.enabled:
         from pipeline.analysis import AnalyseStep
         from pipeline.publish import PublishStep
 
         analyse = AnalyseStep.from_settings(settings, sessions, store)
         steps.append(analyse)
+        image_steps.append(analyse)
         steps.append(
             PublishStep.from_settings(
                 settings, sessions, store, card=analyse.card, on_queued=on_results_queued
             )
         )
-    return StudyPipeline(steps)
+    return StudyPipeline(steps, image_steps)
 
 
 @dataclass
@@ -164,6 +168,7 @@ class Service:
             poll_interval_s=self.settings.grouping.poll_interval_s,
             max_attempts=self.settings.jobs.max_attempts,
             on_jobs=on_jobs,
+            analyse_on_arrival=self.settings.grouping.analyse_on_arrival,
         )
         self.grouping.start()
         if dicom:

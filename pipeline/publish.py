@@ -8,6 +8,11 @@ study by the same model, finds its objects already recorded and queues nothing t
 are written to ``<storage>/results/`` durably (temporary file, fsync, atomic rename) before they
 are recorded, and recorded before they are queued, so the outbox never points at a missing file.
 
+A study reopened by late images gets a new SR (its set of sources changed, so its UID did):
+that SR lists every earlier SR of the study in its Predecessor Documents Sequence (PS3.3
+C.17.2.3), so the PACS holds one current report and the ones it replaces; the worklist shows
+the latest study prediction only.
+
 Each destination receives the kinds of object it is configured for (``objects``: ``sr``, ``sc``,
 ``gsps``; by default the SR and the SCs). The SR and SCs are always made; a Grayscale Softcopy
 Presentation State is made for each image with suspected fracture regions when at least one
@@ -137,6 +142,16 @@ def finding_regions(prediction: ImagePrediction, source: Dataset) -> tuple[Findi
     return tuple(regions)
 
 
+def predecessor(study_uid: str, series_uid: str, sop_class_uid: str, sop_uid: str) -> Dataset:
+    """What the Predecessor Documents Sequence needs of an earlier SR (no file is read)."""
+    ds = Dataset()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_uid
+    return ds
+
+
 def encode_file(dataset: Dataset) -> bytes:
     """The dataset as a DICOM file (preamble, File Meta Information, data set; PS3.10 7.1)."""
     buffer = BytesIO()
@@ -229,12 +244,33 @@ class PublishStep:
                     .order_by(Instance.series_id, Instance.instance_number, Instance.id)
                 ).all()
             ]
+            earlier = session.execute(
+                select(
+                    ResultObject.sop_class_uid,
+                    ResultObject.sop_instance_uid,
+                    ResultObject.series_instance_uid,
+                )
+                .where(
+                    ResultObject.study_id == job.study_id,
+                    ResultObject.kind == ResultObjectKind.SR,
+                    ResultObject.job_id != job.id,
+                )
+                .order_by(ResultObject.id)
+            ).all()
         if not analysed:
             raise PermanentJobError(f"job {job.id} has a study prediction but no image predictions")
         planned = self._plan(study.study_instance_uid, prediction, analysed)
+        (sr_uid,) = (p.sop_instance_uid for p in planned if p.kind is ResultObjectKind.SR)
+        predecessors = [
+            predecessor(study.study_instance_uid, series_uid, sop_class, sop_uid)
+            for sop_class, sop_uid, series_uid in earlier
+            if sop_uid != sr_uid
+        ]
         missing = self._missing(planned)
         if missing:
-            self._build_and_store(study.study_instance_uid, prediction, analysed, planned, missing)
+            self._build_and_store(
+                study.study_instance_uid, prediction, analysed, planned, missing, predecessors
+            )
         queued = self._record_and_queue(job, study.study_instance_uid, prediction, planned)
         log.info(
             "job %d: %d result objects (%d new), %d deliveries queued",
@@ -337,9 +373,10 @@ class PublishStep:
         analysed: Sequence[_Analysed],
         planned: Sequence[PlannedObject],
         missing: set[str],
+        predecessors: Sequence[Dataset] = (),
     ) -> None:
         """Build every object (deterministic, so rebuilt ones equal the stored ones); write the
-        missing ones."""
+        missing ones. The SR lists ``predecessors``, the earlier SRs it replaces."""
         findings = self._findings(prediction, analysed)
         sc_plans = [p for p in planned if p.kind is ResultObjectKind.SC]
         (sr_plan,) = (p for p in planned if p.kind is ResultObjectKind.SR)
@@ -360,6 +397,7 @@ class PublishStep:
                 sc_datasets=[datasets[p.sop_instance_uid] for p in sc_plans],
                 series_instance_uid=sr_plan.series_instance_uid,
                 sop_instance_uid=sr_plan.sop_instance_uid,
+                predecessors=predecessors,
             )
         by_instance = {
             item.instance.id: finding

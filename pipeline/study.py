@@ -1,5 +1,9 @@
 """The study pipeline a job runs: classify the study's instances, analyse, publish results.
 
+A study's job runs every step; an image job (one instance, queued as it arrived, see
+:mod:`dicom_node.grouping`) runs only the image steps (classify and analyse that instance), so
+its prediction is ready, cached in the database, when the study completes.
+
 Each step is a callable ``(ClaimedJob) -> None`` that reads and writes the database, so the
 steps share nothing in memory and any executor can run them. The model and results steps are
 added by :func:`gateway.service.build_pipeline` when those parts are configured.
@@ -97,7 +101,8 @@ def hold_if_identity_conflict(session: Session, study_id: int, *, lock: bool = F
 
 @dataclass(frozen=True)
 class ClassifyStep:
-    """Classify each not-yet-classified instance of the job's study as eligible or out of scope."""
+    """Classify each not-yet-classified instance of the job's study (of an image job: its one
+    instance) as eligible or out of scope."""
 
     sessions: sessionmaker[Session]
     store: InstanceStore
@@ -107,10 +112,12 @@ class ClassifyStep:
         # records, and only for instances still pending (ingest may have changed one meanwhile).
         with reading(self.sessions) as session:
             hold_if_identity_conflict(session, job.study_id)
+            only = () if job.instance_id is None else (Instance.id == job.instance_id,)
             pending = session.scalars(
                 select(Instance).where(
                     Instance.study_id == job.study_id,
                     Instance.eligibility == Eligibility.PENDING,
+                    *only,
                 )
             ).all()
         decided = {instance.id: classify_instance(self.store, instance) for instance in pending}
@@ -133,10 +140,14 @@ class ClassifyStep:
 
 @dataclass(frozen=True)
 class StudyPipeline:
-    """Runs the steps in order; a step's exception fails the attempt (retried by the executor)."""
+    """Runs the steps in order; a step's exception fails the attempt (retried by the executor).
+
+    A study's job runs ``steps``; an image job (``instance_id`` set) runs ``image_steps``.
+    """
 
     steps: Sequence[PipelineStep]
+    image_steps: Sequence[PipelineStep] = ()
 
     def __call__(self, job: ClaimedJob) -> None:
-        for step in self.steps:
+        for step in self.image_steps if job.instance_id is not None else self.steps:
             step(job)

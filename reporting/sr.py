@@ -267,6 +267,7 @@ def build_sr(
     sop_instance_uid: str,
     series_number: int = SR_SERIES_NUMBER,
     instance_number: int = 1,
+    predecessors: Sequence[Dataset] = (),
 ) -> Dataset:
     """Build the study's result SR: TID 1500 Measurement Report in a Comprehensive 3D SR.
 
@@ -281,6 +282,10 @@ def build_sr(
         UIDs of the SR series and instance (see :mod:`reporting.uids`).
     series_number, instance_number
         Series Number and Instance Number of the SR.
+    predecessors
+        Earlier SRs of this study that this one replaces (a study reopened by late images):
+        each needs only its Study, Series and SOP Instance UIDs and SOP Class UID. They are
+        listed in the Predecessor Documents Sequence (0040,A360; PS3.3 C.17.2.3).
 
     Returns
     -------
@@ -336,6 +341,7 @@ def build_sr(
         contributing_equipment=contributing_equipment(
             first_source, algorithm, "Fracture detection model that produced the findings"
         ),
+        previous_versions=list(predecessors) or None,
     )
     copy_patient_and_study(first_source, sr)
     mark_implementation(sr)

@@ -33,7 +33,8 @@ def test_defaults_match_the_documentation(tmp_path: Path) -> None:
     assert settings.database_url.startswith("sqlite:///")
     assert settings.database_url.endswith("fracture-gateway-data/fracture-gateway.sqlite3")
     assert settings.storage_folder == tmp_path / "fracture-gateway-data" / "storage"
-    assert settings.grouping.quiet_period_s == 10
+    assert settings.grouping.quiet_period_s == 1.5
+    assert settings.grouping.analyse_on_arrival is True
     assert settings.node.duplicate_policy is DuplicatePolicy.KEEP_FIRST
     assert settings.node.maximum_pdu_size == 1024 * 1024
     assert settings.node.artim_timeout == 5

@@ -17,8 +17,8 @@ from db.base import utcnow
 from db.engine import make_engine, make_session_factory
 from db.jobs import PermanentJobError
 from db.migrate import current_revisions, upgrade
-from db.models import Job, JobState, Study, StudyStatus
-from dicom_node.grouping import complete_quiet_studies
+from db.models import Job, JobKind, JobState, Study, StudyStatus
+from dicom_node.grouping import complete_quiet_studies, complete_studies, queue_arrived_instances
 from dicom_node.ingest import InstanceHeader, record_instance
 from dicom_node.storage import InstanceStore, StoredDigest
 from gateway.worker import run_one
@@ -32,7 +32,7 @@ def sessions(database_url: str) -> sessionmaker[Session]:
     engine.dispose()
 
 
-def header(study: str, sop: str) -> InstanceHeader:
+def header(study: str, sop: str, announced: int | None = None) -> InstanceHeader:
     return InstanceHeader(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
         sop_instance_uid=sop,
@@ -47,16 +47,23 @@ def header(study: str, sop: str) -> InstanceHeader:
         body_part_examined="HAND",
         series_number=1,
         instance_number=1,
+        study_related_instances=announced,
     )
 
 
-def receive(sessions: sessionmaker[Session], store: InstanceStore, study: str, sop: str) -> None:
+def receive(
+    sessions: sessionmaker[Session],
+    store: InstanceStore,
+    study: str,
+    sop: str,
+    announced: int | None = None,
+) -> None:
     tmp = store.tmp_dir / f"{sop}.part"
     tmp.write_bytes(sop.encode())
     record_instance(
         sessions,
         store,
-        header(study, sop),
+        header(study, sop, announced),
         tmp,
         StoredDigest(sop.ljust(64, "0")[:64], len(sop)),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -104,6 +111,59 @@ def test_study_completes_after_quiet_period_and_reopens(
     with sessions() as session:
         generations = sorted(j.generation for j in session.scalars(select(Job)))
         assert generations == [1, 2]
+
+
+def test_study_completes_once_its_announced_instances_are_stored(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.4", "1.2.4.1", announced=2)
+    receive(sessions, store, "1.2.5", "1.2.5.1")  # announces nothing: waits for the quiet period
+    now = utcnow()
+    assert complete_studies(sessions, quiet_period_s=3600, max_attempts=3, now=now) == []
+    receive(sessions, store, "1.2.4", "1.2.4.2", announced=2)
+    (job_id,) = complete_studies(sessions, quiet_period_s=3600, max_attempts=3, now=now)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        assert (study.study_instance_uid, study.expected_instances) == ("1.2.4", 2)
+        assert study.status is StudyStatus.COMPLETE
+        other = session.scalars(select(Study).where(Study.study_instance_uid == "1.2.5")).one()
+        assert other.status is StudyStatus.RECEIVING
+
+    # A third image, beyond the announced two, reopens the study: complete again at once.
+    receive(sessions, store, "1.2.4", "1.2.4.3", announced=2)
+    (second,) = complete_studies(sessions, quiet_period_s=3600, max_attempts=3, now=now)
+    assert second != job_id
+
+
+def test_each_arrived_instance_gets_one_image_job(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = InstanceStore(tmp_path / "storage")
+    receive(sessions, store, "1.2.6", "1.2.6.1")
+    receive(sessions, store, "1.2.6", "1.2.6.2")
+    queued = queue_arrived_instances(sessions, max_attempts=3)
+    assert len(queued) == 2
+    assert queue_arrived_instances(sessions, max_attempts=3) == []  # not twice
+    with sessions() as session:
+        rows = session.scalars(select(Job).order_by(Job.id)).all()
+        assert [r.kind for r in rows] == [JobKind.IMAGE.value] * 2
+        assert all(r.instance_id is not None for r in rows)
+        study = session.scalars(select(Study)).one()
+        assert study.status is StudyStatus.RECEIVING  # the study is still arriving
+    claimed = jobs.claim_next(sessions, lease_s=60)
+    assert claimed is not None
+    assert claimed.instance_id == rows[0].instance_id
+    # The study's own job is unaffected: one per generation, next to the image jobs.
+    later = utcnow() + timedelta(seconds=11)
+    (study_job,) = complete_studies(sessions, quiet_period_s=10, max_attempts=3, now=later)
+    with sessions() as session:
+        job = session.get(Job, study_job)
+        assert job is not None
+        assert (job.kind, job.instance_id, job.generation) == (JobKind.STUDY.value, None, 1)
 
 
 def test_claim_complete_and_nothing_claimed_twice(

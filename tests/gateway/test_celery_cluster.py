@@ -126,6 +126,9 @@ def cluster_environment(
             "FRACTURE_GATEWAY_JOBS__BROKER_URL": broker,
             "FRACTURE_GATEWAY_JOBS__LEASE_S": str(LEASE_S),
             "FRACTURE_GATEWAY_JOBS__POLL_INTERVAL_S": "0.2",
+            # Study jobs only: a kill must find each worker inside a job, and image jobs are
+            # over too soon (the Celery path of an image job: tests/gateway/test_arrival_analysis).
+            "FRACTURE_GATEWAY_GROUPING__ANALYSE_ON_ARRIVAL": "false",
             "FRACTURE_GATEWAY_JOBS__BACKOFF_BASE_S": "0.5",
             "FRACTURE_GATEWAY_JOBS__REPUBLISH_AFTER_S": "20",
             "FRACTURE_GATEWAY_GROUPING__QUIET_PERIOD_S": "3",

@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from config.settings import Settings
-from db.models import Job, JobState
+from db.models import Job, JobKind, JobState
 from db.results import ResultObject
 from dicom_node.send import send_files
 from gateway.service import Service
@@ -96,7 +96,7 @@ def test_iso_2022_names_get_valid_results(
     deadline = time.monotonic() + WAIT_S
     while True:
         with node.sessions() as session:
-            job = session.scalars(select(Job)).first()
+            job = session.scalars(select(Job).where(Job.kind == JobKind.STUDY.value)).first()
             state = None if job is None else job.state
             results = session.scalars(select(ResultObject)).all()
         if state in (JobState.DONE, JobState.FAILED) or time.monotonic() > deadline:

@@ -49,7 +49,7 @@ def service(tmp_path: Path, tiny_package: Path) -> Iterator[Service]:
         node={"bind_address": "127.0.0.1", "port": 0},
         inference={"model_path": tiny_package},
         api={"enabled": False, "secret_key": "test-secret-key-for-jwt-signing-32b"},
-        grouping={"quiet_period_s": 3600},
+        grouping={"quiet_period_s": 3600, "analyse_on_arrival": False},
         # Nothing listens there: deliveries stay queued, and the outbox worker is not started.
         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9}],
     )

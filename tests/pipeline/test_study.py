@@ -43,7 +43,7 @@ def start_service(home: Path, model_path: Path) -> Service:
         node={"bind_address": "127.0.0.1", "port": 0},
         inference={"model_path": model_path},
         api={"enabled": False},
-        grouping={"quiet_period_s": 3600},
+        grouping={"quiet_period_s": 3600, "analyse_on_arrival": False},
     )
     svc = Service(settings)
     svc.start(dicom=True, worker=False)
