@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.base import utcnow
 from db.engine import reading
 from db.models import (
     Eligibility,
@@ -46,6 +47,35 @@ class DatabaseCollector(Collector):
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+
+    @staticmethod
+    def _queue_age(session: Session) -> GaugeMetricFamily:
+        """How long the oldest due, unclaimed item of each queue has waited (0 when none).
+
+        Depth says how much work there is; age says whether it keeps up: a queue whose oldest
+        due item grows older at every scrape needs more workers (docs/DEPLOY.md). An item that
+        backs off after a failure is not due until its next attempt, so it does not count.
+        """
+        now = utcnow()
+        age = GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_due_seconds",
+            "Seconds the oldest due, unclaimed item of a queue has waited",
+            labels=["queue"],
+        )
+        oldest_job = session.scalar(
+            select(func.min(Job.next_run_at)).where(
+                Job.state == JobState.PENDING, Job.next_run_at <= now
+            )
+        )
+        oldest_delivery = session.scalar(
+            select(func.min(OutboxEntry.next_attempt_at)).where(
+                OutboxEntry.state == OutboxState.PENDING, OutboxEntry.next_attempt_at <= now
+            )
+        )
+        for queue, oldest in (("analysis", oldest_job), ("delivery", oldest_delivery)):
+            waited = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+            age.add_metric([queue], waited)
+        return age
 
     def collect(self) -> Iterator[Metric]:
         with reading(self._sessions) as session:
@@ -83,6 +113,8 @@ class DatabaseCollector(Collector):
                 by_state.get(JobState.PENDING.value, 0) + by_state.get(JobState.RUNNING.value, 0)
             ),
         )
+
+        yield self._queue_age(session)
 
         count, total_ms = session.execute(
             select(func.count(ImagePrediction.inference_ms), func.sum(ImagePrediction.inference_ms))

@@ -99,6 +99,43 @@ def test_metrics_are_computed_from_the_database(world: World, client: TestClient
     assert 'fracture_gateway_failures_total{kind="delivery"} 1.0' in text_body
 
 
+def test_metrics_give_the_age_of_the_oldest_due_item_per_queue(
+    world: World, client: TestClient
+) -> None:
+    study = seed_study(world, probability=None)
+    now = utcnow()
+    with world.sessions() as session, session.begin():
+        # due for two minutes, due for ten seconds, and backing off until later: 120 s
+        for generation, due in (
+            (1, now - timedelta(seconds=120)),
+            (2, now - timedelta(seconds=10)),
+        ):
+            session.add(
+                Job(
+                    study_id=study.id,
+                    generation=generation,
+                    state=JobState.PENDING,
+                    next_run_at=due,
+                )
+            )
+        session.add(
+            Job(
+                study_id=study.id,
+                generation=3,
+                state=JobState.PENDING,
+                next_run_at=now + timedelta(hours=1),
+            )
+        )
+    text_body = client.get("/metrics").text
+    ages = {
+        line.split('queue="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text_body.splitlines()
+        if line.startswith("fracture_gateway_queue_oldest_due_seconds{")
+    }
+    assert 120 <= ages["analysis"] < 180
+    assert ages["delivery"] == 0.0
+
+
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
     assert body["status"] == "ok"
