@@ -12,29 +12,30 @@ Uses a tiny untrained model package: the test is about the distributed path, not
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kombu import Connection
-from pydicom import dcmread
-from pydicom.uid import generate_uid
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 from db.models import Instance, Job, JobState, Study
 from db.results import OutboxEntry, OutboxState, ResultObject
 from db.review import AuditEvent
 from dicom_node.send import send_files
+from tests.helpers.cluster import (
+    Started,
+    cluster_environment,
+    consumers,
+    make_studies,
+    poll,
+    postgres_schema,
+    start,
+)
 from tests.helpers.orthanc import Orthanc, orthanc
 from tests.helpers.rabbitmq import broker_url
 from tests.helpers.tools import free_port, stop_process, wait_for_port
@@ -43,8 +44,6 @@ __all__ = ["broker_url", "orthanc"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DX = "highdicom/data/test_files/dx_image.dcm"
 #: Studies sent; each has two images, one sent to each node.
 STUDIES = int(os.environ.get("FRACTURE_GATEWAY_TEST_CLUSTER_STUDIES", "12"))
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -57,94 +56,29 @@ DEADLINE_S = 120.0 + 10.0 * STUDIES
 INSTANCES_TRANSFERRED = "110104"
 
 
-@dataclass
-class Started:
-    """A ``fracture-gateway`` process started by the test (the Python process itself)."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-
 @pytest.fixture
 def schema_url(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL URL whose search path is a fresh schema, dropped afterwards."""
-    schema = f"cluster_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema(postgres_url) as url:
+        yield url
 
 
-def make_studies(shared_dir: Path, folder: Path, count: int) -> list[tuple[str, Path, Path]]:
-    """``count`` two-image DX studies (two series each), as files: (study UID, first, second)."""
-    source = dcmread(shared_dir / "dicom" / DX)
-    source.BodyPartExamined = "HAND"
-    studies = []
-    for n in range(count):
-        first = copy.deepcopy(source)
-        first.PatientID = f"CLUSTER-{n:03d}"
-        first.StudyInstanceUID = generate_uid()
-        first.SeriesInstanceUID = generate_uid()
-        first.SOPInstanceUID = generate_uid()
-        second = copy.deepcopy(first)
-        second.SeriesInstanceUID = generate_uid()
-        second.SOPInstanceUID = generate_uid()
-        second.SeriesNumber = 2
-        paths = (folder / f"{n:03d}-a.dcm", folder / f"{n:03d}-b.dcm")
-        first.save_as(paths[0], enforce_file_format=True)
-        second.save_as(paths[1], enforce_file_format=True)
-        studies.append((str(first.StudyInstanceUID), *paths))
-    return studies
-
-
-def cluster_environment(
-    tmp_path: Path, database_url: str, broker: str, model: Path, pacs: Orthanc
-) -> dict[str, str]:
-    """The settings every process shares, as environment variables (no configuration file)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTURE_GATEWAY_")}
-    env["FRACTURE_GATEWAY_SHARED"] = os.environ.get("FRACTURE_GATEWAY_SHARED", "")
-    destination = {
-        "name": "pacs",
-        "ae_title": pacs.ae_title,
-        "host": "127.0.0.1",
-        "port": pacs.dicom_port,
-    }
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "FRACTURE_GATEWAY_DATABASE__URL": database_url,
-            "FRACTURE_GATEWAY_STORAGE__FOLDER": str(tmp_path / "shared-storage"),
-            "FRACTURE_GATEWAY_JOBS__EXECUTOR": "celery",
-            "FRACTURE_GATEWAY_JOBS__BROKER_URL": broker,
-            "FRACTURE_GATEWAY_JOBS__LEASE_S": str(LEASE_S),
-            "FRACTURE_GATEWAY_JOBS__POLL_INTERVAL_S": "0.2",
-            # Study jobs only: a kill must find each worker inside a job, and image jobs are
-            # over too soon (the Celery path of an image job: tests/gateway/test_arrival_analysis).
-            "FRACTURE_GATEWAY_GROUPING__ANALYSE_ON_ARRIVAL": "false",
-            "FRACTURE_GATEWAY_JOBS__BACKOFF_BASE_S": "0.5",
-            "FRACTURE_GATEWAY_JOBS__REPUBLISH_AFTER_S": "20",
-            "FRACTURE_GATEWAY_GROUPING__QUIET_PERIOD_S": "3",
-            "FRACTURE_GATEWAY_GROUPING__POLL_INTERVAL_S": "0.2",
-            "FRACTURE_GATEWAY_OUTBOX__LEASE_S": str(LEASE_S),
-            "FRACTURE_GATEWAY_OUTBOX__BACKOFF_BASE_S": "0.5",
-            "FRACTURE_GATEWAY_OUTBOX__BACKOFF_MAX_S": "2",
-            "FRACTURE_GATEWAY_INFERENCE__MODEL_PATH": str(model),
-            "FRACTURE_GATEWAY_API__ENABLED": "false",
-            "FRACTURE_GATEWAY_NODE__BIND_ADDRESS": "127.0.0.1",
-            "FRACTURE_GATEWAY_NODE__ACCEPT_ANY_CALLING_AE": "true",
-            "FRACTURE_GATEWAY_DESTINATIONS": json.dumps([destination]),
-            "FRACTURE_GATEWAY_LOG_LEVEL": "INFO",
-        }
-    )
-    return env
+#: What this test changes from the defaults: short leases and backoffs, so that a killed
+#: worker's job comes back within the test; study jobs only: a kill must find each worker
+#: inside a job, and image jobs are over too soon (the Celery path of an image job:
+#: tests/gateway/test_arrival_analysis).
+OVERRIDES = {
+    "FRACTURE_GATEWAY_JOBS__LEASE_S": str(LEASE_S),
+    "FRACTURE_GATEWAY_JOBS__POLL_INTERVAL_S": "0.2",
+    "FRACTURE_GATEWAY_GROUPING__ANALYSE_ON_ARRIVAL": "false",
+    "FRACTURE_GATEWAY_JOBS__BACKOFF_BASE_S": "0.5",
+    "FRACTURE_GATEWAY_JOBS__REPUBLISH_AFTER_S": "20",
+    "FRACTURE_GATEWAY_GROUPING__QUIET_PERIOD_S": "3",
+    "FRACTURE_GATEWAY_GROUPING__POLL_INTERVAL_S": "0.2",
+    "FRACTURE_GATEWAY_OUTBOX__LEASE_S": str(LEASE_S),
+    "FRACTURE_GATEWAY_OUTBOX__BACKOFF_BASE_S": "0.5",
+    "FRACTURE_GATEWAY_OUTBOX__BACKOFF_MAX_S": "2",
+}
 
 
 @pytest.fixture
@@ -154,42 +88,6 @@ def processes() -> Iterator[list[Started]]:
     yield started
     for item in reversed(started):
         stop_process(item.process, timeout_s=20)
-
-
-def start(
-    started: list[Started], name: str, args: list[str], env: dict[str, str], home: Path
-) -> Started:
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "process.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
-            cwd=REPO_ROOT,
-            env={**env, "FRACTURE_GATEWAY_HOME": str(home)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    item = Started(name, process)
-    started.append(item)
-    return item
-
-
-def consumers(broker: str, queue: str) -> int:
-    """How many consumers (worker processes) RabbitMQ has on ``queue`` (0 if not declared)."""
-    with Connection(broker) as connection:
-        channel = connection.channel()
-        try:
-            return int(channel.queue_declare(queue, passive=True).consumer_count)
-        except Exception:  # not declared yet: no worker has started consuming
-            return 0
-
-
-def poll(condition_name: str, check: object, deadline: float, interval_s: float = 0.05) -> None:
-    """Call ``check`` until it returns true; fail with ``condition_name`` at the deadline."""
-    assert callable(check)
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not reached in time: {condition_name}")
-        time.sleep(interval_s)
 
 
 def test_two_nodes_two_workers_one_killed_mid_job(
@@ -205,7 +103,9 @@ def test_two_nodes_two_workers_one_killed_mid_job(
     model = tmp_path / "model"
     make_package(model, size=64)
     studies = make_studies(shared_dir, tmp_path, STUDIES)
-    env = cluster_environment(tmp_path, schema_url, broker_url, model, orthanc)
+    env = cluster_environment(
+        tmp_path / "shared-storage", schema_url, broker_url, model, orthanc, OVERRIDES
+    )
 
     workers = [
         start(processes, f"worker{i}", ["worker", "--concurrency", "1"], env, tmp_path / f"w{i}")
