@@ -136,7 +136,7 @@ def queue_arrived_instances(
     created: list[int] = []
     with writing(factory) as session:
         rows = session.execute(
-            select(Instance.id, Instance.study_id, Study.generation)
+            select(Instance.id, Instance.study_id, Study.generation, Instance.received_at)
             .join(Study, Study.id == Instance.study_id)
             .where(*waiting)
             .order_by(Instance.id)
@@ -144,7 +144,7 @@ def queue_arrived_instances(
             # Two nodes on one PostgreSQL database: each instance is queued by one of them.
             .with_for_update(skip_locked=True, of=Instance)
         ).all()
-        for instance_id, study_id, generation in rows:
+        for instance_id, study_id, generation, received_at in rows:
             job = Job(
                 study_id=study_id,
                 kind=JobKind.IMAGE.value,
@@ -152,7 +152,9 @@ def queue_arrived_instances(
                 generation=generation,
                 max_attempts=max_attempts,
                 next_run_at=now,
-                created_at=now,
+                # Never before the copy it analyses was recorded: an instance stored after
+                # ``now`` was taken would otherwise still look unqueued and be queued twice.
+                created_at=max(now, received_at),
             )
             session.add(job)
             session.flush()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DuplicatePolicy, JobSettings
@@ -137,6 +137,20 @@ def test_study_completes_once_its_announced_instances_are_stored(
     receive(sessions, store, "1.2.4", "1.2.4.3", announced=2)
     (second,) = complete_studies(sessions, quiet_period_s=3600, max_attempts=3, now=now)
     assert second != job_id
+
+
+def test_an_instance_stored_while_a_pass_runs_is_queued_once(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # The pass took its clock reading before the instance was recorded (a busy machine): its
+    # job must still count as queued for that copy, or the next pass queues it again.
+    store = InstanceStore(tmp_path / "storage")
+    before = utcnow() - timedelta(seconds=5)
+    receive(sessions, store, "1.2.9", "1.2.9.1")
+    assert len(queue_arrived_instances(sessions, max_attempts=3, now=before)) == 1
+    assert queue_arrived_instances(sessions, max_attempts=3) == []
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
 
 
 def test_each_arrived_instance_gets_one_image_job(
