@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.fresh import run_fresh
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,17 +113,7 @@ print(json.dumps(heavy))
 
 def test_the_model_card_and_the_service_load_without_tensorflow() -> None:
     """Each module is imported in turn in a fresh interpreter; none may pull in Keras."""
-    child = subprocess.run(
-        [sys.executable, "-c", _IMPORT_AND_REPORT, *LIGHT_MODULES],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    heavy = json.loads(child.stdout.strip().splitlines()[-1])
+    heavy = json.loads(run_fresh(_IMPORT_AND_REPORT, *LIGHT_MODULES).strip().splitlines()[-1])
     assert list(heavy) == list(LIGHT_MODULES)
     assert {name: loaded for name, loaded in heavy.items() if loaded} == {}
 
@@ -132,16 +121,7 @@ def test_the_model_card_and_the_service_load_without_tensorflow() -> None:
 @pytest.mark.slow
 def test_the_tensorflow_check_sees_a_module_that_loads_it() -> None:
     """inference.predictor builds Keras models, so it loads TensorFlow: the check can fail."""
-    child = subprocess.run(
-        [sys.executable, "-c", _IMPORT_AND_REPORT, "inference.predictor"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    assert json.loads(child.stdout.strip().splitlines()[-1]) == {
+    output = run_fresh(_IMPORT_AND_REPORT, "inference.predictor")
+    assert json.loads(output.strip().splitlines()[-1]) == {
         "inference.predictor": ["keras", "tensorflow"]
     }

@@ -10,8 +10,6 @@ import gc
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from config.settings import Settings
 from inference import isolation
 from inference.decode import DecodedImage, decode_frame, decode_image
 from inference.errors import NotAnalysable, Reason
+from tests.helpers.fresh import run_fresh
 from tests.inference.dicom_factory import compressed, make_image
 from tests.inference.leaky_jpeg import intact_lossless, leaking_lossless
 from tests.inference.test_pixels_syntaxes import SYNTAX_FILES
@@ -39,7 +38,6 @@ DECODES = 30
 LEAK_IN_PROCESS = 15 * MIB
 #: What the parent may grow over the same decodes when they run in children (measured: 0.3-0.5 MiB).
 GROWTH_WITH_POOL = 4 * MIB
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NATIVE = Path("pydicom/src/pydicom/data/test_files/CT_small.dcm")
 #: A Rows value no real test file has: the crashing task aborts on it.
 CRASH_ROWS = 1024
@@ -179,17 +177,7 @@ def test_the_parent_does_not_grow_on_leaking_input(shared_dir: Path) -> None:
         "from tests.inference.test_isolation import measure_growth; "
         f"measure_growth({str(shared_dir)!r})"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    growth = json.loads(done.stdout.strip().splitlines()[-1])
+    growth = json.loads(run_fresh(code, timeout_s=600).strip().splitlines()[-1])
     # The input leaks when decoded here: otherwise the rest proves nothing.
     in_process = growth["in_process"]
     assert in_process >= LEAK_IN_PROCESS, f"grew {in_process / MIB:.1f} MiB in-process"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import pickle
 import re
-import subprocess
-import sys
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -23,9 +20,8 @@ from pydicom.dataset import Dataset
 from inference.decode import DECODING_PLUGINS
 from inference.errors import NotAnalysable, Reason
 from inference.pixels import check_analysable, display_grey, to_model_input
+from tests.helpers.fresh import run_fresh
 from tests.inference.dicom_factory import compressed, make_image
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_image(**attributes: Any) -> Dataset:
@@ -336,14 +332,4 @@ except NotAnalysable as exc:
 def test_a_corrupt_jpeg_never_reaches_python_gdcm() -> None:
     """Found by the fuzzer: one byte too many in a Huffman table made the process abort."""
     assert "gdcm" not in DECODING_PLUGINS
-    child = subprocess.run(
-        [sys.executable, "-c", CORRUPT_JPEG_CHILD],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    assert child.stdout.strip() in {"(32, 32, 1)", Reason.UNDECODABLE}
+    assert run_fresh(CORRUPT_JPEG_CHILD).strip() in {"(32, 32, 1)", Reason.UNDECODABLE}
