@@ -240,6 +240,23 @@ class JobSettings(BaseModel):
         ),
     )
     poll_interval_s: float = Field(0.5, gt=0.0)
+    yield_to_ingest_s: float = Field(
+        0.25,
+        ge=0.0,
+        description=(
+            "the in-process workers start no new job while the DICOM node receives data and "
+            "for this long after the last of it, so that a burst of C-STOREs is stored at the "
+            "disk's pace (0: never hold back)"
+        ),
+    )
+    yield_max_s: float = Field(
+        10.0,
+        ge=0.0,
+        description=(
+            "the longest the in-process workers hold back in one uninterrupted burst of "
+            "C-STOREs; after that they share the CPUs with ingest again, so results never starve"
+        ),
+    )
 
 
 #: The result objects a destination can receive: the study's TID 1500 SR, each image's heat-map

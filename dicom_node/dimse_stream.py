@@ -33,6 +33,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicom_node.activity import IngestActivity
 from dicom_node.ingest import file_meta_for
 from dicom_node.receiving import IncomingDataSet, ReceivedDataSet
 from dicom_node.storage import InstanceStore, StorageError
@@ -55,9 +56,13 @@ _END_OF_DATA_SET = bytes([_LAST])
 class StreamingDIMSE(DIMSEServiceProvider):
     """The DIMSE provider of an association we accepted, streaming C-STORE data sets to disk."""
 
-    def __init__(self, assoc: Association, store: InstanceStore) -> None:
+    def __init__(
+        self, assoc: Association, store: InstanceStore, activity: IngestActivity | None = None
+    ) -> None:
         super().__init__(assoc)
         self._store = store
+        #: Told of every P-DATA received, so that background work yields to ingest.
+        self._activity = activity
         self._incoming: IncomingDataSet | None = None
         self._declined: object = None  # the message whose data set stays in memory
         self._received: dict[Path, ReceivedDataSet] = {}
@@ -65,6 +70,8 @@ class StreamingDIMSE(DIMSEServiceProvider):
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         """Route data-set fragments of a C-STORE-RQ to its file; everything else to pynetdicom."""
+        if self._activity is not None:
+            self._activity.touch()
         incoming = self._incoming
         if incoming is None:
             super().receive_primitive(primitive)
@@ -133,6 +140,8 @@ class StreamingDIMSE(DIMSEServiceProvider):
         header, fragment) and must not change afterwards. Nothing is written unless every item
         qualifies; then the caller leaves the PDU to pynetdicom (False).
         """
+        if self._activity is not None:
+            self._activity.touch()
         incoming, message = self._incoming, self.message
         if incoming is None or message is None:
             return False

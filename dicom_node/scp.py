@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
+from dicom_node.activity import IngestActivity
 from dicom_node.conformance import (
     ACCEPTED_TRANSFER_SYNTAXES,
     RADIOGRAPH_SOP_CLASSES,
@@ -47,6 +48,8 @@ class StoreContext:
     sessions: sessionmaker[Session]
     #: Counts each stored instance for the association's audit record (None: no audit).
     audit: NodeAudit | None = None
+    #: Told of every P-DATA received, so that background work can yield to ingest.
+    activity: IngestActivity | None = None
 
 
 def storage_contexts(settings: Settings) -> list[PresentationContext]:
@@ -136,6 +139,7 @@ def start_scp(
         settings=settings,
         audit=ctx.audit,
         store=ctx.store,
+        activity=ctx.activity,
     )
     assert isinstance(server, GuardedAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)

@@ -49,6 +49,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from config.settings import Settings
+from dicom_node.activity import IngestActivity
 from dicom_node.admission import (
     Admission,
     AdmissionLimits,
@@ -334,7 +335,7 @@ class GuardedRequestHandler(RequestHandler):
         )
         assoc.set_socket(bounded)
         if self.server.store is not None:
-            assoc.dimse = StreamingDIMSE(assoc, self.server.store)
+            assoc.dimse = StreamingDIMSE(assoc, self.server.store, self.server.activity)
 
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
@@ -371,6 +372,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         settings: Settings,
         audit: NodeAudit | None = None,
         store: InstanceStore | None = None,
+        activity: IngestActivity | None = None,
         **kwargs: Any,
     ) -> None:
         self.settings = settings
@@ -378,6 +380,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self.audit = audit
         #: Where C-STORE data sets are written while they arrive (none: pynetdicom's way).
         self.store = store
+        #: Told of every P-DATA received (none: nobody yields to ingest).
+        self.activity = activity
         self.admission = Admission(AdmissionLimits.from_settings(settings.node))
         # The listen backlog (socketserver's default is 5): a burst of connections must reach
         # accept() and its limits, not have its SYNs dropped and retried seconds later.

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import JobExecutor, Settings
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
+from dicom_node.activity import IngestActivity
 from dicom_node.grouping import GroupingTimer
 from dicom_node.network_audit import NodeAudit
 from dicom_node.outbox import OutboxWorker
@@ -76,6 +77,8 @@ class Service:
     grouping: GroupingTimer | None = field(init=False, default=None)
     #: The in-process workers, or the Celery sweeper that publishes due rows (None: neither).
     executor: Executor | None = field(init=False, default=None)
+    #: What the node received lately, which the in-process workers yield to (None: no yielding).
+    ingest: IngestActivity | None = field(init=False, default=None)
     #: The audit of DICOM network events (None until started).
     audit: NodeAudit | None = field(init=False, default=None)
     #: The model the workers run, shared with the API so it is loaded once (None: not loaded).
@@ -127,7 +130,14 @@ class Service:
             self.reconciliation = reconcile_storage(self.sessions, self.store)
             fill_image_sizes(self.sessions, self.store)
         on_jobs = None
-        celery = self.settings.jobs.executor is JobExecutor.CELERY
+        jobs_settings = self.settings.jobs
+        celery = jobs_settings.executor is JobExecutor.CELERY
+        # Workers and node in one process: the workers yield the CPUs to a burst of C-STOREs.
+        ingest = self.ingest = (
+            IngestActivity(jobs_settings.yield_to_ingest_s, jobs_settings.yield_max_s)
+            if dicom and worker and not celery and jobs_settings.yield_to_ingest_s > 0
+            else None
+        )
         if celery and sweeper:
             from gateway.celery_app import Sweeper, make_app
 
@@ -158,7 +168,7 @@ class Service:
             self.predictor = next(
                 (s.predictor for s in pipeline.steps if hasattr(s, "predictor")), None
             )
-            executor = InProcessExecutor(self.sessions, pipeline, self.settings.jobs)
+            executor = InProcessExecutor(self.sessions, pipeline, jobs_settings, ingest)
             executor.start()
             self.executor = executor
             on_jobs = lambda _ids: executor.wake()  # noqa: E731 - wake the workers at once
@@ -172,7 +182,7 @@ class Service:
         )
         self.grouping.start()
         if dicom:
-            ctx = StoreContext(self.settings, self.store, self.sessions, self.audit)
+            ctx = StoreContext(self.settings, self.store, self.sessions, self.audit, ingest)
             self.scp = start_scp(self.settings, ctx)
             log.info(
                 "DICOM node %s listening on %s:%d",

@@ -19,6 +19,7 @@ from config.settings import JobSettings
 from db import jobs
 from db.jobs import ClaimedJob, JobHeldError, LeaseLostError, PermanentJobError
 from db.models import JobState
+from dicom_node.activity import IngestActivity
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,24 @@ def run_one(
 
 
 class InProcessExecutor:
-    """A pool of worker threads polling the jobs table."""
+    """A pool of worker threads polling the jobs table.
+
+    With ``ingest``, a worker starts no new job while this process's DICOM node is receiving
+    a burst of data (:class:`~dicom_node.activity.IngestActivity`): analysis on arrival would
+    otherwise take the CPUs the C-STOREs need. A job already running is not interrupted.
+    """
 
     def __init__(
-        self, factory: sessionmaker[Session], runner: JobRunner, settings: JobSettings
+        self,
+        factory: sessionmaker[Session],
+        runner: JobRunner,
+        settings: JobSettings,
+        ingest: IngestActivity | None = None,
     ) -> None:
         self._factory = factory
         self._runner = runner
         self._settings = settings
+        self._ingest = ingest
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [
@@ -130,6 +141,8 @@ class InProcessExecutor:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._hold_back():
+                continue
             try:
                 found = run_one(self._factory, self._runner, self._settings)
             except Exception:
@@ -138,3 +151,13 @@ class InProcessExecutor:
             if not found:
                 self._wake.wait(self._settings.poll_interval_s)
                 self._wake.clear()
+
+    def _hold_back(self) -> bool:
+        """Wait while the DICOM node takes a burst of data; whether this loop should look again."""
+        if self._ingest is None:
+            return False
+        wait_s = self._ingest.hold_back_s()
+        if wait_s <= 0:
+            return False
+        self._stop.wait(wait_s)
+        return True
