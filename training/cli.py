@@ -87,6 +87,17 @@ def train(
         int,
         typer.Option(min=1, help="Second stage: halve the rate after these flat epochs."),
     ] = 3,
+    localisation_average_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Second stage: epochs after the chosen one whose map weights are averaged "
+            "into the model (0: none).",
+        ),
+    ] = 0,
+    localisation_average_with_validation: Annotated[
+        bool, typer.Option(help="Second stage: the averaging epochs also train on validation.")
+    ] = False,
 ) -> None:
     """Train a fracture classifier; by default also export its package and evaluate it on test."""
     from training.export import load_trained
@@ -142,6 +153,8 @@ def train(
                 branch_first_stage=branch_first_stage,
                 branch_through_head=branch_through_head,
                 patience=localisation_patience,
+                average_epochs=localisation_average_epochs,
+                average_with_validation=localisation_average_with_validation,
             ),
         )
     _export_and_evaluate(
@@ -227,7 +240,9 @@ def localise(
     ],
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Run folder; re-running the command resumes it.")],
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    epochs: Annotated[
+        int, typer.Option(min=0, help="Epochs of which the best on validation is kept.")
+    ] = 12,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     seed: Annotated[
@@ -254,8 +269,22 @@ def localise(
     patience: Annotated[
         int, typer.Option(min=1, help="Halve the learning rate after this many flat epochs.")
     ] = 3,
+    average_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Epochs after the kept one, at a constant rate, whose map weights are "
+            "averaged into the model (0: none).",
+        ),
+    ] = 0,
+    average_learning_rate: Annotated[float, typer.Option(min=0.0)] = 5e-4,
+    average_with_validation: Annotated[
+        bool, typer.Option(help="The averaging epochs also train on the validation pictures.")
+    ] = False,
 ) -> None:
     """Refine a trained EfficientNet-Lite's fracture map on the boxes, classifier frozen."""
+    if epochs == 0 and average_epochs == 0:
+        raise typer.BadParameter("nothing to do: give --epochs or --average-epochs")
     from inference.model_package import read_card
     from training.export import load_trained, model_input_size
     from training.localise import LocaliseConfig
@@ -294,6 +323,9 @@ def localise(
         branch_first_stage=branch_first_stage,
         branch_through_head=branch_through_head,
         patience=patience,
+        average_epochs=average_epochs,
+        average_learning_rate=average_learning_rate,
+        average_with_validation=average_with_validation,
     )
     refined, training["localisation_stage"] = _localise(trained, prepared, out, config)
     if export:

@@ -16,11 +16,18 @@ reader looks at. Stage 2 takes the trained model and:
   binary cross-entropy (a negative picture's map is empty) plus, for a picture with boxes, the
   cross-entropy between the map's spatial softmax and its box cells (the peak lies in a box);
 - keeps the epoch whose map puts its peak inside an annotated box for the most validation
-  pictures (:func:`peak_in_box_share`).
+  pictures (:func:`peak_in_box_share`);
+- optionally (``average_epochs``), goes on from that epoch at a constant learning rate and
+  averages the head's weights over those epochs (stochastic weight averaging, Izmailov et al.,
+  UAI 2018): the validation share moves by several pictures from epoch to epoch, and picking
+  the best epoch on 85 validation pictures picks noise along with the map; the average is a
+  fixed protocol, chosen by nothing, and can train on the validation pictures too
+  (``average_with_validation``) since nothing is chosen on them.
 
-The run folder holds ``localised.keras`` (best so far), ``localised_last.keras`` and
-``localisation.json`` (progress); re-running the same command resumes after the last finished
-epoch (the optimizer starts afresh at the recorded learning rate).
+The run folder holds ``localised.keras`` (best so far), ``localised_last.keras``,
+``localised_average.keras`` (the running average) and ``localisation.json`` (progress);
+re-running the same command resumes after the last finished epoch (the optimizer starts afresh
+at the recorded learning rate).
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 LOCALISED_MODEL = "localised.keras"
 #: The refined model after the last finished epoch.
 LOCALISED_LAST = "localised_last.keras"
+#: The running average of the head's weights over the averaging epochs.
+LOCALISED_AVERAGE = "localised_average.keras"
 #: Progress of the second stage.
 LOCALISATION_STATE = "localisation.json"
 #: Prefix of the localisation branch's copy of the backbone's stages 4 and 5.
@@ -88,6 +97,12 @@ class LocaliseConfig:
     branch_through_head: bool = False
     #: Halve the learning rate after this many epochs without a better validation share.
     patience: int = PATIENCE
+    #: Epochs after the chosen one, at ``average_learning_rate``, whose weights are averaged
+    #: into the model returned (0: the chosen epoch's model is returned).
+    average_epochs: int = 0
+    average_learning_rate: float = 5e-4
+    #: Whether the averaging epochs also train on the validation split's pictures.
+    average_with_validation: bool = False
 
 
 @dataclass(slots=True)
@@ -100,6 +115,9 @@ class LocaliseState:
     learning_rate: float = 0.0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Averaging epochs finished, and the validation share of the average after each.
+    averaged_epochs: int = 0
+    average_history: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
     def load(cls, folder: Path) -> LocaliseState:
@@ -284,7 +302,7 @@ def refine_localisation(
     folder.mkdir(parents=True, exist_ok=True)
     configure_threads(config.threads)
     state = LocaliseState.load(folder)
-    if state.epochs_done and (folder / LOCALISED_LAST).is_file():
+    if (state.epochs_done or state.averaged_epochs) and (folder / LOCALISED_LAST).is_file():
         log.info("resuming the localisation stage after epoch %d", state.epochs_done)
         model = keras.models.load_model(folder / LOCALISED_LAST, compile=False)
     else:
@@ -292,52 +310,26 @@ def refine_localisation(
         model = with_localisation_branch(
             trained, config.branch_first_stage, through_head=config.branch_through_head
         )
-    for layer in model.layers:
-        layer.trainable = is_head_layer(layer)
-    head = keras.Model(model.inputs, model.outputs[1], name="localisation_head")
-    positive = train.labels == positive_index
-    with_boxes = np.flatnonzero(positive & train.has_boxes)
-    negatives = np.flatnonzero(~positive)
+    head = _trainable_head(model)
     map_size = int(model.outputs[1].shape[1])
     log.info(
         "localisation stage: %d fractured pictures with boxes, %d without a fracture, %d x %d map",
-        with_boxes.size,
-        negatives.size,
+        int(np.count_nonzero((train.labels == positive_index) & train.has_boxes)),
+        int(np.count_nonzero(train.labels != positive_index)),
         map_size,
         map_size,
     )
     while state.epochs_done < config.epochs:
         epoch = state.epochs_done
-        keras.utils.set_random_seed(config.seed + epoch)
-        rng = np.random.default_rng(config.seed + epoch)
-        drawn = min(negatives.size, round(config.negatives_per_positive * with_boxes.size))
-        rows = np.sort(np.concatenate([with_boxes, rng.choice(negatives, drawn, replace=False)]))
-        data = make_localisation_dataset(
-            train.images[rows],
-            model_targets(train.labels[rows], 2, positive_index),
-            train.masks[rows],
-            np.ones(rows.size, np.float32),
-            map_size=map_size,
-            batch_size=config.batch_size,
-            shuffle_seed=config.seed + epoch,
-            augment_seed=config.seed + epoch if config.augment else None,
-        ).map(lambda x, y, w: (x, y[1]))
-        head.compile(
-            optimizer=keras.optimizers.AdamW(state.learning_rate, weight_decay=1e-4),
-            loss=peak_loss,
-        )
         started = time.monotonic()
-        with _FrozenDropout(model):
-            result = head.fit(
-                data, epochs=1, shuffle=False, verbose=1 if sys.stdout.isatty() else 2
-            )
+        loss = _train_epoch(head, model, train, positive_index, epoch, state.learning_rate, config)
         share, counted = peak_in_box_share(model, val, positive_index)
         state.seconds += time.monotonic() - started
         state.epochs_done = epoch + 1
         state.history.append(
             {
                 "epoch": epoch + 1,
-                "loss": float(result.history["loss"][-1]),
+                "loss": loss,
                 "val_peak_in_box": share,
                 "learning_rate": state.learning_rate,
             }
@@ -345,7 +337,7 @@ def refine_localisation(
         log.info(
             "localisation epoch %d: loss %.4f, validation peak in box %.3f (%d pictures)",
             epoch + 1,
-            result.history["loss"][-1],
+            loss,
             share,
             counted,
         )
@@ -356,8 +348,162 @@ def refine_localisation(
             state.learning_rate /= 2
         _save_atomically(model, folder / LOCALISED_LAST)
         state.save(folder, config)
+    if not (folder / LOCALISED_MODEL).is_file():  # no selection epochs: start from the input
+        _save_atomically(model, folder / LOCALISED_MODEL)
     best: keras.Model = keras.models.load_model(folder / LOCALISED_MODEL, compile=False)
+    if config.average_epochs:
+        best = _average(best, train, val, positive_index, folder, config, state)
     return best, state
+
+
+def _trainable_head(model: keras.Model) -> keras.Model:
+    """The model's map output with only the localisation head's layers trainable."""
+    for layer in model.layers:
+        layer.trainable = is_head_layer(layer)
+    return keras.Model(model.inputs, model.outputs[1], name="localisation_head")
+
+
+def _train_epoch(
+    head: keras.Model,
+    model: keras.Model,
+    train: PreparedSplit,
+    positive_index: int,
+    epoch: int,
+    learning_rate: float,
+    config: LocaliseConfig,
+) -> float:
+    """One epoch on the fractured pictures with boxes and as many normal ones drawn afresh."""
+    if train.masks is None or train.has_boxes is None:
+        raise ValueError("the training data has no fracture boxes to refine the map on")
+    keras.utils.set_random_seed(config.seed + epoch)
+    rng = np.random.default_rng(config.seed + epoch)
+    positive = train.labels == positive_index
+    with_boxes = np.flatnonzero(positive & train.has_boxes)
+    negatives = np.flatnonzero(~positive)
+    drawn = min(negatives.size, round(config.negatives_per_positive * with_boxes.size))
+    rows = np.sort(np.concatenate([with_boxes, rng.choice(negatives, drawn, replace=False)]))
+    data = make_localisation_dataset(
+        train.images[rows],
+        model_targets(train.labels[rows], 2, positive_index),
+        train.masks[rows],
+        np.ones(rows.size, np.float32),
+        map_size=int(model.outputs[1].shape[1]),
+        batch_size=config.batch_size,
+        shuffle_seed=config.seed + epoch,
+        augment_seed=config.seed + epoch if config.augment else None,
+    ).map(lambda x, y, w: (x, y[1]))
+    head.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
+        loss=peak_loss,
+    )
+    with _FrozenDropout(model):
+        result = head.fit(data, epochs=1, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    return float(result.history["loss"][-1])
+
+
+def head_weights(model: keras.Model) -> list[np.ndarray]:
+    """The localisation head's weights (batch-norm statistics included), in layer order."""
+    return [w for layer in model.layers if is_head_layer(layer) for w in layer.get_weights()]
+
+
+def set_head_weights(model: keras.Model, weights: list[np.ndarray]) -> None:
+    """Set what :func:`head_weights` returned; the classifier's layers are not touched."""
+    position = 0
+    for layer in model.layers:
+        if is_head_layer(layer):
+            count = len(layer.get_weights())
+            layer.set_weights(weights[position : position + count])
+            position += count
+    if position != len(weights):
+        raise ValueError(f"{len(weights)} weights given for a head of {position}")
+
+
+def combine(first: PreparedSplit, second: PreparedSplit) -> PreparedSplit:
+    """One split of both splits' pictures (for training on train and validation together)."""
+
+    def joined(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None or b is None else np.concatenate([a, b])
+
+    return PreparedSplit(
+        examples=first.examples + second.examples,
+        images=np.concatenate([first.images, second.images]),
+        labels=np.concatenate([first.labels, second.labels]),
+        masks=joined(first.masks, second.masks),
+        has_boxes=joined(first.has_boxes, second.has_boxes),
+        geometry=joined(first.geometry, second.geometry),
+    )
+
+
+def _average(
+    chosen: keras.Model,
+    train: PreparedSplit,
+    val: PreparedSplit,
+    positive_index: int,
+    folder: Path,
+    config: LocaliseConfig,
+    state: LocaliseState,
+) -> keras.Model:
+    """Go on from ``chosen`` for ``config.average_epochs`` and return the averaged model.
+
+    After each epoch the head's weights join a running mean (batch-norm statistics too: the
+    epochs' statistics are close, and their mean is what the averaged weights see on the
+    same data); the model returned carries the mean. Resumes like the selection epochs.
+    """
+    if state.averaged_epochs and (folder / LOCALISED_AVERAGE).is_file():
+        model = keras.models.load_model(folder / LOCALISED_LAST, compile=False)
+        averaged = keras.models.load_model(folder / LOCALISED_AVERAGE, compile=False)
+        mean = head_weights(averaged)
+        log.info("resuming the averaging after %d epochs", state.averaged_epochs)
+    else:
+        model, averaged, mean = chosen, chosen, []
+        state.averaged_epochs, state.average_history = 0, []
+    data = combine(train, val) if config.average_with_validation else train
+    head = _trainable_head(model)
+    while state.averaged_epochs < config.average_epochs:
+        done = state.averaged_epochs
+        started = time.monotonic()
+        epoch = config.epochs + done
+        loss = _train_epoch(
+            head, model, data, positive_index, epoch, config.average_learning_rate, config
+        )
+        current = head_weights(model)
+        mean = (
+            current
+            if not mean
+            else [m + (w - m) / (done + 1) for m, w in zip(mean, current, strict=True)]
+        )
+        last_share, _ = peak_in_box_share(model, val, positive_index)
+        set_head_weights(model, mean)
+        share, counted = peak_in_box_share(model, val, positive_index)
+        _save_atomically(model, folder / LOCALISED_AVERAGE)
+        set_head_weights(model, current)
+        state.seconds += time.monotonic() - started
+        state.averaged_epochs = done + 1
+        state.average_history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_peak_in_box_last": last_share,
+                "val_peak_in_box_average": share,
+            }
+        )
+        log.info(
+            "averaging epoch %d of %d: loss %.4f, validation peak in box %.3f (this epoch) "
+            "%.3f (average of %d epochs; %d pictures%s)",
+            done + 1,
+            config.average_epochs,
+            loss,
+            last_share,
+            share,
+            done + 1,
+            counted,
+            ", seen in training" if config.average_with_validation else "",
+        )
+        _save_atomically(model, folder / LOCALISED_LAST)
+        state.save(folder, config)
+    del averaged
+    result: keras.Model = keras.models.load_model(folder / LOCALISED_AVERAGE, compile=False)
+    return result
 
 
 def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any]:
@@ -373,4 +519,12 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
         "branch_first_stage": config.branch_first_stage,
         "branch_through_head": config.branch_through_head,
         "patience": config.patience,
+        "average_epochs": config.average_epochs,
+        "average_learning_rate": config.average_learning_rate,
+        "average_with_validation": config.average_with_validation,
+        "average_val_peak_in_box": (
+            round(state.average_history[-1]["val_peak_in_box_average"], 4)
+            if state.average_history
+            else None
+        ),
     }

@@ -22,8 +22,12 @@ from training.cache import geometry_row
 from training.localise import (
     BRANCH_OUTPUT,
     LOCALISATION_STATE,
+    LOCALISED_AVERAGE,
+    LOCALISED_LAST,
     LOCALISED_MODEL,
     LocaliseState,
+    combine,
+    head_weights,
     is_head_layer,
     peak_in_box_share,
     peak_loss,
@@ -210,3 +214,100 @@ def test_localise_refines_a_package_and_resumes_without_training_again(
     assert again.exit_code == 0, again.output
     assert json.loads((out / LOCALISATION_STATE).read_text())["epochs_done"] == 1
     assert (out / LOCALISED_MODEL).stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_averaging_epochs_give_the_mean_of_their_maps_and_resume(
+    lite_run: Path,  # noqa: F811
+    atlas_copy: Path,  # noqa: F811
+    cli: typer.Typer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "avg"
+
+    def run(average_epochs: int) -> None:
+        args = [
+            "localise",
+            "--model",
+            str(lite_run / "package"),
+            "--data",
+            str(atlas_copy),
+            "--out",
+            str(out),
+            "--epochs",
+            "0",
+            "--average-epochs",
+            str(average_epochs),
+            "--average-with-validation",
+            "--batch-size",
+            "8",
+            "--no-export",
+        ]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+
+    run(1)
+    first = head_weights(keras.models.load_model(out / LOCALISED_AVERAGE, compile=False))
+    run(2)  # resumes: one more epoch, averaged with the first
+    second = head_weights(keras.models.load_model(out / LOCALISED_LAST, compile=False))
+    averaged = keras.models.load_model(out / LOCALISED_AVERAGE, compile=False)
+    for mean, a, b in zip(head_weights(averaged), first, second, strict=True):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    state = LocaliseState.load(out)
+    assert (state.epochs_done, state.averaged_epochs) == (0, 2)
+    assert [row["epoch"] for row in state.average_history] == [1, 2]
+    # The classifier is the package's, to the last bit.
+    stage_one = keras.models.load_model(lite_run / "best.keras", compile=False)
+    x = np.random.default_rng(4).random((3, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(stage_one(x, training=False)[0]), np.asarray(averaged(x, training=False)[0])
+    )
+
+
+def test_localise_with_nothing_to_do_is_refused(
+    cli: typer.Typer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "m.keras"
+    _stage_one_model(32).save(model)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "localise",
+            "--model",
+            str(model),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--epochs",
+            "0",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "nothing to do" in result.output
+
+
+def test_combined_splits_keep_every_picture_in_order() -> None:
+    def part(count: int, offset: int) -> PreparedSplit:
+        return PreparedSplit(
+            examples=(),
+            images=np.full((count, 4, 4), offset, np.uint8),
+            labels=np.arange(count) + offset,
+            masks=np.zeros((count, 4, 4), np.uint8),
+            has_boxes=np.zeros(count, bool),
+            geometry=np.zeros((count, 7)),
+        )
+
+    both = combine(part(2, 0), part(3, 10))
+    assert both.labels.tolist() == [0, 1, 10, 11, 12]
+    assert both.images.shape == (5, 4, 4)
+    assert both.masks is not None
+    assert both.masks.shape == (5, 4, 4)
+    assert (
+        combine(
+            part(1, 0), PreparedSplit((), np.zeros((1, 4, 4), np.uint8), np.zeros(1, np.int64))
+        ).masks
+        is None
+    )
