@@ -69,6 +69,7 @@ from dicom_node.pdu import (
     abort_pdu,
     length_limit,
 )
+from dicom_node.reactor import ReactiveAssociation
 from dicom_node.storage import InstanceStore
 
 if TYPE_CHECKING:
@@ -319,7 +320,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def _create_bounded_association(self, sock: socket.socket, prefix: bytearray) -> Association:
         """``RequestHandler._create_association`` of pynetdicom 3.0.4 with our socket class."""
-        assoc = Association(self.ae, _MODE_ACCEPTOR)
+        assoc = ReactiveAssociation(self.ae, _MODE_ACCEPTOR)
         assoc._server = self.server
 
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
@@ -335,7 +336,7 @@ class GuardedRequestHandler(RequestHandler):
         )
         assoc.set_socket(bounded)
         if self.server.store is not None:
-            assoc.dimse = StreamingDIMSE(assoc, self.server.store, self.server.activity)
+            assoc.use_dimse(StreamingDIMSE(assoc, self.server.store, self.server.activity))
 
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title

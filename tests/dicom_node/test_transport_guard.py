@@ -55,6 +55,10 @@ CHECKED: dict[str, tuple[Callable[..., Any], str]] = {
     ),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data, "19f2d4e38c13c835"),
     "Association.run_reactor": (Association.run_reactor, "ed8bbbe3b3d6ddae"),
+    # dicom_node/reactor.py: the loop it copies, the kill it extends, the queues it replaces.
+    "Association._run_reactor": (Association._run_reactor, "f28838c5559e462a"),
+    "Association.kill": (Association.kill, "8f9713666a7f4cff"),
+    "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),
     # dicom_node/dimse_stream.py: how a C-STORE data set is assembled and handed over.
     "DIMSEServiceProvider.receive_primitive": (
         DIMSEServiceProvider.receive_primitive,
