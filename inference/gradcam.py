@@ -75,6 +75,40 @@ def resize_map(cam: FloatArray, size: int) -> FloatArray:
     return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
+#: The map's focus is the centre of mass of the area at or above this share of its maximum,
+#: around the maximum (chosen on the validation split: docs/MODEL.md, "Where the map points").
+FOCUS_LEVEL = 0.75
+
+
+def map_focus(heat: FloatArray, level: float = FOCUS_LEVEL) -> tuple[float, float]:
+    """``(x, y)`` of the map's focus, in pixel units (pixel ``i`` spans ``[i, i + 1)``).
+
+    The focus is the map-weighted centre of mass of the connected area (8-connected) at or
+    above ``level`` times the maximum that holds the (first) maximum. A coarse map resized
+    bilinearly peaks exactly on one of its cell centres, so the plain maximum can only land on
+    that grid (8 px apart at 320 px for a 40 x 40 map, more than a small fracture box); the
+    centre of the peak's area follows the map's shape between cells. A map without a positive
+    value has the centre of its first maximum's pixel as its focus.
+    """
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"expected a non-empty 2-D map, got shape {heat.shape}")
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must lie in (0, 1], got {level!r}")
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    peak = float(heat[y, x])
+    if not np.isfinite(peak) or peak <= 0.0:
+        return float(x) + 0.5, float(y) + 0.5
+    mask = (heat >= level * peak).astype(np.uint8)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    weights = np.where(labels == labels[y, x], heat, 0.0).astype(np.float64)
+    rows, columns = np.indices(heat.shape)
+    total = weights.sum()
+    return (
+        float((columns * weights).sum() / total) + 0.5,
+        float((rows * weights).sum() / total) + 0.5,
+    )
+
+
 def map_peak(heat: FloatArray) -> tuple[int, int]:
     """``(x, y)`` of a map's maximum (the first one on ties)."""
     if heat.ndim != 2 or heat.size == 0:

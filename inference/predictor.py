@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
-from inference.gradcam import gradcam_maps, gradcam_model, map_peak, resize_map
+from inference.gradcam import gradcam_maps, gradcam_model, map_focus, resize_map
 from inference.model_package import ModelCard, ModelPackage, OperatingPointName, OutputKind
 from inference.preprocess import GeometryTransform, PreparedImage
 from inference.regions import Region, find_regions
@@ -49,17 +49,19 @@ class ImagePrediction:
         return map_heatmap_to_original(self.heatmap, self.transform)
 
     def peak_on_original(self) -> tuple[float, float]:
-        """``(x, y)`` of the heat map's maximum over the image content, in original pixels.
+        """``(x, y)`` of the heat map's peak over the image content, in original pixels.
 
-        The letterbox padding holds no image, so the peak is searched inside the content box.
+        The peak is the map's focus (:func:`inference.gradcam.map_focus`): the centre of the
+        area around its maximum, which follows the map between the coarse map's cells. The
+        letterbox padding holds no image, so it is searched inside the content box.
         """
         t = self.transform
         box = t.content_box()
         content = self.heatmap[box.y0 : box.y1, box.x0 : box.x1]
-        x, y = map_peak(content if content.size else self.heatmap)
+        x, y = map_focus(content if content.size else self.heatmap)
         if content.size:
             x, y = x + box.x0, y + box.y0
-        ox, oy = t.to_original(x + 0.5, y + 0.5)
+        ox, oy = t.to_original(x, y)
         return (
             float(np.clip(ox, 0.0, t.original_width)),
             float(np.clip(oy, 0.0, t.original_height)),

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from inference.gradcam import resize_map
+from inference.gradcam import map_focus, resize_map
 from training.architectures import (
     GRADCAM_LAYER,
     LOCALISATION_CONTEXT_LAYER,
@@ -236,7 +236,8 @@ def peak_in_box_share(
     """Share of ``part``'s fractured pictures with boxes whose map peak lies inside a box.
 
     The peak is taken as the service takes it (:mod:`inference.predictor`): the map resized to
-    the model input, its maximum inside the picture's content (not the letterbox padding).
+    the model input, its focus (:func:`inference.gradcam.map_focus`) inside the picture's
+    content (not the letterbox padding).
     Returns ``(share, pictures counted)``.
     """
     if part.masks is None or part.has_boxes is None:
@@ -254,8 +255,10 @@ def peak_in_box_share(
             heat = resize_map(coarse, size)
             box = part.transform(int(row)).content_box()
             content = heat[box.y0 : box.y1, box.x0 : box.x1]
-            y, x_ = np.unravel_index(int(np.argmax(content)), content.shape)
-            hits += int(part.masks[row][y + box.y0, x_ + box.x0] > 0)
+            x_, y = map_focus(content)
+            cell_y = min(int(y) + box.y0, size - 1)
+            cell_x = min(int(x_) + box.x0, size - 1)
+            hits += int(part.masks[row][cell_y, cell_x] > 0)
     return hits / chosen.size, int(chosen.size)
 
 
