@@ -160,7 +160,7 @@ def main() -> None:
         f"leaking JPEG Lossless, {args.decodes} refused decodes: parent grew "
         f"{here_growth / MIB:.1f} MiB here, {pool_growth / MIB:.1f} MiB with the pool "
         f"({settings.processes} children, {settings.decodes_per_child} decodes per child, "
-        f"{settings.max_child_rss_mib} MiB; {recycled} generations replaced)"
+        f"{settings.max_child_rss_mib} MiB; {recycled} children replaced)"
     )
 
 

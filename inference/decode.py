@@ -585,7 +585,8 @@ def decode_image(ds: Dataset, *, min_long_side: int | None = None) -> DecodedIma
     ------
     NotAnalysable
         From :func:`check_analysable`, or ``undecodable`` when every installed decoder fails
-        or the decoding process dies.
+        or the decoding process dies, or ``decode_timeout`` when the decoding process runs past
+        its time limit and is killed.
     """
     check_analysable(ds)
     tsyntax = transfer_syntax_of(ds)

@@ -19,6 +19,9 @@ class Reason(StrEnum):
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
     UNDECODABLE = "undecodable"
+    #: Decoding ran past ``decode_timeout_s`` and its child process was killed
+    #: (:mod:`inference.isolation`): a codec looping on a hostile stream.
+    DECODE_TIMEOUT = "decode_timeout"
     INVALID_LUT = "invalid_lut"
     OUT_OF_SCOPE = "out_of_scope"
 

@@ -2,18 +2,20 @@
 
 The codecs are C and C++ libraries fed with bytes from the network. pylibjpeg-libjpeg keeps
 about one decoded image of memory at each failed decode of some malformed JPEG Lossless
-streams (docs/SECURITY.md), and any codec may abort or crash on hostile data. Decoded in a
-child process, the leak goes back to the operating system when the child is replaced, and a
-crash ends the child only: the decode is refused as ``undecodable`` and the pool goes on.
+streams (docs/SECURITY.md), any codec may abort or crash on hostile data, and one may loop
+for ever. Decoded in a child process, the leak goes back to the operating system when the
+child is replaced, a crash ends the child only (the image is refused as ``undecodable``), and
+a decode that runs past ``decode_timeout_s`` has its child killed (the image is refused as
+``decode_timeout``); the pool goes on with a fresh child either way.
 
-:class:`DecodePool` runs decodes on a :class:`concurrent.futures.ProcessPoolExecutor` whose
-children come from a ``forkserver`` (the parent runs threads and TensorFlow, which ``fork`` does
-not survive) with the decoding modules preloaded, so a replacement child starts in milliseconds.
-Children are recycled by replacing the whole executor (a *generation*) once a child reports
-``decodes_per_child`` decodes or a resident size over ``max_child_rss_mib``: the executor's own
-``max_tasks_per_child`` deadlocks on Python 3.11 to 3.13 once a backlog is queued (CPython
-gh-115634), and it knows nothing of memory. The retired executor finishes what it has started
-and its children exit.
+:class:`DecodePool` keeps up to ``processes`` children, each decoding one image at a time
+through a pipe of its own, so that the parent always knows which child runs which decode: a
+timeout kills that child only, and the decodes other children run finish undisturbed. (A
+``concurrent.futures.ProcessPoolExecutor`` cannot do that: it hides which child runs a task,
+and a child that dies breaks the whole executor.) The children come from a ``forkserver``
+(the parent runs threads and TensorFlow, which ``fork`` does not survive) with the decoding
+modules preloaded, so a replacement child starts in milliseconds. A child is replaced once it
+reports ``decodes_per_child`` decodes or a resident size over ``max_child_rss_mib``.
 
 One pool serves the whole process (the job workers, the publish step and the API's viewer all
 decode through :func:`inference.decode.decode_image`): the service's start-up takes it with
@@ -23,14 +25,16 @@ the first compressed decode. Without a pool, decoding stays in the calling proce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -53,6 +57,11 @@ _PRELOAD = ["inference.decode"]
 _MIB = 1024 * 1024
 #: Decoded frames of at least this many bytes come back through shared memory, not the pipe.
 _SHARED_FROM = 256 * 1024
+#: How long a new child may take to start and load its task before the pool gives up on it:
+#: not part of any decode's time, and far more than the milliseconds a start takes.
+_START_TIMEOUT_S = 60.0
+#: How long a child that was told to stop, or killed, may take to exit when the pool closes.
+_EXIT_TIMEOUT_S = 10.0
 #: How many decodes this child has run; a module global, because it counts in the child.
 _decodes_here = 0
 
@@ -71,6 +80,9 @@ class IsolationConfig(Protocol):
 
     @property
     def max_child_rss_mib(self) -> int: ...
+
+    @property
+    def decode_timeout_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +155,54 @@ def run_in_child(task: DecodeTask, ds: Dataset, min_long_side: int | None) -> Ch
     return ChildReport(outcome, os.getpid(), _decodes_here, resident_bytes())
 
 
-class DecodePool:
-    """Child processes that decode, replaced after ``decodes_per_child`` decodes, when one grows
-    past ``max_child_rss_mib`` and when one dies.
+def serve(conn: Connection, task: DecodeTask) -> None:
+    """A child's life: say it is ready, then answer each decode request until told to stop.
 
-    Thread-safe: the job workers and the API's threads call :meth:`decode` concurrently.
+    A request is ``(ds, min_long_side)``; ``None``, or the parent's end closing, stops the
+    child. The answer is a :class:`ChildReport`, or the exception of a task that failed other
+    than by refusing (a bug: the parent raises it, as it would have in-process).
+    """
+    conn.send(os.getpid())
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        ds, min_long_side = request
+        answer: ChildReport | Exception
+        try:
+            answer = run_in_child(task, ds, min_long_side)
+        except Exception as exc:  # not swallowed: sent to the parent, which raises it
+            answer = exc
+        try:
+            conn.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            conn.send(RuntimeError(f"{type(answer).__name__} in the decoding process"))
+
+
+@dataclass(eq=False, slots=True)
+class _Child:
+    """A decoding child and the parent's end of its pipe."""
+
+    process: BaseProcess
+    conn: Connection
+
+    @property
+    def pid(self) -> int:
+        pid = self.process.pid
+        assert pid is not None  # a started process has one
+        return pid
+
+
+class DecodePool:
+    """Child processes that decode, one image at a time each; a child is replaced after
+    ``decodes_per_child`` decodes, when it grows past ``max_child_rss_mib``, when it dies and
+    when a decode runs past ``decode_timeout_s`` (then it is killed).
+
+    Thread-safe: the job workers and the API's threads call :meth:`decode` concurrently; a
+    caller waits for a free child when all ``processes`` are busy.
     """
 
     def __init__(
@@ -157,101 +212,206 @@ class DecodePool:
         processes: int,
         decodes_per_child: int,
         max_child_rss_mib: int,
+        decode_timeout_s: float,
     ) -> None:
         if processes < 1 or decodes_per_child < 1 or max_child_rss_mib < 1:
             raise ValueError(
                 f"pool of {processes} processes, {decodes_per_child} decodes per child and "
                 f"{max_child_rss_mib} MiB per child: each must be at least 1"
             )
+        if not decode_timeout_s > 0:
+            raise ValueError(f"decode timeout of {decode_timeout_s} s: it must be positive")
         self._task = task
         self._processes = processes
         self._decodes_per_child = decodes_per_child
         self._max_rss_bytes = max_child_rss_mib * _MIB
+        self._timeout_s = decode_timeout_s
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
+        #: Guards everything below; notified whenever a child is given back or the pool closes.
+        self._changed = threading.Condition()
+        self._idle: list[_Child] = []
+        self._live: set[_Child] = set()
+        self._busy = 0
         self._closed = False
-        #: Generations replaced so far (for tests and logs).
+        #: Children told to stop, reaped as they exit.
+        self._stopping: list[BaseProcess] = []
+        #: Children replaced so far, for any reason (for tests and logs).
         self.recycled = 0
+        #: Children killed because a decode ran past the timeout.
+        self.timed_out = 0
 
     def decode(self, ds: Dataset, min_long_side: int | None) -> DecodedImage:
         """Decode ``ds`` (its pixel module, see :func:`pixel_module`) in a child.
 
-        A child that dies breaks its generation: every decode it had in flight is run once more,
-        each alone in a fresh child, so that only the input that kills a child is refused.
-
         Raises
         ------
         NotAnalysable
-            ``undecodable`` when the child decoding ``ds`` dies; any refusal of the task itself.
+            ``decode_timeout`` when the decode runs past ``decode_timeout_s`` (its child is
+            killed); ``undecodable`` when the child decoding ``ds`` dies; any refusal of the
+            task itself.
+        RuntimeError
+            When no child can start (the job fails and is retried later), or the pool is closed.
         """
-        executor = self._current()
-        try:
-            future = executor.submit(run_in_child, self._task, ds, min_long_side)
-            report = future.result()
-        except BrokenProcessPool:
-            self._retire(executor, "a decoding process died")
-            report = self._decode_alone(ds, min_long_side)
-        if report.decodes >= self._decodes_per_child:
-            self._retire(executor, f"a child ran {report.decodes} decodes")
-        elif report.rss_bytes > self._max_rss_bytes:
-            self._retire(executor, f"a child grew to {report.rss_bytes // _MIB} MiB")
-        if isinstance(report.outcome, NotAnalysable):
-            raise report.outcome
-        if isinstance(report.outcome, SharedImage):
-            return report.outcome.take()
-        return report.outcome
+        answer = self._exchange(self._take(), (ds, min_long_side))
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer.outcome, NotAnalysable):
+            raise answer.outcome
+        if isinstance(answer.outcome, SharedImage):
+            return answer.outcome.take()
+        return answer.outcome
+
+    def pids(self) -> frozenset[int]:
+        """The process ids of the children alive now (for tests and logs)."""
+        with self._changed:
+            return frozenset(child.pid for child in self._live)
 
     def close(self) -> None:
-        """Stop the children (waiting for decodes in flight); later decodes are refused."""
-        with self._lock:
+        """Stop the children, after the decodes in flight; later decodes are refused."""
+        with self._changed:
             self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            self._changed.notify_all()
+            while self._busy:
+                self._changed.wait()
+            idle, self._idle = self._idle, []
+        for child in idle:
+            self._stop(child, kill=False)
+        with self._changed:
+            stopping, self._stopping = self._stopping, []
+        for process in stopping:
+            process.join(_EXIT_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+                process.join(_EXIT_TIMEOUT_S)
 
-    def _current(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the decode pool is closed")
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(self._processes, mp_context=self._context)
-            return self._executor
+    def _take(self) -> _Child:
+        """An idle child, or a new one when fewer than ``processes`` run; waits for one else."""
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the decode pool is closed")
+                while self._idle:
+                    child = self._idle.pop()
+                    if child.process.is_alive():
+                        self._busy += 1
+                        return child
+                    self._live.discard(child)  # died while idle: not any input's doing
+                    child.conn.close()
+                    self.recycled += 1
+                    log.warning("decode process %d died while idle", child.pid)
+                if self._busy < self._processes:
+                    self._busy += 1
+                    break
+                self._changed.wait()
+        try:
+            return self._start()
+        except BaseException:
+            with self._changed:
+                self._busy -= 1
+                self._changed.notify_all()
+            raise
 
-    def _retire(self, executor: ProcessPoolExecutor, why: str) -> None:
-        """Replace ``executor`` (if no other thread did already); its children exit when done."""
-        with self._lock:
-            if self._executor is not executor:
-                return
-            self._executor = None
-            self.recycled += 1
-        log.info("decode processes replaced: %s", why)
-        executor.shutdown(wait=False)
-
-    def _decode_alone(self, ds: Dataset, min_long_side: int | None) -> ChildReport:
-        """Decode once more in a child of its own: if that one dies too, the input killed it,
-        provided a child can run at all (else no input could be decoded: not the input's fault).
+    def _start(self) -> _Child:
+        """A new child, once it says it is ready (its task loaded).
 
         Raises
         ------
-        NotAnalysable
-            ``undecodable`` when the child dies on this input.
         RuntimeError
-            When no child can even run a no-op (the job fails and is retried later).
+            When the child dies or stays silent before it is ready.
         """
-        with ProcessPoolExecutor(1, mp_context=self._context) as alone:
-            future: Future[ChildReport] = alone.submit(run_in_child, self._task, ds, min_long_side)
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=serve, args=(theirs, self._task), name="decode", daemon=True
+        )
+        process.start()
+        theirs.close()
+        child = _Child(process, ours)
+        try:
+            ready = ours.poll(_START_TIMEOUT_S) and ours.recv() == child.pid
+        except (EOFError, OSError):
+            ready = False  # it died before it was ready
+        if not ready:
+            self._stop(child, kill=True)
+            raise RuntimeError(
+                f"no decoding process can start (none was ready in {_START_TIMEOUT_S:g} s)"
+            )
+        with self._changed:
+            self._live.add(child)
+        return child
+
+    def _exchange(
+        self, child: _Child, request: tuple[Dataset, int | None]
+    ) -> ChildReport | Exception:
+        """Send ``request`` to ``child`` (taken) and wait at most ``decode_timeout_s`` for the
+        answer; the child is given back, replaced or killed, whatever happens."""
+        # Until an answer is read, the child's state is unknown: any way out kills it.
+        replace: str | None = "a decode was interrupted"
+        kill = True
+        try:
             try:
-                return future.result()
-            except BrokenProcessPool:
-                pass
-        with ProcessPoolExecutor(1, mp_context=self._context) as probe:
+                child.conn.send(request)
+            except OSError as exc:
+                replace = "a decoding process was gone before its decode"
+                raise RuntimeError(replace) from exc
+            if not child.conn.poll(self._timeout_s):
+                replace = f"a decode ran past {self._timeout_s:g} s and its process was killed"
+                with self._changed:
+                    self.timed_out += 1
+                raise NotAnalysable(
+                    Reason.DECODE_TIMEOUT,
+                    f"decoding ran past the limit of {self._timeout_s:g} s; "
+                    "the decoding process was stopped",
+                )
             try:
-                probe.submit(os.getpid).result()
-            except BrokenProcessPool as exc:
-                raise RuntimeError("no decoding process can start") from exc
-        raise NotAnalysable(Reason.UNDECODABLE, "the decoding process died on this Pixel Data")
+                answer: ChildReport | Exception = child.conn.recv()
+            except (EOFError, OSError):
+                replace = "a decoding process died"
+                raise NotAnalysable(
+                    Reason.UNDECODABLE, "the decoding process died on this Pixel Data"
+                ) from None
+            replace, kill = None, False
+            if isinstance(answer, ChildReport):
+                if answer.decodes >= self._decodes_per_child:
+                    replace = f"a child ran {answer.decodes} decodes"
+                elif answer.rss_bytes > self._max_rss_bytes:
+                    replace = f"a child grew to {answer.rss_bytes // _MIB} MiB"
+            return answer
+        finally:
+            self._give_back(child, replace, kill=kill)
+
+    def _give_back(self, child: _Child, replace: str | None, *, kill: bool) -> None:
+        """Put ``child`` back among the idle ones, or stop it when ``replace`` says why (or the
+        pool is closing), then free its place."""
+        with self._changed:
+            keep = replace is None and not self._closed
+        if replace is not None:
+            log_at = logging.WARNING if kill else logging.INFO
+            log.log(log_at, "decode process %d replaced: %s", child.pid, replace)
+        if not keep:
+            self._stop(child, kill=kill)
+        with self._changed:
+            if keep:
+                self._idle.append(child)
+            elif replace is not None:
+                self.recycled += 1
+            self._busy -= 1
+            self._changed.notify_all()
+
+    def _stop(self, child: _Child, *, kill: bool) -> None:
+        """Kill ``child`` and reap it, or tell it to stop and let it exit on its own."""
+        with self._changed:
+            self._live.discard(child)
+        if kill:
+            child.process.kill()
+            child.process.join(_EXIT_TIMEOUT_S)
+        else:
+            with contextlib.suppress(OSError):  # gone already: nothing to tell
+                child.conn.send(None)
+            with self._changed:
+                self._stopping = [p for p in self._stopping if p.is_alive()]
+                self._stopping.append(child.process)
+        child.conn.close()
 
 
 _shared_lock = threading.Lock()
@@ -281,6 +441,7 @@ def acquire(config: IsolationConfig, task: DecodeTask | None = None) -> bool:
                 processes=config.processes,
                 decodes_per_child=config.decodes_per_child,
                 max_child_rss_mib=config.max_child_rss_mib,
+                decode_timeout_s=config.decode_timeout_s,
             )
         _holders += 1
     return True

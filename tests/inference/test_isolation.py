@@ -1,7 +1,8 @@
 """Compressed Pixel Data decoded in child processes: a crash or a leak stays in the child.
 
 Real processes, real codecs, a real leaking input (:mod:`tests.inference.leaky_jpeg`); the crash
-is a real ``abort()`` in a child, from a decode task defined here.
+is a real ``abort()`` in a child and the hang a decode that never returns, from decode tasks
+defined here and in :mod:`tests.inference.hanging_decoder`.
 """
 
 from __future__ import annotations
@@ -10,23 +11,27 @@ import gc
 import json
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydantic import ValidationError
 from pydicom import uid
 from pydicom.dataset import Dataset
 
-from config.settings import Settings
+from config.settings import DecodeIsolationSettings, Settings
 from inference import isolation
 from inference.decode import DecodedImage, decode_frame, decode_image
 from inference.errors import NotAnalysable, Reason
 from tests.helpers.fresh import run_fresh
 from tests.inference.dicom_factory import compressed, make_image
+from tests.inference.hanging_decoder import hang_on_rows
 from tests.inference.leaky_jpeg import intact_lossless, leaking_lossless
 from tests.inference.test_pixels_syntaxes import SYNTAX_FILES
 
@@ -39,8 +44,16 @@ LEAK_IN_PROCESS = 15 * MIB
 #: What the parent may grow over the same decodes when they run in children (measured: 0.3-0.5 MiB).
 GROWTH_WITH_POOL = 4 * MIB
 NATIVE = Path("pydicom/src/pydicom/data/test_files/CT_small.dcm")
-#: A Rows value no real test file has: the crashing task aborts on it.
+#: A Rows value no real test file has: the crashing task aborts on it, the hanging one hangs.
 CRASH_ROWS = 1024
+#: The decode time limit of the hang test: short, so that the test is quick, and still far more
+#: than the small real decodes it runs take.
+HANG_TIMEOUT_S = 3.0
+#: How much later than the limit the refusal may come: killing and reaping the child, and
+#: starting a child for the decode when none is free (milliseconds each); less than the limit,
+#: so that a limit counted twice fails the test.
+REFUSAL_MARGIN_S = 2.0
+INNOCENT = Path("pydicom/src/pydicom/data/test_files/SC_rgb_jpeg_gdcm.dcm")
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class PoolConfig:
     processes: int = 2
     decodes_per_child: int = 200
     max_child_rss_mib: int = 1024
+    decode_timeout_s: float = 60.0
 
 
 def abort_on_1024_rows(ds: Dataset, min_long_side: int | None) -> DecodedImage:
@@ -81,8 +95,21 @@ def refuse_repeatedly(ds: Dataset, times: int) -> None:
         assert refused.value.reason == Reason.UNDECODABLE
 
 
-def test_isolation_is_on_by_default() -> None:
-    assert Settings().inference.decode_isolation.enabled
+def test_isolation_is_on_by_default_with_a_decode_time_limit() -> None:
+    defaults = Settings().inference.decode_isolation
+    assert defaults.enabled
+    assert defaults.decode_timeout_s == 60.0
+    for refused in (0.0, -1.0, 3601.0):
+        with pytest.raises(ValidationError, match="decode_timeout_s"):
+            DecodeIsolationSettings(decode_timeout_s=refused)
+    with pytest.raises(ValueError, match="decode timeout of 0 s"):
+        isolation.DecodePool(
+            decode_frame,
+            processes=1,
+            decodes_per_child=1,
+            max_child_rss_mib=64,
+            decode_timeout_s=0,
+        )
 
 
 def test_the_pool_decodes_as_the_process_does(shared_dir: Path, held: list[bool]) -> None:
@@ -113,12 +140,17 @@ def test_every_syntax_decodes_the_same_in_a_child(shared_dir: Path, held: list[b
         np.testing.assert_array_equal(theirs.pixels, mine.pixels)
 
 
+def decoded_or_reason(ds: Dataset) -> str | np.ndarray:
+    try:
+        return decode_image(ds).pixels
+    except NotAnalysable as exc:
+        return exc.reason
+
+
 def test_a_child_that_dies_is_refused_and_replaced(shared_dir: Path, held: list[bool]) -> None:
     held.append(isolation.acquire(PoolConfig(), task=abort_on_1024_rows))
     crashing = intact_lossless(shared_dir)  # 1024 rows: the task aborts on it
-    innocent = pydicom.dcmread(
-        shared_dir / "dicom" / "pydicom/src/pydicom/data/test_files/SC_rgb_jpeg_gdcm.dcm"
-    )
+    innocent = pydicom.dcmread(shared_dir / "dicom" / INNOCENT)
     expected = decode_frame(innocent, None).pixels
 
     with pytest.raises(NotAnalysable) as refused:
@@ -131,19 +163,68 @@ def test_a_child_that_dies_is_refused_and_replaced(shared_dir: Path, held: list[
     # Native Pixel Data never goes to a child (this pool's children could not decode it).
     assert decode_image(pydicom.dcmread(shared_dir / "dicom" / NATIVE)).pixels.shape == (128, 128)
 
-    # Decodes in flight when a child dies are run again, alone: only the crashing one is refused.
-    def attempt(ds: Dataset) -> str | np.ndarray:
-        try:
-            return decode_image(ds).pixels
-        except NotAnalysable as exc:
-            return exc.reason
-
+    # A child that dies ends its own decode only: those in flight in the others finish.
+    batch = [innocent, innocent, crashing, innocent, innocent]
     with ThreadPoolExecutor(6) as threads:
-        outcomes = list(threads.map(attempt, [innocent, innocent, crashing, innocent, innocent]))
+        outcomes = list(threads.map(decoded_or_reason, batch))
     assert outcomes[2] == Reason.UNDECODABLE
     for outcome in outcomes[:2] + outcomes[3:]:
         assert isinstance(outcome, np.ndarray)
         np.testing.assert_array_equal(outcome, expected)
+
+
+def test_a_decode_that_hangs_is_refused_and_only_its_child_is_killed(
+    shared_dir: Path, held: list[bool]
+) -> None:
+    config = PoolConfig(decode_timeout_s=HANG_TIMEOUT_S)
+    held.append(isolation.acquire(config, task=partial(hang_on_rows, CRASH_ROWS)))
+    pool = isolation.shared_pool()
+    assert pool is not None
+    hanging = intact_lossless(shared_dir)  # 1024 rows: the task never returns on it
+    innocent = pydicom.dcmread(shared_dir / "dicom" / INNOCENT)
+    expected = decode_frame(innocent, None).pixels
+    np.testing.assert_array_equal(decode_image(innocent).pixels, expected)  # a child runs
+    seen = set(pool.pids())
+
+    threads = ThreadPoolExecutor(4)
+    try:
+        started = time.monotonic()
+        hung = threads.submit(decode_image, hanging)
+        # While one child hangs, the other decodes, again and again, undisturbed.
+        others: list[Future[str | np.ndarray]] = [
+            threads.submit(decoded_or_reason, innocent) for _ in range(6)
+        ]
+        for other in others:
+            outcome = other.result(timeout=HANG_TIMEOUT_S + REFUSAL_MARGIN_S)
+            assert isinstance(outcome, np.ndarray), outcome
+            np.testing.assert_array_equal(outcome, expected)
+        assert time.monotonic() - started < HANG_TIMEOUT_S  # not held up by the hung one
+        seen |= pool.pids()
+        with pytest.raises(NotAnalysable) as refused:
+            hung.result(timeout=HANG_TIMEOUT_S + REFUSAL_MARGIN_S)
+        waited = time.monotonic() - started
+    finally:
+        threads.shutdown(wait=False, cancel_futures=True)
+    assert refused.value.reason == Reason.DECODE_TIMEOUT == "decode_timeout"
+    assert refused.value.message == (
+        "decoding ran past the limit of 3 s; the decoding process was stopped"
+    )
+    assert waited >= HANG_TIMEOUT_S  # not given up early
+
+    # Exactly one child was replaced, the one that hung: it is gone, killed and reaped, and
+    # the child that decoded the others is still the same process.
+    survivors = pool.pids()
+    assert len(seen) == 2
+    assert len(survivors) == 1
+    assert (pool.timed_out, pool.recycled) == (1, 1)
+    (killed,) = seen - survivors
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed, 0)
+
+    # The pool goes on: the next image decodes, in the surviving child.
+    np.testing.assert_array_equal(decode_image(innocent).pixels, expected)
+    assert pool.pids() == survivors
+    assert decode_image(pydicom.dcmread(shared_dir / "dicom" / NATIVE)).pixels.shape == (128, 128)
 
 
 def measure_growth(shared: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from config.settings import Settings
+from config.settings import DecodeIsolationSettings, Settings
 from db import jobs
 from db.models import Eligibility, ImagePrediction, Instance, StudyPrediction
 from dicom_node.grouping import complete_quiet_studies
@@ -26,6 +28,7 @@ from pipeline.analysis import AnalyseStep
 from pipeline.heatmaps import heatmap_on_original_grid
 from pipeline.study import ClassifyStep, classify_instance
 from tests.inference.dicom_factory import DX_FOR_PRESENTATION, make_image
+from tests.inference.hanging_decoder import hang_on_rows
 from tests.training.packages import localising_package, make_package
 
 
@@ -186,6 +189,67 @@ def test_a_localising_model_stores_regions_and_a_chest_is_not_applicable(
                 assert 0 <= region["y0"] < region["y1"] <= 2140
     finally:
         service.stop()
+
+
+#: Rows of the WG04 RG3 radiograph: the hanging decode task never returns on them.
+HANGING_ROWS = 1760
+#: The decode time limit of the test: short, and far more than the real decodes it runs take.
+DECODE_TIMEOUT_S = 2.0
+#: What the analysis may take besides the hanging decode: decoding and predicting the other.
+ANALYSIS_MARGIN_S = 60.0
+
+
+def test_an_image_whose_decode_hangs_is_refused_and_its_study_analysed(
+    tmp_path: Path, tiny_package: Path, shared_dir: Path
+) -> None:
+    """The job ends, with the hanging image out of scope as ``decode_timeout``: no stalled queue."""
+    limit = DecodeIsolationSettings(decode_timeout_s=DECODE_TIMEOUT_S)
+    # Taken before the service's own hold, so that the service decodes with this pool.
+    assert isolation.acquire(limit, task=partial(hang_on_rows, HANGING_ROWS))
+    service = start_service(tmp_path / "home", tiny_package)
+    try:
+        wg04 = shared_dir / "dicom/robyoung-dicom-test-files/data/WG04"
+        study = generate_uid()
+        files = [
+            with_identifiers(wg04 / "RLE/RG2_RLE", tmp_path / "decodes.dcm", study),
+            with_identifiers(wg04 / "RLE/RG3_RLE", tmp_path / "hangs.dcm", study),
+        ]
+        results = send_files(files, "127.0.0.1", service.dicom_port, "FRACTUREGW", "T")
+        assert [r.status for r in results] == [0, 0]
+        complete_quiet_studies(service.sessions, quiet_period_s=0, max_attempts=3)
+        job = jobs.claim_next(service.sessions, lease_s=60)
+        assert job is not None
+        ClassifyStep(service.sessions, service.store)(job)
+        analyse = AnalyseStep.from_settings(service.settings, service.sessions, service.store)
+        runner = ThreadPoolExecutor(1)
+        try:
+            # A deadline, not a wait for ever: a stalled analysis fails the test.
+            runner.submit(analyse, job).result(timeout=DECODE_TIMEOUT_S + ANALYSIS_MARGIN_S)
+        finally:
+            runner.shutdown(wait=False)
+        assert jobs.complete(service.sessions, job)
+
+        with service.sessions() as session:
+            by_sop = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+            hangs = by_sop[str(dcmread(files[1]).SOPInstanceUID)]
+            decodes = by_sop[str(dcmread(files[0]).SOPInstanceUID)]
+            assert hangs.eligibility is Eligibility.OUT_OF_SCOPE
+            assert hangs.eligibility_reason == (
+                "decode_timeout: decoding ran past the limit of 2 s; "
+                "the decoding process was stopped"
+            )
+            assert decodes.eligibility is Eligibility.ELIGIBLE
+            [prediction] = session.scalars(select(ImagePrediction)).all()
+            assert prediction.instance_id == decodes.id
+            [study_row] = session.scalars(select(StudyPrediction)).all()
+            assert study_row.n_images == 1
+        pool = isolation.shared_pool()
+        assert pool is not None
+        assert pool.timed_out == 1
+    finally:
+        service.stop()
+        isolation.release()
+    assert isolation.shared_pool() is None
 
 
 def truncated_file(sequence: bytes) -> bytes:
