@@ -79,6 +79,10 @@ def make_app(settings: Settings) -> Celery:
             "interval_max": 1.0,
         },
         broker_connection_retry_on_startup=True,
+        # A task running when the broker connection drops (a broker restart) runs to its end:
+        # the row, not the message, says what is done, and the message delivered again is
+        # dropped. Said here because Celery 6 is to cancel such tasks by default.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,

@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,19 @@ class Started:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP) and return once all its threads have stopped."""
+        os.kill(self.pid, signal.SIGSTOP)
+        _, status = os.waitpid(self.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):  # it had exited: reaped here, so tell Popen
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT); nothing happens to a running one."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
 
 
 @contextmanager
