@@ -144,6 +144,16 @@ def queue_arrived_instances(
             # Two nodes on one PostgreSQL database: each instance is queued by one of them.
             .with_for_update(skip_locked=True, of=Instance)
         ).all()
+        if rows:
+            # The lock was taken after the statement's snapshot: another node may have queued
+            # one of these instances and committed in between (it held the lock until then).
+            # A new statement sees that commit; what still waits is queued here, once.
+            still = set(
+                session.scalars(
+                    select(Instance.id).where(Instance.id.in_([r[0] for r in rows]), *waiting)
+                )
+            )
+            rows = [row for row in rows if row[0] in still]
         for instance_id, study_id, generation, received_at in rows:
             job = Job(
                 study_id=study_id,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
+import threading
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import func, inspect, select
+from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import DuplicatePolicy, JobSettings
@@ -273,3 +276,56 @@ def test_backoff_is_monotonic_and_capped(attempt: int, base: float, cap: float) 
     delay = jobs.backoff_delay(attempt, base_s=base, max_s=cap)
     assert 0 <= delay <= cap
     assert delay <= jobs.backoff_delay(attempt + 1, base_s=base, max_s=cap)
+
+
+def test_two_nodes_queuing_arrivals_on_postgresql_queue_each_instance_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Two nodes' grouping passes race while instances arrive: one image job per instance.
+
+    A pass locks the instances it queues (SKIP LOCKED) but its statement's snapshot may predate
+    the other node's commit of a job for one of them; without the check after the lock this
+    queued 11 and 22 duplicates of 300 instances in two runs.
+    """
+    schema = f"race_{secrets.token_hex(4)}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    engines = [make_engine(url) for _ in range(3)]
+    try:
+        upgrade(engines[0])
+        arrivals, *nodes = [make_session_factory(engine) for engine in engines]
+        store = InstanceStore(tmp_path / "store")
+        arriving = threading.Event()
+        arriving.set()
+
+        def node(sessions: sessionmaker[Session]) -> None:
+            while arriving.is_set():
+                queue_arrived_instances(sessions, max_attempts=3, limit=50)
+
+        threads = [threading.Thread(target=node, args=(n,)) for n in nodes]
+        for thread in threads:
+            thread.start()
+        try:
+            for i in range(300):
+                study = f"1.2.826.0.1.3680043.10.5.{i // 2}"
+                receive(arrivals, store, study, f"{study}.{i % 2}")
+        finally:
+            arriving.clear()
+            for thread in threads:
+                thread.join(60)
+        for sessions in nodes:
+            queue_arrived_instances(sessions, max_attempts=3)
+        with arrivals() as session:
+            queued = Counter(
+                session.scalars(select(Job.instance_id).where(Job.kind == JobKind.IMAGE.value))
+            )
+        assert len(queued) == 300
+        assert [i for i, n in queued.items() if n > 1] == []
+    finally:
+        for engine in engines:
+            engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

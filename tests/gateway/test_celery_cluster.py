@@ -20,7 +20,7 @@ second to the other, as modalities would. Meanwhile:
   leased, later studies may still be arriving. The surviving worker and both nodes' sweepers
   reconnect by themselves.
 
-Afterwards every study has one study job and image jobs for its images, all done (the killed
+Afterwards every study has one study job and one image job per image, all done (the killed
 worker's job claimed again, the other job held at the kill not), one SR and its two SCs in
 Orthanc and nothing more, every delivery sent and audited once.
 
@@ -259,11 +259,8 @@ def test_two_nodes_two_workers_one_killed_mid_job_broker_restarted(
         assert {r.state for r in job_rows} == {JobState.DONE}
         study_jobs = Counter(r.study_id for r in job_rows if r.kind == JobKind.STUDY.value)
         assert sorted(study_jobs.values()) == [1] * STUDIES
-        # Every image was analysed on arrival. Not asserted: one image job each. Both nodes
-        # queue image jobs, and rarely both queue the same instance (seen once in six runs; the
-        # image is then analysed twice, the study's results are made once).
-        image_jobs = {r.instance_id for r in job_rows if r.kind == JobKind.IMAGE.value}
-        assert image_jobs == set(session.scalars(select(Instance.id)))
+        image_jobs = Counter(r.instance_id for r in job_rows if r.kind == JobKind.IMAGE.value)
+        assert sorted(image_jobs.values()) == [1] * (2 * STUDIES)  # one per instance
         tokens = {r.id: r.lease_token for r in job_rows}
         # Of the two jobs held at the kill, the dead worker's was claimed again, the other not.
         assert sorted(tokens[job_id] > token for job_id, token in held) == [False, True]
