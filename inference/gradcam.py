@@ -107,11 +107,3 @@ def map_focus(heat: FloatArray, level: float = FOCUS_LEVEL) -> tuple[float, floa
         float((columns * weights).sum() / total) + 0.5,
         float((rows * weights).sum() / total) + 0.5,
     )
-
-
-def map_peak(heat: FloatArray) -> tuple[int, int]:
-    """``(x, y)`` of a map's maximum (the first one on ties)."""
-    if heat.ndim != 2 or heat.size == 0:
-        raise ValueError(f"expected a non-empty 2-D map, got shape {heat.shape}")
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return int(x), int(y)

@@ -454,11 +454,10 @@ def _average(
     """
     if state.averaged_epochs and (folder / LOCALISED_AVERAGE).is_file():
         model = keras.models.load_model(folder / LOCALISED_LAST, compile=False)
-        averaged = keras.models.load_model(folder / LOCALISED_AVERAGE, compile=False)
-        mean = head_weights(averaged)
+        mean = head_weights(keras.models.load_model(folder / LOCALISED_AVERAGE, compile=False))
         log.info("resuming the averaging after %d epochs", state.averaged_epochs)
     else:
-        model, averaged, mean = chosen, chosen, []
+        model, mean = chosen, []
         state.averaged_epochs, state.average_history = 0, []
     data = combine(train, val) if config.average_with_validation else train
     head = _trainable_head(model)
@@ -504,7 +503,6 @@ def _average(
         )
         _save_atomically(model, folder / LOCALISED_LAST)
         state.save(folder, config)
-    del averaged
     result: keras.Model = keras.models.load_model(folder / LOCALISED_AVERAGE, compile=False)
     return result
 

@@ -178,6 +178,22 @@ def test_two_stage_training_keeps_the_prediction_and_refines_the_map(
     assert card.training_data["localisation_stage"]["epochs"] == 1
 
 
+def localise_args(run: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """``localise`` on the tiny run's package, batch 8, plus ``extra``."""
+    return [
+        "localise",
+        "--model",
+        str(run / "package"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        *extra,
+    ]
+
+
 @pytest.mark.slow
 def test_localise_refines_a_package_and_resumes_without_training_again(
     lite_run: Path,  # noqa: F811
@@ -186,21 +202,7 @@ def test_localise_refines_a_package_and_resumes_without_training_again(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "loc"
-    args = [
-        "localise",
-        "--model",
-        str(lite_run / "package"),
-        "--data",
-        str(atlas_copy),
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--version",
-        "1.1.0",
-    ]
+    args = localise_args(lite_run, atlas_copy, out, "--epochs", "1", "--version", "1.1.0")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     package = load_package(out / "package")
@@ -226,23 +228,17 @@ def test_averaging_epochs_give_the_mean_of_their_maps_and_resume(
     out = tmp_path / "avg"
 
     def run(average_epochs: int) -> None:
-        args = [
-            "localise",
-            "--model",
-            str(lite_run / "package"),
-            "--data",
-            str(atlas_copy),
-            "--out",
-            str(out),
+        args = localise_args(
+            lite_run,
+            atlas_copy,
+            out,
             "--epochs",
             "0",
             "--average-epochs",
             str(average_epochs),
             "--average-with-validation",
-            "--batch-size",
-            "8",
             "--no-export",
-        ]
+        )
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
 
