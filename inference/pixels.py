@@ -411,26 +411,31 @@ def grey_lookup(arr: NDArray[np.integer], ds: Dataset) -> FloatImage:
     if padding is not None:
         table[padding] = 0.0
     table32 = np.clip(table, 0.0, 1.0).astype(np.float32)
-    grey: FloatImage = table32[index]
+    # np.take on a flat table is the same gather as fancy indexing, about twice as fast.
+    grey: FloatImage = np.take(table32, index)
     return grey
 
 
-def _stored_index(arr: NDArray[np.integer], bits_stored: int, signed: bool) -> NDArray[np.uint32]:
+def _stored_index(
+    arr: NDArray[np.integer], bits_stored: int, signed: bool
+) -> NDArray[np.unsignedinteger]:
     """Each pixel's stored value minus the smallest possible one: its row in the look-up table.
 
     The low ``bits_stored`` bits of the raw pixel, with the sign bit flipped for signed pixels
     (two's complement ``v - (-2**(n-1))`` is ``v`` with its sign bit flipped), computed on the
-    unsigned view of the data, so nothing is widened beyond 32 bits.
+    unsigned view of the data in the narrowest unsigned type that holds ``bits_stored`` bits:
+    ``np.take`` gathers through a 16-bit index about twice as fast as through a 32-bit one.
     """
     raw = arr.view(arr.dtype.str.replace("i", "u")) if arr.dtype.kind == "i" else arr
-    index: NDArray[np.uint32] = np.bitwise_and(raw, (1 << bits_stored) - 1, dtype=np.uint32)
+    dtype = np.uint8 if bits_stored <= 8 else np.uint16 if bits_stored <= 16 else np.uint32
+    index: NDArray[np.unsignedinteger] = np.bitwise_and(raw, (1 << bits_stored) - 1, dtype=dtype)
     if signed:
-        index ^= np.uint32(1 << (bits_stored - 1))
+        index ^= dtype(1 << (bits_stored - 1))
     return index
 
 
 def _lookup_sample(
-    values: FloatArray, index: NDArray[np.uint32], padding: BoolArray | None
+    values: FloatArray, index: NDArray[np.unsignedinteger], padding: BoolArray | None
 ) -> WindowSample:
     """The default window's sample for :func:`grey_lookup`: the stepwise chain's values, exactly.
 
@@ -439,13 +444,14 @@ def _lookup_sample(
     """
 
     @cache
-    def kept() -> NDArray[np.uint32]:
+    def kept() -> NDArray[np.unsignedinteger]:
         """Table rows of the non-padding pixels, in raster order."""
         return index[~padding[index]] if padding is not None else index.ravel()
 
     def strided() -> FloatArray:
         rows = kept()
-        return values[rows[:: _percentile_step(rows.size)]]
+        sample: FloatArray = values[rows[:: _percentile_step(rows.size)]]
+        return sample
 
     def extremes() -> tuple[float, float]:
         used = np.flatnonzero(np.bincount(kept(), minlength=values.size))
