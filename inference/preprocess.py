@@ -216,8 +216,40 @@ def letterbox(grey: FloatImage, size: int) -> tuple[FloatImage, float, int, int]
     return out, scale, pad_x, pad_y
 
 
+def decimation_factor(height: int, width: int, size: int) -> int:
+    """The whole factor by which :func:`prepare` box-averages an image before cropping.
+
+    The largest ``k`` that leaves the long side at least ``2 * size`` (and the short side at
+    least 16 px): a 2140 x 1760 radiograph is averaged in 3 x 3 blocks to 713 x 586 before the
+    crop search and the letterbox resize, which are then cheap. Images whose long side is under
+    ``4 * size`` (every FracAtlas picture at 320 px) are not decimated.
+    """
+    return max(1, min(max(height, width) // (2 * size), min(height, width) // 16))
+
+
+def box_reduce(grey: FloatImage, factor: int) -> FloatImage:
+    """The mean of each ``factor x factor`` block (a remainder under ``factor`` is dropped).
+
+    OpenCV's area interpolation at a whole scale factor is exactly the block mean, computed
+    in one pass; at a fractional factor (what a direct resize to the model's size is) it takes
+    a slower general path, which is why :func:`prepare` reduces first.
+    """
+    if factor == 1:
+        return grey
+    height, width = grey.shape[0] // factor, grey.shape[1] // factor
+    block = grey[: height * factor, : width * factor]
+    return np.asarray(
+        cv2.resize(block, (width, height), interpolation=cv2.INTER_AREA), dtype=np.float32
+    )
+
+
 def prepare(grey: FloatImage, size: int, *, crop: bool = True) -> PreparedImage:
     """Turn a grey image in ``[0, 1]`` (bone bright) into the model input and its geometry.
+
+    A large image is first averaged in whole blocks (:func:`decimation_factor`,
+    :func:`box_reduce`); the crop is searched and the letterbox resized on that copy, and the
+    transform maps back to the full grid (the model never sees the under-``k`` remainder at
+    the right and bottom edges, and the transform's crop excludes it).
 
     Parameters
     ----------
@@ -232,16 +264,20 @@ def prepare(grey: FloatImage, size: int, *, crop: bool = True) -> PreparedImage:
         raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
     if grey.shape[0] < 1 or grey.shape[1] < 1:
         raise ValueError(f"empty image, shape {grey.shape}")
-    grey = np.clip(grey.astype(np.float32, copy=False), 0.0, 1.0)
+    grey = grey.astype(np.float32, copy=False)
+    if not (float(grey.min()) >= 0.0 and float(grey.max()) <= 1.0):  # also true for NaN
+        grey = np.nan_to_num(np.clip(grey, 0.0, 1.0), nan=0.0)
     height, width = grey.shape
-    box = anatomy_crop(grey) if crop else CropBox(0, 0, width, height)
-    region = grey[box.y0 : box.y1, box.x0 : box.x1]
+    factor = decimation_factor(height, width, size)
+    work = box_reduce(grey, factor)
+    found = anatomy_crop(work) if crop else CropBox(0, 0, work.shape[1], work.shape[0])
+    region = work[found.y0 : found.y1, found.x0 : found.x1]
     square, scale, pad_x, pad_y = letterbox(region, size)
     transform = GeometryTransform(
         original_width=width,
         original_height=height,
-        crop=box,
-        scale=scale,
+        crop=CropBox(found.x0 * factor, found.y0 * factor, found.x1 * factor, found.y1 * factor),
+        scale=scale / factor,
         pad_x=pad_x,
         pad_y=pad_y,
         size=size,
