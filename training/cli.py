@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -19,6 +19,14 @@ PACKAGE_DIR = "package"
 #: Where the package's evaluation on the held-out split goes, inside the package folder.
 EVALUATION_DIR = "evaluation"
 
+MembersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Second stage: maps trained with different run seeds whose mean the model "
+        "shows (1: one map).",
+    ),
+]
 DataOption = Annotated[
     Path, typer.Option(help="Data folder: class folders, train/val/test/<class>, or XR_* studies.")
 ]
@@ -98,6 +106,7 @@ def train(
     localisation_average_with_validation: Annotated[
         bool, typer.Option(help="Second stage: the averaging epochs also train on validation.")
     ] = False,
+    localisation_members: MembersOption = 1,
 ) -> None:
     """Train a fracture classifier; by default also export its package and evaluate it on test."""
     from training.export import load_trained
@@ -156,6 +165,7 @@ def train(
                 average_epochs=localisation_average_epochs,
                 average_with_validation=localisation_average_with_validation,
             ),
+            members=localisation_members,
         )
     _export_and_evaluate(
         trained,
@@ -170,24 +180,62 @@ def train(
     )
 
 
-def _localise(trained: Any, prepared: Any, out: Path, config: Any) -> tuple[Any, dict[str, Any]]:
-    """The second stage (:mod:`training.localise`) into ``out``; the model and its summary."""
+def _localise(
+    trained: Any, prepared: Any, out: Path, config: Any, members: int = 1
+) -> tuple[Any, dict[str, Any]]:
+    """The second stage (:mod:`training.localise`) into ``out``; the model and its summary.
+
+    With ``members`` > 1, member ``i`` (1, 2, ...) is trained the same way into
+    ``out/member-<i>`` with run seed ``i`` and the model returned maps with the mean of all
+    the members' maps (:func:`training.localise.ensemble_maps`).
+    """
+    from dataclasses import replace
+
     from training.datasets import Split
     from training.localise import refine_localisation, stage_summary
 
-    refined, state = refine_localisation(
-        trained,
-        prepared.parts[Split.TRAIN],
-        prepared.parts[Split.VAL],
-        prepared.dataset.positive_index,
-        out,
-        config,
+    refined: list[Any] = []
+    summaries: list[dict[str, Any]] = []
+    for member in range(members):
+        model, state = refine_localisation(
+            trained,
+            prepared.parts[Split.TRAIN],
+            prepared.parts[Split.VAL],
+            prepared.dataset.positive_index,
+            out / f"member-{member}" if member else out,
+            replace(config, run_seed=member) if member else config,
+        )
+        typer.echo(
+            f"localisation stage{f' member {member}' if members > 1 else ''}: best validation "
+            f"peak in box {state.best_share:.3f} (epoch {state.best_epoch} of {state.epochs_done})"
+        )
+        refined.append(model)
+        summaries.append(stage_summary(state, config))
+    if members == 1:
+        return refined[0], summaries[0]
+    return _ensemble(refined[0], refined[1:], prepared, summaries)
+
+
+def _ensemble(
+    base: Any, members: list[Any], prepared: Any, summaries: list[dict[str, Any]]
+) -> tuple[Any, dict[str, Any]]:
+    """``base`` mapping with the mean of its and ``members``' maps, and the stage's summary."""
+    from training.datasets import Split
+    from training.localise import ensemble_maps, peak_in_box_share
+
+    model = ensemble_maps(base, members)
+    share, counted = peak_in_box_share(
+        model, prepared.parts[Split.VAL], prepared.dataset.positive_index
     )
-    typer.echo(
-        f"localisation stage: best validation peak in box {state.best_share:.3f} "
-        f"(epoch {state.best_epoch} of {state.epochs_done})"
-    )
-    return refined, stage_summary(state, config)
+    typer.echo(f"ensemble of {1 + len(members)} maps: validation peak in box {share:.3f}")
+    summary = dict(summaries[0]) if summaries else {}
+    summary["ensemble"] = {
+        "members": 1 + len(members),
+        "val_peak_in_box": round(share, 4),
+        "val_pictures": counted,
+        "member_stages": summaries,
+    }
+    return model, summary
 
 
 def _export_and_evaluate(
@@ -248,6 +296,13 @@ def localise(
     seed: Annotated[
         int | None, typer.Option(help="Split seed (default: the card's, or 42).")
     ] = None,
+    run_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the draws, shuffles and augmentation alone (default: the split "
+            "seed); the split stays the same."
+        ),
+    ] = None,
     export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
     package_out: Annotated[
         Path | None, typer.Option(help="Package folder (default: OUT/package).")
@@ -281,45 +336,25 @@ def localise(
     average_with_validation: Annotated[
         bool, typer.Option(help="The averaging epochs also train on the validation pictures.")
     ] = False,
+    members: MembersOption = 1,
 ) -> None:
     """Refine a trained EfficientNet-Lite's fracture map on the boxes, classifier frozen."""
     if epochs == 0 and average_epochs == 0:
         raise typer.BadParameter("nothing to do: give --epochs or --average-epochs")
-    from inference.model_package import read_card
-    from training.export import load_trained, model_input_size
     from training.localise import LocaliseConfig
-    from training.pipeline import SPLIT_FILE, default_cache_dir, prepare_data, record_data
+    from training.pipeline import SPLIT_FILE
 
     _logging()
-    training: dict[str, Any] = {}
-    crop = True
-    if (model / "model.json").is_file():
-        card = read_card(model)
-        trained = load_trained(model / card.model_file)
-        crop = card.preprocessing.crop
-        name = name or card.name
-        training = {
-            key: value
-            for key, value in card.training_data.items()
-            if key not in ("localisation_stage",)
-        }
-    else:
-        trained = load_trained(model)
-    split_seed = seed if seed is not None else int(training.get("seed", 42))
-    training["seed"] = split_seed
-    prepared = prepare_data(
-        data,
-        image_size=model_input_size(trained),
-        crop=crop,
-        seed=split_seed,
-        cache_dir=cache_dir or default_cache_dir(out),
-    )
-    record_data(prepared, out)
+    loaded = _load_trained_stage(model, data, out, seed=seed, cache_dir=cache_dir)
+    trained, prepared, training, crop = loaded.model, loaded.prepared, loaded.training, loaded.crop
+    name = name or loaded.name
+    split_seed = int(training["seed"])
     config = LocaliseConfig(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=split_seed,
+        run_seed=run_seed,
         branch_first_stage=branch_first_stage,
         branch_through_head=branch_through_head,
         patience=patience,
@@ -327,7 +362,9 @@ def localise(
         average_learning_rate=average_learning_rate,
         average_with_validation=average_with_validation,
     )
-    refined, training["localisation_stage"] = _localise(trained, prepared, out, config)
+    refined, training["localisation_stage"] = _localise(
+        trained, prepared, out, config, members=members
+    )
     if export:
         _export_and_evaluate(
             refined,
@@ -337,6 +374,129 @@ def localise(
             split_file=out / SPLIT_FILE,
             crop=crop,
             name=name,
+            version=version,
+            training=training,
+        )
+
+
+class _LoadedStage(NamedTuple):
+    """A trained model, its data prepared as it was trained, and what its card recorded."""
+
+    model: Any
+    prepared: Any
+    training: dict[str, Any]
+    crop: bool
+    name: str | None = None
+
+
+def _load_trained_stage(
+    model: Path, data: Path, out: Path, *, seed: int | None, cache_dir: Path | None
+) -> _LoadedStage:
+    """Load a package folder, run folder or ``.keras`` file and prepare ``data`` for it."""
+    from inference.model_package import read_card
+    from training.export import load_trained, model_input_size
+    from training.pipeline import default_cache_dir, prepare_data, record_data
+
+    training: dict[str, Any] = {}
+    crop, name = True, None
+    if (model / "model.json").is_file():
+        card = read_card(model)
+        trained = load_trained(model / card.model_file)
+        crop, name = card.preprocessing.crop, card.name
+        training = {
+            key: value
+            for key, value in card.training_data.items()
+            if key not in ("localisation_stage",)
+        }
+    else:
+        trained = load_trained(model)
+    training["seed"] = seed if seed is not None else int(training.get("seed", 42))
+    prepared = prepare_data(
+        data,
+        image_size=model_input_size(trained),
+        crop=crop,
+        seed=training["seed"],
+        cache_dir=cache_dir or default_cache_dir(out),
+    )
+    record_data(prepared, out)
+    return _LoadedStage(trained, prepared, training, crop, name)
+
+
+def ensemble_maps(
+    model: Annotated[
+        Path,
+        typer.Option(help="Package (or .keras file) whose classifier and map are the base."),
+    ],
+    member: Annotated[
+        list[Path],
+        typer.Option(
+            help="A stage-2 model of the same classifier (.keras, or a localise run folder); "
+            "repeat for each member."
+        ),
+    ],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Run folder (split record, pixel cache).")],
+    seed: Annotated[
+        int | None, typer.Option(help="Split seed (default: the card's, or 42).")
+    ] = None,
+    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
+    package_out: Annotated[
+        Path | None, typer.Option(help="Package folder (default: OUT/package).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Package name (default: the card's).")] = None,
+    version: str = "1.0.0",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
+    ] = None,
+) -> None:
+    """Show the mean of several stage-2 maps of one classifier (reports validation shares)."""
+    import json as json_module
+
+    from inference.model_package import read_card
+    from training.datasets import Split
+    from training.export import load_trained
+    from training.localise import LOCALISATION_STATE, LOCALISED_MODEL, peak_in_box_share
+    from training.pipeline import SPLIT_FILE
+
+    _logging()
+    loaded = _load_trained_stage(model, data, out, seed=seed, cache_dir=cache_dir)
+    val = loaded.prepared.parts[Split.VAL]
+    positive = loaded.prepared.dataset.positive_index
+    summaries: list[dict[str, Any]] = []
+    if (model / "model.json").is_file():
+        stage = read_card(model).training_data.get("localisation_stage")
+        if isinstance(stage, dict):
+            summaries.append(stage.get("ensemble", {}).get("member_stages", [stage])[0])
+    members = []
+    for path in member:
+        folder = path if path.is_dir() else path.parent
+        members.append(load_trained(path / LOCALISED_MODEL if path.is_dir() else path))
+        state_file = folder / LOCALISATION_STATE
+        if state_file.is_file():
+            state = json_module.loads(state_file.read_text())
+            summaries.append(
+                {
+                    "best_epoch": state.get("best_epoch"),
+                    "best_val_peak_in_box": round(float(state.get("best_share", -1)), 4),
+                    "minutes": round(float(state.get("seconds", 0)) / 60, 1),
+                    "run_seed": state.get("config", {}).get("run_seed"),
+                }
+            )
+    for index, single in enumerate([loaded.model, *members]):
+        share, counted = peak_in_box_share(single, val, positive)
+        typer.echo(f"member {index}: validation peak in box {share:.3f} ({counted} pictures)")
+    refined, stage = _ensemble(loaded.model, members, loaded.prepared, summaries)
+    training = dict(loaded.training)
+    training["localisation_stage"] = stage
+    if export:
+        _export_and_evaluate(
+            refined,
+            loaded.prepared,
+            package_out or out / PACKAGE_DIR,
+            data=data,
+            split_file=out / SPLIT_FILE,
+            crop=loaded.crop,
+            name=name or loaded.name,
             version=version,
             training=training,
         )
@@ -432,3 +592,4 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
     app.command("export")(export_command)
     app.command("localise")(localise)
+    app.command("ensemble-maps")(ensemble_maps)

@@ -89,7 +89,12 @@ class LocaliseConfig:
     #: Pictures without a fracture drawn per fractured picture with boxes, each epoch.
     negatives_per_positive: float = 1.0
     augment: bool = True
+    #: The split's seed; also the seed of the draws, shuffles and augmentation unless
+    #: ``run_seed`` is given.
     seed: int = 42
+    #: Seed of the draws, shuffles and augmentation alone (None: ``seed``): runs that differ
+    #: only in it train on the same split, e.g. the members of an ensemble of maps.
+    run_seed: int | None = None
     threads: int = 2
     #: First backbone stage (0-based) of the localisation branch (:func:`with_localisation_branch`).
     branch_first_stage: int = BRANCH_FIRST_STAGE
@@ -378,8 +383,9 @@ def _train_epoch(
     """One epoch on the fractured pictures with boxes and as many normal ones drawn afresh."""
     if train.masks is None or train.has_boxes is None:
         raise ValueError("the training data has no fracture boxes to refine the map on")
-    keras.utils.set_random_seed(config.seed + epoch)
-    rng = np.random.default_rng(config.seed + epoch)
+    seed = (config.seed if config.run_seed is None else config.run_seed) + epoch
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
     positive = train.labels == positive_index
     with_boxes = np.flatnonzero(positive & train.has_boxes)
     negatives = np.flatnonzero(~positive)
@@ -392,8 +398,8 @@ def _train_epoch(
         np.ones(rows.size, np.float32),
         map_size=int(model.outputs[1].shape[1]),
         batch_size=config.batch_size,
-        shuffle_seed=config.seed + epoch,
-        augment_seed=config.seed + epoch if config.augment else None,
+        shuffle_seed=seed,
+        augment_seed=seed if config.augment else None,
     ).map(lambda x, y, w: (x, y[1]))
     head.compile(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
@@ -529,3 +535,69 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
             else None
         ),
     }
+
+
+#: Name of the ensemble's members in :func:`ensemble_maps`: ``loc_member_<i>``.
+MEMBER_PREFIX = BRANCH_PREFIX + "member_"
+
+
+def _member_map(model: keras.Model, first_stage: int, name: str) -> keras.Model:
+    """``model``'s localisation branch and head as one model from the frozen features it reads.
+
+    Its inputs are the backbone stage before the branch (the 1/4 features for the bundled
+    design) and the classifier's 1280-channel head; its output is the map.
+    """
+    from training import efficientnet_lite as lite
+
+    if BRANCH_OUTPUT not in {layer.name for layer in model.layers}:
+        raise ValueError(f"model {model.name!r} has no localisation branch (stage 2)")
+    variant = lite.VARIANTS[model.name.rsplit("_", 1)[-1]]
+    if not 1 <= first_stage <= lite.STRIDE8_STAGE:
+        raise ValueError("an ensemble needs branches that copy the 1/8 stage (first stage <= 2)")
+    start = model.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
+    head = model.get_layer(GRADCAM_LAYER).output
+    return keras.Model([start, head], model.outputs[1], name=name)
+
+
+def ensemble_maps(
+    base: keras.Model, members: list[keras.Model], first_stage: int = BRANCH_FIRST_STAGE
+) -> keras.Model:
+    """``base`` with its map replaced by the mean of its own and the ``members``' maps.
+
+    Each member is a stage-2 model of the same classifier (trained with another ``run_seed``):
+    the classifier's weights must be those of ``base`` to the last bit, so the prediction and
+    with it the calibration are unchanged; only the map's branches and heads differ. A map
+    trained once moves by several validation pictures from epoch to epoch; the mean of maps
+    trained with different draws, orders and augmentations keeps what they agree on. Each
+    branch becomes a nested model ``loc_member_<i>`` (plain Keras layers: the saved model
+    loads without custom code) and the mean is the output layer
+    :data:`~training.architectures.LOCALISATION_LAYER`.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member beside the base")
+    frozen = [layer for layer in base.layers if not is_head_layer(layer) and layer.weights]
+    for member in [base, *members]:
+        if BRANCH_OUTPUT not in {layer.name for layer in member.layers}:
+            raise ValueError(f"model {member.name!r} has no localisation branch (stage 2)")
+    for member in members:
+        for layer in frozen:
+            theirs = member.get_layer(layer.name).get_weights()
+            ours = layer.get_weights()
+            if len(theirs) != len(ours) or not all(
+                np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)
+            ):
+                raise ValueError(
+                    f"member {member.name!r} has another classifier (layer {layer.name!r} "
+                    "differs): its map was not trained on this model"
+                )
+    from training import efficientnet_lite as lite
+
+    variant = lite.VARIANTS[base.name.rsplit("_", 1)[-1]]
+    start = base.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
+    head = base.get_layer(GRADCAM_LAYER).output
+    maps = [
+        _member_map(model, first_stage, f"{MEMBER_PREFIX}{index}")([start, head])
+        for index, model in enumerate([base, *members])
+    ]
+    mean = layers.Average(name=LOCALISATION_LAYER, dtype="float32")(maps)
+    return keras.Model(base.inputs, [base.outputs[0], mean], name=base.name)

@@ -25,8 +25,10 @@ from training.localise import (
     LOCALISED_AVERAGE,
     LOCALISED_LAST,
     LOCALISED_MODEL,
+    MEMBER_PREFIX,
     LocaliseState,
     combine,
+    ensemble_maps,
     head_weights,
     is_head_layer,
     peak_in_box_share,
@@ -88,6 +90,58 @@ def test_a_branch_through_the_head_gives_the_map_its_own_context() -> None:
     )
     classifier = keras.Model(refined.inputs, refined.outputs[0])
     assert not any(is_head_layer(layer) for layer in classifier.layers)
+
+
+def _with_head_bias(model: keras.Model, bias: float) -> keras.Model:
+    """``model`` with its map's output bias set to ``bias`` (a different map, same classifier)."""
+    conv = model.get_layer(LOCALISATION_LAYER)
+    kernel, _ = conv.get_weights()
+    conv.set_weights([kernel, np.full((1,), bias, np.float32)])
+    return model
+
+
+def test_an_ensemble_shows_the_mean_of_its_members_maps(tmp_path: Path) -> None:
+    old = _stage_one_model(64)
+    path = tmp_path / "old.keras"
+    old.save(path)
+    base = _with_head_bias(with_localisation_branch(old), -1.0)
+    member = _with_head_bias(
+        with_localisation_branch(keras.models.load_model(path, compile=False)), 1.5
+    )
+    ensemble = ensemble_maps(base, [member])
+    x = np.random.default_rng(5).random((3, 64, 64, 1)).astype(np.float32)
+    maps = [np.asarray(m(x, training=False)[1]) for m in (base, member)]
+    assert not np.allclose(maps[0], maps[1])
+    np.testing.assert_allclose(
+        np.asarray(ensemble(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
+    )
+    np.testing.assert_array_equal(
+        np.asarray(base(x, training=False)[0]), np.asarray(ensemble(x, training=False)[0])
+    )
+    # Plain Keras layers: it loads without custom code; every new layer is the map's.
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
+    )
+    names = [layer.name for layer in loaded.layers]
+    assert [n for n in names if n.startswith(MEMBER_PREFIX)] == [
+        f"{MEMBER_PREFIX}0",
+        f"{MEMBER_PREFIX}1",
+    ]
+    classifier = keras.Model(loaded.inputs, loaded.outputs[0])
+    assert not any(is_head_layer(layer) for layer in classifier.layers)
+
+
+def test_an_ensemble_member_of_another_classifier_is_refused() -> None:
+    base = with_localisation_branch(_stage_one_model(64))
+    stranger = with_localisation_branch(_stage_one_model(64))  # other random weights
+    with pytest.raises(ValueError, match="another classifier"):
+        ensemble_maps(base, [stranger])
+    with pytest.raises(ValueError, match="at least one member"):
+        ensemble_maps(base, [])
+    with pytest.raises(ValueError, match="no localisation branch"):
+        ensemble_maps(base, [_stage_one_model(64)])
 
 
 def test_a_model_without_a_localisation_head_is_refused() -> None:
@@ -259,6 +313,56 @@ def test_averaging_epochs_give_the_mean_of_their_maps_and_resume(
     np.testing.assert_array_equal(
         np.asarray(stage_one(x, training=False)[0]), np.asarray(averaged(x, training=False)[0])
     )
+
+
+@pytest.mark.slow
+def test_localise_members_train_with_their_own_seeds_and_map_with_the_mean(
+    lite_run: Path,  # noqa: F811
+    atlas_copy: Path,  # noqa: F811
+    cli: typer.Typer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "ens"
+    args = localise_args(lite_run, atlas_copy, out, "--epochs", "1", "--members", "2")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 maps: validation peak in box" in result.output
+    member = json.loads((out / "member-1" / LOCALISATION_STATE).read_text())
+    assert member["config"]["run_seed"] == 1
+    assert member["config"]["seed"] == 3  # the same split as member 0
+    first = keras.models.load_model(out / LOCALISED_MODEL, compile=False)
+    second = keras.models.load_model(out / "member-1" / LOCALISED_MODEL, compile=False)
+    package = load_package(out / "package")
+    stage = package.card.training_data["localisation_stage"]
+    assert stage["ensemble"]["members"] == 2
+    assert len(stage["ensemble"]["member_stages"]) == 2
+    x = np.random.default_rng(6).random((3, 64, 64, 1)).astype(np.float32)
+    maps = [np.asarray(m(x, training=False)[1]) for m in (first, second)]
+    assert not np.array_equal(maps[0], maps[1])  # other draws, order and augmentation
+    np.testing.assert_allclose(
+        np.asarray(package.model(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
+    )
+    # ensemble-maps assembles the same from the runs (here without exporting again).
+    again = CliRunner().invoke(
+        cli,
+        [
+            "ensemble-maps",
+            "--model",
+            str(out / LOCALISED_MODEL),
+            "--member",
+            str(out / "member-1"),
+            "--data",
+            str(atlas_copy),
+            "--out",
+            str(tmp_path / "assembled"),
+            "--seed",
+            "3",
+            "--no-export",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    assert "member 1: validation peak in box" in again.output
+    assert "ensemble of 2 maps" in again.output
 
 
 def test_localise_with_nothing_to_do_is_refused(
