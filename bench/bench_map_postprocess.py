@@ -64,10 +64,10 @@ def true_positive_maps(predictor: Predictor, root: Path, names: list[str]) -> li
         if not boxes:
             continue
         x = np.clip(image.tensor, 0.0, 1.0)[None].astype(np.float32)
-        scores, plain = predictor._maps(x)
+        scores, plain = predictor.scores_and_maps(x)
         if float(card.calibration.apply(scores)[0]) < threshold:
             continue
-        _, flipped = predictor._maps(np.ascontiguousarray(x[:, :, ::-1, :]))
+        _, flipped = predictor.scores_and_maps(np.ascontiguousarray(x[:, :, ::-1, :]))
         rows.append((plain[0], flipped[0][:, ::-1], t, boxes))
     return rows
 
@@ -106,7 +106,7 @@ def main() -> None:
                 for plain, flipped, t, boxes in rows:
                     coarse = combine(plain, flipped).astype(np.float32)
                     if sigma:
-                        coarse = cv2.GaussianBlur(coarse, (0, 0), sigma)
+                        coarse = np.asarray(cv2.GaussianBlur(coarse, (0, 0), sigma), np.float32)
                     hits += peak_in_box(coarse, size, t, boxes)
                 cells.append(f"{hits}/{len(rows)} = {hits / len(rows):.3f}")
             print(f"| {name} | {sigma} | {cells[0]} | {cells[1]} |")

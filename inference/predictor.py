@@ -157,7 +157,9 @@ class Predictor:
         probabilities, maps = self._model(images, training=False)
         return probabilities[:, self._class_index], maps[..., 0]
 
-    def _maps(self, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    def scores_and_maps(
+        self, x: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Raw scores and coarse maps (``N x h x w`` in ``[0, 1]``) of a batch."""
         if self._localising:
             scores, maps = self._localise(tf.constant(x))
@@ -201,7 +203,7 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             x = np.stack([np.clip(im.tensor, 0.0, 1.0) for im in batch]).astype(np.float32)
-            scores, maps = self._maps(x)
+            scores, maps = self.scores_and_maps(x)
             calibrated = self.card.calibration.apply(scores)
             for image, score, probability, cam in zip(batch, scores, calibrated, maps, strict=True):
                 labels = _labels(float(probability), self.card)
