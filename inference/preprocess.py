@@ -196,18 +196,24 @@ def anatomy_crop(grey: FloatImage) -> CropBox:
     return box
 
 
-def letterbox(grey: FloatImage, size: int) -> tuple[FloatImage, float, int, int]:
+def letterbox(
+    grey: FloatImage, size: int, *, block: int = 1
+) -> tuple[FloatImage, float, int, int]:
     """Resize keeping the aspect ratio so the longest side is ``size``; pad with 0 to a square.
 
+    ``grey`` may be an image averaged in ``block x block`` blocks (:func:`box_reduce`): the
+    scale is then that of the original grid, and the content size is computed from the
+    original crop's size with the very floating-point expression
+    :meth:`GeometryTransform.content_box` uses, so the two always agree.
     Returns the square image, the scale factor and the padding offsets ``(pad_x, pad_y)``.
     """
     if size < 8:
         raise ValueError(f"model input size must be at least 8 px, got {size}")
     height, width = grey.shape[:2]
-    scale = size / max(height, width)
-    new_w = min(size, max(1, round(width * scale)))
-    new_h = min(size, max(1, round(height * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    scale = size / (block * max(height, width))
+    new_w = min(size, max(1, round(block * width * scale)))
+    new_h = min(size, max(1, round(block * height * scale)))
+    interpolation = cv2.INTER_AREA if block * scale < 1.0 else cv2.INTER_LINEAR
     resized = cv2.resize(grey.astype(np.float32), (new_w, new_h), interpolation=interpolation)
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     out = np.zeros((size, size), dtype=np.float32)
@@ -272,12 +278,12 @@ def prepare(grey: FloatImage, size: int, *, crop: bool = True) -> PreparedImage:
     work = box_reduce(grey, factor)
     found = anatomy_crop(work) if crop else CropBox(0, 0, work.shape[1], work.shape[0])
     region = work[found.y0 : found.y1, found.x0 : found.x1]
-    square, scale, pad_x, pad_y = letterbox(region, size)
+    square, scale, pad_x, pad_y = letterbox(region, size, block=factor)
     transform = GeometryTransform(
         original_width=width,
         original_height=height,
         crop=CropBox(found.x0 * factor, found.y0 * factor, found.x1 * factor, found.y1 * factor),
-        scale=scale / factor,
+        scale=scale,
         pad_x=pad_x,
         pad_y=pad_y,
         size=size,

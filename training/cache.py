@@ -24,7 +24,7 @@ from inference.preprocess import CropBox, GeometryTransform, prepare
 log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing chain changes, so old caches are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: Columns of ``geometry.npy``: each picture's :class:`GeometryTransform` (NaN when unreadable).
 GEOMETRY_COLUMNS = ("width", "height", "x0", "y0", "x1", "y1", "scale", "pad_x", "pad_y")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from inference.preprocess import (
@@ -94,3 +94,19 @@ def test_values_outside_the_unit_range_and_nan_are_bounded() -> None:
     assert np.isfinite(tensor).all()
     assert float(tensor.min()) >= 0.0
     assert float(tensor.max()) <= 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([224, 320]), st.integers(1280, 4000), st.integers(16, 4000))
+@example(224, 1536, 840)  # 280 x 512 blocks of 3: 122.5 px wide, a tie that float error broke
+@example(224, 2560, 360)
+def test_the_content_box_is_exactly_the_resized_content(size: int, long: int, short: int) -> None:
+    # A one-pixel disagreement would stretch a column of padding over the crop in
+    # map_to_original and let regions and peaks be searched in it.
+    for height, width in ((long, short), (short, long)):
+        prepared = prepare(np.ones((height, width), np.float32), size, crop=False)
+        filled = prepared.tensor[..., 0] > 0
+        box = prepared.transform.content_box()
+        assert box.width == int(filled.any(axis=0).sum())
+        assert box.height == int(filled.any(axis=1).sum())
+        assert filled[box.y0 : box.y1, box.x0 : box.x1].all()
