@@ -186,49 +186,57 @@ def _localise(
     """The second stage (:mod:`training.localise`) into ``out``; the model and its summary.
 
     With ``members`` > 1, member ``i`` (1, 2, ...) is trained the same way into
-    ``out/member-<i>`` with run seed ``i`` and the model returned maps with the mean of all
-    the members' maps (:func:`training.localise.ensemble_maps`).
+    ``out/member-<i>`` with its own run seed (:func:`training.localise.member_run_seeds`) and
+    the model returned maps with the mean of all the members' maps
+    (:func:`training.localise.ensemble_maps`).
     """
     from dataclasses import replace
 
     from training.datasets import Split
-    from training.localise import refine_localisation, stage_summary
+    from training.localise import member_run_seeds, refine_localisation, stage_summary
 
     refined: list[Any] = []
-    summaries: list[dict[str, Any]] = []
-    for member in range(members):
+    summaries: list[dict[str, Any] | None] = []
+    for member, run_seed in enumerate(member_run_seeds(config, members)):
+        member_config = replace(config, run_seed=run_seed)
         model, state = refine_localisation(
             trained,
             prepared.parts[Split.TRAIN],
             prepared.parts[Split.VAL],
             prepared.dataset.positive_index,
             out / f"member-{member}" if member else out,
-            replace(config, run_seed=member) if member else config,
+            member_config,
         )
         typer.echo(
             f"localisation stage{f' member {member}' if members > 1 else ''}: best validation "
             f"peak in box {state.best_share:.3f} (epoch {state.best_epoch} of {state.epochs_done})"
         )
         refined.append(model)
-        summaries.append(stage_summary(state, config))
+        summaries.append(stage_summary(state, member_config))
     if members == 1:
+        assert summaries[0] is not None
         return refined[0], summaries[0]
     return _ensemble(refined[0], refined[1:], prepared, summaries)
 
 
 def _ensemble(
-    base: Any, members: list[Any], prepared: Any, summaries: list[dict[str, Any]]
+    base: Any, members: list[Any], prepared: Any, summaries: list[dict[str, Any] | None]
 ) -> tuple[Any, dict[str, Any]]:
-    """``base`` mapping with the mean of its and ``members``' maps, and the stage's summary."""
+    """``base`` mapping with the mean of its and ``members``' maps, and the stage's summary.
+
+    ``summaries`` has one entry per model, base first (None where its run is not known).
+    """
     from training.datasets import Split
     from training.localise import ensemble_maps, peak_in_box_share
 
+    if len(summaries) != 1 + len(members):
+        raise ValueError(f"{len(summaries)} summaries for {1 + len(members)} maps")
     model = ensemble_maps(base, members)
     share, counted = peak_in_box_share(
         model, prepared.parts[Split.VAL], prepared.dataset.positive_index
     )
     typer.echo(f"ensemble of {1 + len(members)} maps: validation peak in box {share:.3f}")
-    summary = dict(summaries[0]) if summaries else {}
+    summary = dict(summaries[0] or {})
     summary["ensemble"] = {
         "members": 1 + len(members),
         "val_peak_in_box": round(share, 4),
@@ -450,8 +458,6 @@ def ensemble_maps(
     ] = None,
 ) -> None:
     """Show the mean of several stage-2 maps of one classifier (reports validation shares)."""
-    import json as json_module
-
     from inference.model_package import read_card
     from training.datasets import Split
     from training.export import load_trained
@@ -459,29 +465,42 @@ def ensemble_maps(
     from training.pipeline import SPLIT_FILE
 
     _logging()
+    states: list[dict[str, Any] | None] = []
+    for path in member:
+        # A run folder's record belongs to its localised.keras, not to another file beside it.
+        state_file = (path if path.is_dir() else path.parent) / LOCALISATION_STATE
+        ours = path.is_dir() or path.name == LOCALISED_MODEL
+        states.append(json.loads(state_file.read_text()) if ours and state_file.is_file() else None)
+    member_seeds = {int(s["config"]["seed"]) for s in states if s and "config" in s}
+    if seed is None and not (model / "model.json").is_file() and len(member_seeds) == 1:
+        seed = member_seeds.pop()
     loaded = _load_trained_stage(model, data, out, seed=seed, cache_dir=cache_dir)
+    split_seed = int(loaded.training["seed"])
+    if any(s != split_seed for s in member_seeds):
+        raise typer.BadParameter(
+            f"the members were trained on split seed(s) {sorted(member_seeds)}, the base is "
+            f"scored on split seed {split_seed}: validation would hold training pictures"
+        )
     val = loaded.prepared.parts[Split.VAL]
     positive = loaded.prepared.dataset.positive_index
-    summaries: list[dict[str, Any]] = []
-    if (model / "model.json").is_file():
-        stage = read_card(model).training_data.get("localisation_stage")
-        if isinstance(stage, dict):
-            summaries.append(stage.get("ensemble", {}).get("member_stages", [stage])[0])
-    members = []
-    for path in member:
-        folder = path if path.is_dir() else path.parent
-        members.append(load_trained(path / LOCALISED_MODEL if path.is_dir() else path))
-        state_file = folder / LOCALISATION_STATE
-        if state_file.is_file():
-            state = json_module.loads(state_file.read_text())
-            summaries.append(
-                {
-                    "best_epoch": state.get("best_epoch"),
-                    "best_val_peak_in_box": round(float(state.get("best_share", -1)), 4),
-                    "minutes": round(float(state.get("seconds", 0)) / 60, 1),
-                    "run_seed": state.get("config", {}).get("run_seed"),
-                }
-            )
+    base_stage = (
+        read_card(model).training_data.get("localisation_stage")
+        if (model / "model.json").is_file()
+        else None
+    )
+    summaries: list[dict[str, Any] | None] = [base_stage if isinstance(base_stage, dict) else None]
+    for state in states:
+        summaries.append(
+            None
+            if state is None
+            else {
+                "best_epoch": state.get("best_epoch"),
+                "best_val_peak_in_box": round(float(state.get("best_share", -1)), 4),
+                "minutes": round(float(state.get("seconds", 0)) / 60, 1),
+                "run_seed": state.get("config", {}).get("run_seed"),
+            }
+        )
+    members = [load_trained(p / LOCALISED_MODEL if p.is_dir() else p) for p in member]
     for index, single in enumerate([loaded.model, *members]):
         share, counted = peak_in_box_share(single, val, positive)
         typer.echo(f"member {index}: validation peak in box {share:.3f} ({counted} pictures)")

@@ -523,6 +523,7 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
         "negatives_per_positive": config.negatives_per_positive,
         "learning_rate": config.learning_rate,
         "batch_size": config.batch_size,
+        "run_seed": config.run_seed,
         "branch_first_stage": config.branch_first_stage,
         "branch_through_head": config.branch_through_head,
         "patience": config.patience,
@@ -537,8 +538,43 @@ def stage_summary(state: LocaliseState, config: LocaliseConfig) -> dict[str, Any
     }
 
 
+def member_run_seeds(config: LocaliseConfig, members: int) -> list[int | None]:
+    """The run seed of each member of an ensemble of ``members`` maps.
+
+    Member 0 keeps ``config.run_seed`` (None: the split seed); the others take 1, 2, ...,
+    skipping member 0's own seed so that no member repeats it. An epoch's seed is the run seed
+    plus the epoch, so members i and i + 1 meet the same draws one epoch apart, at another
+    state of training; no two members draw alike in the same epoch.
+    """
+    own = config.seed if config.run_seed is None else config.run_seed
+    seeds: list[int | None] = [config.run_seed]
+    candidate = 1
+    while len(seeds) < members:
+        if candidate != own:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
 #: Name of the ensemble's members in :func:`ensemble_maps`: ``loc_member_<i>``.
 MEMBER_PREFIX = BRANCH_PREFIX + "member_"
+
+
+def branch_first_stage(model: keras.Model) -> int:
+    """The first backbone stage (0-based) that ``model``'s localisation branch copies."""
+    from training import efficientnet_lite as lite
+
+    variant = lite.VARIANTS[model.name.rsplit("_", 1)[-1]]
+    stage_of = {block.index: block.stage for block in lite.blocks_of(variant)}
+    prefix = BRANCH_PREFIX + "block"
+    indices = [
+        int(name[len(prefix) :].split("_", 1)[0])
+        for name in (layer.name for layer in model.layers)
+        if name.startswith(prefix)
+    ]
+    if not indices:
+        raise ValueError(f"model {model.name!r} has no localisation branch (stage 2)")
+    return stage_of[min(indices)]
 
 
 def _member_map(model: keras.Model, first_stage: int, name: str) -> keras.Model:
@@ -549,19 +585,13 @@ def _member_map(model: keras.Model, first_stage: int, name: str) -> keras.Model:
     """
     from training import efficientnet_lite as lite
 
-    if BRANCH_OUTPUT not in {layer.name for layer in model.layers}:
-        raise ValueError(f"model {model.name!r} has no localisation branch (stage 2)")
     variant = lite.VARIANTS[model.name.rsplit("_", 1)[-1]]
-    if not 1 <= first_stage <= lite.STRIDE8_STAGE:
-        raise ValueError("an ensemble needs branches that copy the 1/8 stage (first stage <= 2)")
     start = model.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
     head = model.get_layer(GRADCAM_LAYER).output
     return keras.Model([start, head], model.outputs[1], name=name)
 
 
-def ensemble_maps(
-    base: keras.Model, members: list[keras.Model], first_stage: int = BRANCH_FIRST_STAGE
-) -> keras.Model:
+def ensemble_maps(base: keras.Model, members: list[keras.Model]) -> keras.Model:
     """``base`` with its map replaced by the mean of its own and the ``members``' maps.
 
     Each member is a stage-2 model of the same classifier (trained with another ``run_seed``):
@@ -577,8 +607,19 @@ def ensemble_maps(
         raise ValueError("an ensemble needs at least one member beside the base")
     frozen = [layer for layer in base.layers if not is_head_layer(layer) and layer.weights]
     for member in [base, *members]:
-        if BRANCH_OUTPUT not in {layer.name for layer in member.layers}:
+        names = {layer.name for layer in member.layers}
+        if any(name.startswith(MEMBER_PREFIX) for name in names):
+            raise ValueError(f"model {member.name!r} is an ensemble already: give its members")
+        if BRANCH_OUTPUT not in names:
             raise ValueError(f"model {member.name!r} has no localisation branch (stage 2)")
+    from training import efficientnet_lite as lite
+
+    first_stage = branch_first_stage(base)
+    if not 1 <= first_stage <= lite.STRIDE8_STAGE:
+        raise ValueError("an ensemble needs branches that copy the 1/8 stage (first stage <= 2)")
+    for member in members:
+        if branch_first_stage(member) != first_stage:
+            raise ValueError(f"member {member.name!r} has a branch from another stage")
     for member in members:
         for layer in frozen:
             theirs = member.get_layer(layer.name).get_weights()
@@ -590,8 +631,6 @@ def ensemble_maps(
                     f"member {member.name!r} has another classifier (layer {layer.name!r} "
                     "differs): its map was not trained on this model"
                 )
-    from training import efficientnet_lite as lite
-
     variant = lite.VARIANTS[base.name.rsplit("_", 1)[-1]]
     start = base.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
     head = base.get_layer(GRADCAM_LAYER).output

@@ -26,11 +26,14 @@ from training.localise import (
     LOCALISED_LAST,
     LOCALISED_MODEL,
     MEMBER_PREFIX,
+    LocaliseConfig,
     LocaliseState,
+    branch_first_stage,
     combine,
     ensemble_maps,
     head_weights,
     is_head_layer,
+    member_run_seeds,
     peak_in_box_share,
     peak_loss,
     with_localisation_branch,
@@ -142,6 +145,47 @@ def test_an_ensemble_member_of_another_classifier_is_refused() -> None:
         ensemble_maps(base, [])
     with pytest.raises(ValueError, match="no localisation branch"):
         ensemble_maps(base, [_stage_one_model(64)])
+
+
+def test_an_ensemble_is_not_nested_and_its_branches_start_alike(tmp_path: Path) -> None:
+    old = _stage_one_model(64)
+    path = tmp_path / "old.keras"
+    old.save(path)
+
+    def again() -> keras.Model:
+        return keras.models.load_model(path, compile=False)
+
+    base = with_localisation_branch(old)
+    early = with_localisation_branch(again(), 1)
+    assert (branch_first_stage(base), branch_first_stage(early)) == (2, 1)
+    with pytest.raises(ValueError, match="another stage"):
+        ensemble_maps(base, [early])
+    # Branches from stage 1 read the 1/2 features; their ensemble is built from those.
+    second = with_localisation_branch(again(), 1)
+    pair = ensemble_maps(early, [second])
+    x = np.random.default_rng(7).random((2, 64, 64, 1)).astype(np.float32)
+    maps = [np.asarray(m(x, training=False)[1]) for m in (early, second)]
+    np.testing.assert_allclose(
+        np.asarray(pair(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="an ensemble already"):
+        ensemble_maps(pair, [base])
+
+
+@pytest.mark.parametrize(
+    ("seed", "run_seed", "members", "expected"),
+    [
+        (42, None, 4, [None, 1, 2, 3]),  # the bundled model's members
+        (2, None, 4, [None, 1, 3, 4]),  # member 0 draws with the split seed 2: skipped
+        (42, 3, 3, [3, 1, 2]),
+        (42, None, 1, [None]),
+    ],
+)
+def test_member_run_seeds_never_repeat_member_zero(
+    seed: int, run_seed: int | None, members: int, expected: list[int | None]
+) -> None:
+    config = LocaliseConfig(seed=seed, run_seed=run_seed)
+    assert member_run_seeds(config, members) == expected
 
 
 def test_a_model_without_a_localisation_head_is_refused() -> None:
@@ -335,7 +379,7 @@ def test_localise_members_train_with_their_own_seeds_and_map_with_the_mean(
     package = load_package(out / "package")
     stage = package.card.training_data["localisation_stage"]
     assert stage["ensemble"]["members"] == 2
-    assert len(stage["ensemble"]["member_stages"]) == 2
+    assert [m["run_seed"] for m in stage["ensemble"]["member_stages"]] == [None, 1]
     x = np.random.default_rng(6).random((3, 64, 64, 1)).astype(np.float32)
     maps = [np.asarray(m(x, training=False)[1]) for m in (first, second)]
     assert not np.array_equal(maps[0], maps[1])  # other draws, order and augmentation
@@ -355,14 +399,31 @@ def test_localise_members_train_with_their_own_seeds_and_map_with_the_mean(
             str(atlas_copy),
             "--out",
             str(tmp_path / "assembled"),
-            "--seed",
-            "3",
             "--no-export",
         ],
     )
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 0, again.output  # the split seed (3) read from the member's run
     assert "member 1: validation peak in box" in again.output
     assert "ensemble of 2 maps" in again.output
+    other_split = CliRunner().invoke(
+        cli,
+        [
+            "ensemble-maps",
+            "--model",
+            str(out / LOCALISED_MODEL),
+            "--member",
+            str(out / "member-1"),
+            "--data",
+            str(atlas_copy),
+            "--out",
+            str(tmp_path / "other"),
+            "--seed",
+            "5",
+            "--no-export",
+        ],
+    )
+    assert other_split.exit_code != 0
+    assert "split seed" in other_split.output
 
 
 def test_localise_with_nothing_to_do_is_refused(
