@@ -196,9 +196,7 @@ def anatomy_crop(grey: FloatImage) -> CropBox:
     return box
 
 
-def letterbox(
-    grey: FloatImage, size: int, *, block: int = 1
-) -> tuple[FloatImage, float, int, int]:
+def letterbox(grey: FloatImage, size: int, *, block: int = 1) -> tuple[FloatImage, float, int, int]:
     """Resize keeping the aspect ratio so the longest side is ``size``; pad with 0 to a square.
 
     ``grey`` may be an image averaged in ``block x block`` blocks (:func:`box_reduce`): the
