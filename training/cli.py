@@ -472,22 +472,20 @@ def ensemble_maps(
         ours = path.is_dir() or path.name == LOCALISED_MODEL
         states.append(json.loads(state_file.read_text()) if ours and state_file.is_file() else None)
     member_seeds = {int(s["config"]["seed"]) for s in states if s and "config" in s}
-    if seed is None and not (model / "model.json").is_file() and len(member_seeds) == 1:
-        seed = member_seeds.pop()
-    loaded = _load_trained_stage(model, data, out, seed=seed, cache_dir=cache_dir)
-    split_seed = int(loaded.training["seed"])
-    if any(s != split_seed for s in member_seeds):
+    package = (model / "model.json").is_file()
+    if seed is None and package:
+        seed = int(read_card(model).training_data.get("seed", 42))
+    elif seed is None:
+        seed = member_seeds.pop() if len(member_seeds) == 1 else 42
+    if any(s != seed for s in member_seeds):  # checked before anything is loaded
         raise typer.BadParameter(
             f"the members were trained on split seed(s) {sorted(member_seeds)}, the base is "
-            f"scored on split seed {split_seed}: validation would hold training pictures"
+            f"scored on split seed {seed}: validation would hold training pictures"
         )
+    loaded = _load_trained_stage(model, data, out, seed=seed, cache_dir=cache_dir)
     val = loaded.prepared.parts[Split.VAL]
     positive = loaded.prepared.dataset.positive_index
-    base_stage = (
-        read_card(model).training_data.get("localisation_stage")
-        if (model / "model.json").is_file()
-        else None
-    )
+    base_stage = read_card(model).training_data.get("localisation_stage") if package else None
     summaries: list[dict[str, Any] | None] = [base_stage if isinstance(base_stage, dict) else None]
     for state in states:
         summaries.append(

@@ -10,16 +10,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import typer
 from skimage import data as skdata
 from skimage import transform as sktransform
-from typer.testing import CliRunner
 
 from inference.model_package import OperatingPointName, load_package
 from inference.picture import read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
-from tests.training.test_train_cli import atlas_copy, cli  # noqa: F401 - shared fixtures
 from training import efficientnet_lite as lite
 from training.architectures import LOCALISATION_LAYER, build_model
 from training.fit import RunState, freeze_leading_blocks
@@ -101,45 +98,10 @@ def test_freezing_keeps_the_stem_and_first_blocks_out_of_training() -> None:
     assert len(model.trainable_weights) < before
 
 
-@pytest.fixture(scope="module")
-def lite_run(
-    atlas_copy: Path,  # noqa: F811
-    cli: typer.Typer,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    out = tmp_path_factory.mktemp("lite") / "run"
-    args = [
-        "train",
-        "--data",
-        str(atlas_copy),
-        "--out",
-        str(out),
-        "--arch",
-        "efficientnet-lite0",
-        "--weights",
-        "imagenet",
-        "--freeze-blocks",
-        "5",
-        "--image-size",
-        "64",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-        "--localisation-epochs",
-        "1",
-    ]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.mark.slow
 def test_lite_training_writes_a_localising_package_that_loads_without_custom_code(
     lite_run: Path,
-    atlas_copy: Path,  # noqa: F811
+    atlas_copy: Path,
 ) -> None:
     assert RunState.load(lite_run).epochs_done == 1
     # Plain Keras, no registered objects: the service's loader (safe mode) takes it.

@@ -15,8 +15,6 @@ from typer.testing import CliRunner
 
 from inference.model_package import load_package
 from inference.preprocess import GeometryTransform
-from tests.training.test_lite import lite_run  # noqa: F401 - shared fixture
-from tests.training.test_train_cli import atlas_copy, cli  # noqa: F401 - shared fixtures
 from training.architectures import LOCALISATION_CONTEXT_LAYER, LOCALISATION_LAYER, build_model
 from training.cache import geometry_row
 from training.localise import (
@@ -259,7 +257,7 @@ def _identity(size: int) -> GeometryTransform:
 
 @pytest.mark.slow
 def test_two_stage_training_keeps_the_prediction_and_refines_the_map(
-    lite_run: Path,  # noqa: F811
+    lite_run: Path,
 ) -> None:
     stage_one = keras.models.load_model(lite_run / "best.keras", compile=False)
     refined = keras.models.load_model(lite_run / LOCALISED_MODEL, compile=False, safe_mode=True)
@@ -293,34 +291,92 @@ def localise_args(run: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_localise_refines_a_package_and_resumes_without_training_again(
-    lite_run: Path,  # noqa: F811
-    atlas_copy: Path,  # noqa: F811
-    cli: typer.Typer,  # noqa: F811
+def test_localise_refines_a_package_with_two_maps_and_resumes_without_training_again(
+    lite_run: Path,
+    atlas_copy: Path,
+    cli: typer.Typer,
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "loc"
-    args = localise_args(lite_run, atlas_copy, out, "--epochs", "1", "--version", "1.1.0")
+    out = tmp_path / "ens"
+    args = localise_args(
+        lite_run, atlas_copy, out, "--epochs", "1", "--members", "2", "--version", "1.1.0"
+    )
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert "ensemble of 2 maps: validation peak in box" in result.output
     package = load_package(out / "package")
     assert package.card.version == "1.1.0"
     assert package.card.name == load_package(lite_run / "package").card.name
-    assert package.card.training_data["localisation_stage"]["epochs"] == 1
+    stage = package.card.training_data["localisation_stage"]
+    assert stage["epochs"] == 1
+    assert stage["ensemble"]["members"] == 2
+    assert [m["run_seed"] for m in stage["ensemble"]["member_stages"]] == [None, 1]
     assert package.card.training_data["seed"] == 3  # the card's split seed, not the default
     assert (out / "package" / "evaluation" / "metrics.json").is_file()
-    before = (out / LOCALISED_MODEL).stat().st_mtime_ns
+    member = json.loads((out / "member-1" / LOCALISATION_STATE).read_text())
+    assert member["config"]["run_seed"] == 1
+    assert member["config"]["seed"] == 3  # the same split as member 0
+    first = keras.models.load_model(out / LOCALISED_MODEL, compile=False)
+    second = keras.models.load_model(out / "member-1" / LOCALISED_MODEL, compile=False)
+    x = np.random.default_rng(6).random((3, 64, 64, 1)).astype(np.float32)
+    maps = [np.asarray(m(x, training=False)[1]) for m in (first, second)]
+    assert not np.array_equal(maps[0], maps[1])  # other draws, order and augmentation
+    np.testing.assert_allclose(
+        np.asarray(package.model(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
+    )
+    # Re-running resumes every member: nothing is trained again.
+    before = [(folder / LOCALISED_MODEL).stat().st_mtime_ns for folder in (out, out / "member-1")]
     again = CliRunner().invoke(cli, [*args, "--no-export"])
     assert again.exit_code == 0, again.output
-    assert json.loads((out / LOCALISATION_STATE).read_text())["epochs_done"] == 1
-    assert (out / LOCALISED_MODEL).stat().st_mtime_ns == before
+    for folder in (out, out / "member-1"):
+        assert json.loads((folder / LOCALISATION_STATE).read_text())["epochs_done"] == 1
+    after = [(folder / LOCALISED_MODEL).stat().st_mtime_ns for folder in (out, out / "member-1")]
+    assert after == before
+    # ensemble-maps assembles the same from the runs (here without exporting again).
+    assembled = CliRunner().invoke(
+        cli,
+        [
+            "ensemble-maps",
+            "--model",
+            str(out / LOCALISED_MODEL),
+            "--member",
+            str(out / "member-1"),
+            "--data",
+            str(atlas_copy),
+            "--out",
+            str(tmp_path / "assembled"),
+            "--no-export",
+        ],
+    )
+    assert assembled.exit_code == 0, assembled.output  # split seed 3, read from the member's run
+    assert "member 1: validation peak in box" in assembled.output
+    assert "ensemble of 2 maps" in assembled.output
+    other_split = CliRunner().invoke(
+        cli,
+        [
+            "ensemble-maps",
+            "--model",
+            str(out / LOCALISED_MODEL),
+            "--member",
+            str(out / "member-1"),
+            "--data",
+            str(atlas_copy),
+            "--out",
+            str(tmp_path / "other"),
+            "--seed",
+            "5",
+            "--no-export",
+        ],
+    )
+    assert other_split.exit_code != 0
+    assert "split seed" in other_split.output
 
 
 @pytest.mark.slow
 def test_averaging_epochs_give_the_mean_of_their_maps_and_resume(
-    lite_run: Path,  # noqa: F811
-    atlas_copy: Path,  # noqa: F811
-    cli: typer.Typer,  # noqa: F811
+    lite_run: Path,
+    atlas_copy: Path,
+    cli: typer.Typer,
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "avg"
@@ -359,75 +415,8 @@ def test_averaging_epochs_give_the_mean_of_their_maps_and_resume(
     )
 
 
-@pytest.mark.slow
-def test_localise_members_train_with_their_own_seeds_and_map_with_the_mean(
-    lite_run: Path,  # noqa: F811
-    atlas_copy: Path,  # noqa: F811
-    cli: typer.Typer,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    out = tmp_path / "ens"
-    args = localise_args(lite_run, atlas_copy, out, "--epochs", "1", "--members", "2")
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    assert "ensemble of 2 maps: validation peak in box" in result.output
-    member = json.loads((out / "member-1" / LOCALISATION_STATE).read_text())
-    assert member["config"]["run_seed"] == 1
-    assert member["config"]["seed"] == 3  # the same split as member 0
-    first = keras.models.load_model(out / LOCALISED_MODEL, compile=False)
-    second = keras.models.load_model(out / "member-1" / LOCALISED_MODEL, compile=False)
-    package = load_package(out / "package")
-    stage = package.card.training_data["localisation_stage"]
-    assert stage["ensemble"]["members"] == 2
-    assert [m["run_seed"] for m in stage["ensemble"]["member_stages"]] == [None, 1]
-    x = np.random.default_rng(6).random((3, 64, 64, 1)).astype(np.float32)
-    maps = [np.asarray(m(x, training=False)[1]) for m in (first, second)]
-    assert not np.array_equal(maps[0], maps[1])  # other draws, order and augmentation
-    np.testing.assert_allclose(
-        np.asarray(package.model(x, training=False)[1]), (maps[0] + maps[1]) / 2, atol=1e-6
-    )
-    # ensemble-maps assembles the same from the runs (here without exporting again).
-    again = CliRunner().invoke(
-        cli,
-        [
-            "ensemble-maps",
-            "--model",
-            str(out / LOCALISED_MODEL),
-            "--member",
-            str(out / "member-1"),
-            "--data",
-            str(atlas_copy),
-            "--out",
-            str(tmp_path / "assembled"),
-            "--no-export",
-        ],
-    )
-    assert again.exit_code == 0, again.output  # the split seed (3) read from the member's run
-    assert "member 1: validation peak in box" in again.output
-    assert "ensemble of 2 maps" in again.output
-    other_split = CliRunner().invoke(
-        cli,
-        [
-            "ensemble-maps",
-            "--model",
-            str(out / LOCALISED_MODEL),
-            "--member",
-            str(out / "member-1"),
-            "--data",
-            str(atlas_copy),
-            "--out",
-            str(tmp_path / "other"),
-            "--seed",
-            "5",
-            "--no-export",
-        ],
-    )
-    assert other_split.exit_code != 0
-    assert "split seed" in other_split.output
-
-
 def test_localise_with_nothing_to_do_is_refused(
-    cli: typer.Typer,  # noqa: F811
+    cli: typer.Typer,
     tmp_path: Path,
 ) -> None:
     model = tmp_path / "m.keras"

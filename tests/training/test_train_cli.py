@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -20,41 +19,8 @@ from inference.model_package import OperatingPointName, load_package
 from inference.picture import read_picture
 from inference.predictor import Predictor
 from inference.preprocess import prepare
-from training.cli import register
+from tests.training.conftest import N_PER_CLASS
 from training.fit import RunState
-
-N_PER_CLASS = 20
-
-
-@pytest.fixture(scope="module")
-def atlas_copy(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small FracAtlas-shaped folder: images/<class>/, dataset.csv, yolo/."""
-    source = shared_dir / "data" / "fracatlas"
-    root = tmp_path_factory.mktemp("atlas")
-    for folder in ("Fractured", "Non_fractured"):
-        (root / "images" / folder).mkdir(parents=True)
-        for path in sorted((source / "images" / folder).glob("*.jpg"))[:N_PER_CLASS]:
-            shutil.copyfile(path, root / "images" / folder / path.name)
-    (root / "yolo").mkdir()
-    for path in (root / "images" / "Fractured").iterdir():
-        label = source / "yolo" / f"{path.stem}.txt"
-        if label.is_file():
-            shutil.copyfile(label, root / "yolo" / label.name)
-    shutil.copyfile(source / "dataset.csv", root / "dataset.csv")
-    (root / "images" / "Non_fractured" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return root
-
-
-@pytest.fixture(scope="module")
-def cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Test CLI."""
-
-    register(app)
-    return app
 
 
 @pytest.fixture(scope="module")
