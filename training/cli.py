@@ -19,6 +19,15 @@ PACKAGE_DIR = "package"
 #: Where the package's evaluation on the held-out split goes, inside the package folder.
 EVALUATION_DIR = "evaluation"
 
+SplitSeedOption = Annotated[
+    int | None, typer.Option(help="Split seed (default: the card's, or 42).")
+]
+ExportOption = Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")]
+PackageOutOption = Annotated[
+    Path | None, typer.Option(help="Package folder (default: OUT/package).")
+]
+CardNameOption = Annotated[str | None, typer.Option(help="Package name (default: the card's).")]
+CacheDirOption = Annotated[Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")]
 MembersOption = Annotated[
     int,
     typer.Option(
@@ -63,17 +72,13 @@ def train(
         ),
     ] = 0,
     positive_class: Annotated[str | None, typer.Option(help="Name of the positive class.")] = None,
-    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
-    package_out: Annotated[
-        Path | None, typer.Option(help="Package folder (default: OUT/package).")
-    ] = None,
+    export: ExportOption = True,
+    package_out: PackageOutOption = None,
     name: Annotated[
         str | None, typer.Option(help="Package name (default: the model's, e.g. fracture-small).")
     ] = None,
     version: str = "1.0.0",
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
-    ] = None,
+    cache_dir: CacheDirOption = None,
     localisation_epochs: Annotated[
         int,
         typer.Option(
@@ -301,9 +306,7 @@ def localise(
     ] = 12,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    seed: Annotated[
-        int | None, typer.Option(help="Split seed (default: the card's, or 42).")
-    ] = None,
+    seed: SplitSeedOption = None,
     run_seed: Annotated[
         int | None,
         typer.Option(
@@ -311,15 +314,11 @@ def localise(
             "seed); the split stays the same."
         ),
     ] = None,
-    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
-    package_out: Annotated[
-        Path | None, typer.Option(help="Package folder (default: OUT/package).")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Package name (default: the card's).")] = None,
+    export: ExportOption = True,
+    package_out: PackageOutOption = None,
+    name: CardNameOption = None,
     version: str = "1.0.0",
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
-    ] = None,
+    cache_dir: CacheDirOption = None,
     branch_first_stage: Annotated[
         int,
         typer.Option(
@@ -444,34 +443,43 @@ def ensemble_maps(
     ],
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Run folder (split record, pixel cache).")],
-    seed: Annotated[
-        int | None, typer.Option(help="Split seed (default: the card's, or 42).")
-    ] = None,
-    export: Annotated[bool, typer.Option(help="Calibrate, write the package, evaluate.")] = True,
-    package_out: Annotated[
-        Path | None, typer.Option(help="Package folder (default: OUT/package).")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Package name (default: the card's).")] = None,
+    seed: SplitSeedOption = None,
+    export: ExportOption = True,
+    package_out: PackageOutOption = None,
+    name: CardNameOption = None,
     version: str = "1.0.0",
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Pixel cache (default: OUT/../cache).")
-    ] = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Show the mean of several stage-2 maps of one classifier (reports validation shares)."""
     from inference.model_package import read_card
     from training.datasets import Split
     from training.export import load_trained
-    from training.localise import LOCALISATION_STATE, LOCALISED_MODEL, peak_in_box_share
+    from training.localise import (
+        LOCALISATION_STATE,
+        LOCALISED_MODEL,
+        LocaliseConfig,
+        LocaliseState,
+        peak_in_box_share,
+        stage_summary,
+    )
     from training.pipeline import SPLIT_FILE
 
     _logging()
-    states: list[dict[str, Any] | None] = []
+    runs: list[tuple[LocaliseState, LocaliseConfig] | None] = []
     for path in member:
         # A run folder's record belongs to its localised.keras, not to another file beside it.
-        state_file = (path if path.is_dir() else path.parent) / LOCALISATION_STATE
+        folder = path if path.is_dir() else path.parent
         ours = path.is_dir() or path.name == LOCALISED_MODEL
-        states.append(json.loads(state_file.read_text()) if ours and state_file.is_file() else None)
-    member_seeds = {int(s["config"]["seed"]) for s in states if s and "config" in s}
+        record = folder / LOCALISATION_STATE
+        runs.append(
+            (
+                LocaliseState.load(folder),
+                LocaliseConfig(**json.loads(record.read_text())["config"]),
+            )
+            if ours and record.is_file()
+            else None
+        )
+    member_seeds = {config.seed for _, config in filter(None, runs)}
     package = (model / "model.json").is_file()
     if seed is None and package:
         seed = int(read_card(model).training_data.get("seed", 42))
@@ -487,17 +495,7 @@ def ensemble_maps(
     positive = loaded.prepared.dataset.positive_index
     base_stage = read_card(model).training_data.get("localisation_stage") if package else None
     summaries: list[dict[str, Any] | None] = [base_stage if isinstance(base_stage, dict) else None]
-    for state in states:
-        summaries.append(
-            None
-            if state is None
-            else {
-                "best_epoch": state.get("best_epoch"),
-                "best_val_peak_in_box": round(float(state.get("best_share", -1)), 4),
-                "minutes": round(float(state.get("seconds", 0)) / 60, 1),
-                "run_seed": state.get("config", {}).get("run_seed"),
-            }
-        )
+    summaries += [None if run is None else stage_summary(*run) for run in runs]
     members = [load_trained(p / LOCALISED_MODEL if p.is_dir() else p) for p in member]
     for index, single in enumerate([loaded.model, *members]):
         share, counted = peak_in_box_share(single, val, positive)

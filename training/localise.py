@@ -577,18 +577,18 @@ def branch_first_stage(model: keras.Model) -> int:
     return stage_of[min(indices)]
 
 
-def _member_map(model: keras.Model, first_stage: int, name: str) -> keras.Model:
-    """``model``'s localisation branch and head as one model from the frozen features it reads.
-
-    Its inputs are the backbone stage before the branch (the 1/4 features for the bundled
-    design) and the classifier's 1280-channel head; its output is the map.
-    """
+def _frozen_inputs(model: keras.Model, first_stage: int) -> list[keras.KerasTensor]:
+    """What a branch from ``first_stage`` reads: the stage before it and the 1280-channel head."""
     from training import efficientnet_lite as lite
 
     variant = lite.VARIANTS[model.name.rsplit("_", 1)[-1]]
     start = model.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
-    head = model.get_layer(GRADCAM_LAYER).output
-    return keras.Model([start, head], model.outputs[1], name=name)
+    return [start, model.get_layer(GRADCAM_LAYER).output]
+
+
+def _member_map(model: keras.Model, first_stage: int, name: str) -> keras.Model:
+    """``model``'s localisation branch and head as one model from the frozen features it reads."""
+    return keras.Model(_frozen_inputs(model, first_stage), model.outputs[1], name=name)
 
 
 def ensemble_maps(base: keras.Model, members: list[keras.Model]) -> keras.Model:
@@ -631,11 +631,9 @@ def ensemble_maps(base: keras.Model, members: list[keras.Model]) -> keras.Model:
                     f"member {member.name!r} has another classifier (layer {layer.name!r} "
                     "differs): its map was not trained on this model"
                 )
-    variant = lite.VARIANTS[base.name.rsplit("_", 1)[-1]]
-    start = base.get_layer(lite.stage_output_layer(variant, first_stage - 1)).output
-    head = base.get_layer(GRADCAM_LAYER).output
+    inputs = _frozen_inputs(base, first_stage)
     maps = [
-        _member_map(model, first_stage, f"{MEMBER_PREFIX}{index}")([start, head])
+        _member_map(model, first_stage, f"{MEMBER_PREFIX}{index}")(inputs)
         for index, model in enumerate([base, *members])
     ]
     mean = layers.Average(name=LOCALISATION_LAYER, dtype="float32")(maps)

@@ -333,9 +333,9 @@ def test_localise_refines_a_package_with_two_maps_and_resumes_without_training_a
     after = [(folder / LOCALISED_MODEL).stat().st_mtime_ns for folder in (out, out / "member-1")]
     assert after == before
     # ensemble-maps assembles the same from the runs (here without exporting again).
-    assembled = CliRunner().invoke(
-        cli,
-        [
+
+    def assemble(folder: str, *extra: str) -> list[str]:
+        return [
             "ensemble-maps",
             "--model",
             str(out / LOCALISED_MODEL),
@@ -344,30 +344,16 @@ def test_localise_refines_a_package_with_two_maps_and_resumes_without_training_a
             "--data",
             str(atlas_copy),
             "--out",
-            str(tmp_path / "assembled"),
+            str(tmp_path / folder),
+            *extra,
             "--no-export",
-        ],
-    )
+        ]
+
+    assembled = CliRunner().invoke(cli, assemble("assembled"))
     assert assembled.exit_code == 0, assembled.output  # split seed 3, read from the member's run
     assert "member 1: validation peak in box" in assembled.output
     assert "ensemble of 2 maps" in assembled.output
-    other_split = CliRunner().invoke(
-        cli,
-        [
-            "ensemble-maps",
-            "--model",
-            str(out / LOCALISED_MODEL),
-            "--member",
-            str(out / "member-1"),
-            "--data",
-            str(atlas_copy),
-            "--out",
-            str(tmp_path / "other"),
-            "--seed",
-            "5",
-            "--no-export",
-        ],
-    )
+    other_split = CliRunner().invoke(cli, assemble("other", "--seed", "5"))
     assert other_split.exit_code != 0
     assert "split seed" in other_split.output
 
